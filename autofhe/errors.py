@@ -1,0 +1,58 @@
+"""The one error hierarchy of autofhe.
+
+Every user-facing failure is an :class:`AutofheError`. Messages say what is wrong, show the
+offending value and say how to fix it. Subclasses also derive from the built-in exception that
+scikit-learn conventions expect (``ValueError``, ``TypeError``), so generic tooling catches them.
+"""
+
+from __future__ import annotations
+
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
+__all__ = [
+    "AccumulatorBudgetError",
+    "AutofheError",
+    "AutofheWarning",
+    "CompilationError",
+    "DataError",
+    "DataTypeError",
+    "NotCompiledError",
+    "NotFittedError",
+    "ParameterError",
+]
+
+
+class AutofheError(Exception):
+    """Base class of every error autofhe raises on purpose."""
+
+
+class DataError(AutofheError, ValueError):
+    """The data handed to autofhe cannot be used as it is (shape, values, labels)."""
+
+
+class DataTypeError(DataError, TypeError):
+    """The data has a type autofhe cannot read as numbers."""
+
+
+class ParameterError(AutofheError, ValueError):
+    """A hyperparameter is out of range or of the wrong kind."""
+
+
+class AccumulatorBudgetError(ParameterError):
+    """``n_accum_bits`` is too small for any network with the chosen bit widths."""
+
+
+class NotFittedError(AutofheError, _SklearnNotFittedError):
+    """The estimator is used before ``fit``; also scikit-learn's ``NotFittedError``."""
+
+
+class NotCompiledError(AutofheError, RuntimeError):
+    """FHE simulation or execution was asked for before ``compile``."""
+
+
+class CompilationError(AutofheError, RuntimeError):
+    """The model cannot become a TFHE circuit (precision too high, no crypto parameters)."""
+
+
+class AutofheWarning(UserWarning):
+    """Something works but probably not as the user intended."""

@@ -1,0 +1,176 @@
+"""A trained module as an integer program: the single source of truth of every FHE mode.
+
+The server computes, per linear layer, ``acc = h @ W.T + b`` on encrypted integers with clear
+integer weights, then (hidden layers only) one table lookup per neuron that fuses activation
+and re-quantization: ``h' = T_j[acc_j]``. The client quantizes inputs and de-quantizes the last
+accumulator in the clear. :meth:`IntegerProgram.run` is that computation; it runs on numpy
+integers for ``fhe="disable"`` and is traced by concrete-python for ``simulate`` / ``execute``,
+so the three modes compute the same function.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from autofhe.nn.module import QuantMLP
+from autofhe.nn.pruning import input_max_abs, signed_bits, worst_case_accumulator
+
+__all__ = ["IntegerProgram", "ProgramLayer", "build_program"]
+
+
+#: Widest accumulator whose lookup table is materialized (concrete's TLU limit is 16 bits).
+MAX_TABLE_BITS = 16
+
+
+@dataclass
+class ProgramLayer:
+    """One layer of the integer program.
+
+    Hidden layers carry the function of their lookup: ``out_j(acc) = clip(round(
+    f(acc * acc_scale_j) / out_scale))``. Its table (``table``) is built from
+    :meth:`lookup_values` once and then used by every mode, so clear and encrypted lookups read
+    the very same integers.
+    """
+
+    weight: np.ndarray  # (n_out, n_in) int64
+    bias: np.ndarray  # (n_out,) int64
+    acc_bits: int  # signed width that holds the worst-case accumulator of every neuron
+    activation: torch.nn.Module | None = None  # None: output layer, no lookup
+    acc_scale: np.ndarray | None = None  # (n_out,) real value of one accumulator unit
+    out_scale: float = 1.0
+    out_bits: int = 0
+    out_signed: bool = True
+    _table: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n_lookups(self) -> int:
+        return 0 if self.activation is None else int(self.weight.shape[0])
+
+    @property
+    def out_range(self) -> tuple[int, int]:
+        if self.out_signed:
+            return -(2 ** (self.out_bits - 1)), 2 ** (self.out_bits - 1) - 1
+        return 0, 2**self.out_bits - 1
+
+    def lookup_values(self, acc: np.ndarray) -> np.ndarray:
+        """The lookup function on integer accumulators (last axis = neurons)."""
+        acc = np.asarray(acc, dtype=np.int64)
+        # float32 like the training forward pass, so rounding ties fall the same way.
+        real = torch.from_numpy(acc.astype(np.float32)) * torch.from_numpy(
+            self.acc_scale.astype(np.float32)
+        )
+        with torch.no_grad():
+            y = self.activation(real) / torch.tensor(self.out_scale, dtype=torch.float32)
+        low, high = self.out_range
+        return torch.clamp(torch.round(y), low, high).numpy().astype(np.int64)
+
+    @property
+    def table(self) -> np.ndarray:
+        """(n_out, 2**acc_bits) table, entry ``[j, a mod 2**acc_bits]`` for accumulator a."""
+        if self._table is None:
+            size = 2**self.acc_bits
+            acc = np.arange(-(size // 2), size // 2, dtype=np.int64)
+            values = self.lookup_values(np.broadcast_to(acc[:, None], (size, self.weight.shape[0])))
+            self._table = np.empty((self.weight.shape[0], size), dtype=np.int64)
+            self._table[:, acc % size] = values.T
+        return self._table
+
+    def lookup(self, acc):
+        """Apply the lookup to ``acc`` (numpy integers or a concrete tracer)."""
+        if not _is_numpy(acc):
+            from concrete import fhe
+
+            return fhe.LookupTable([fhe.LookupTable(row) for row in self.table])[acc]
+        acc = np.asarray(acc)
+        if self.acc_bits > MAX_TABLE_BITS:  # cannot compile anyway; spare the memory
+            return self.lookup_values(acc)
+        return self.table[np.arange(self.weight.shape[0]), acc % 2**self.acc_bits]
+
+
+@dataclass
+class IntegerProgram:
+    """Client-side quantization + server-side integer forward + client-side de-quantization."""
+
+    input_scale: float
+    input_bits: int
+    layers: list[ProgramLayer]
+    output_scale: np.ndarray  # (n_outputs,) float64
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.layers[0].weight.shape[1])
+
+    @property
+    def accumulator_bits(self) -> list[int]:
+        return [layer.acc_bits for layer in self.layers]
+
+    def quantize(self, X: np.ndarray) -> np.ndarray:
+        """Client side: float features -> signed ``input_bits`` integers."""
+        low, high = -(2 ** (self.input_bits - 1)), 2 ** (self.input_bits - 1) - 1
+        # float32 like the training-time quantizer, so the rounding ties fall the same way.
+        q = np.round(np.asarray(X, dtype=np.float32) / np.float32(self.input_scale))
+        return np.clip(q, low, high).astype(np.int64)
+
+    def run(self, x):
+        """Server side, the integer forward pass (numpy integers or a concrete tracer)."""
+        h = _hint(x, self.input_bits)
+        for layer in self.layers:
+            acc = _hint(h @ layer.weight.T + layer.bias, layer.acc_bits)
+            if layer.activation is None:
+                return acc
+            h = layer.lookup(acc)
+        raise AssertionError("the last layer of a program has no table")
+
+    def dequantize(self, acc: np.ndarray) -> np.ndarray:
+        """Client side: last accumulator -> real-valued outputs (logits or regression values)."""
+        return np.asarray(acc, dtype=np.float64) * self.output_scale
+
+    def predict_raw(self, X: np.ndarray) -> np.ndarray:
+        """The whole computation in the clear, vectorized over rows."""
+        return self.dequantize(self.run(self.quantize(X)))
+
+
+def _is_numpy(value) -> bool:
+    return isinstance(value, (np.ndarray, np.integer, int))
+
+
+def _hint(value, bit_width: int):
+    if _is_numpy(value):
+        return value
+    from concrete import fhe
+
+    return fhe.hint(value, bit_width=bit_width)
+
+
+def build_program(module: QuantMLP) -> IntegerProgram:
+    """Extract the integer program of a trained :class:`QuantMLP`."""
+    input_scale, int_layers, act_scales = module.integer_layers()
+    # The trained instance: some activations (PReLU) carry learned parameters.
+    activation = copy.deepcopy(module.activation).eval()
+    layers = []
+    for i, il in enumerate(int_layers):
+        worst = worst_case_accumulator(il.weight, il.bias, il.input_max)
+        acc_bits = signed_bits(int(worst.max(initial=0)))
+        if module.n_accum_bits is not None and acc_bits > module.n_accum_bits:
+            raise AssertionError(
+                f"layer {i}: accumulator needs {acc_bits} bits, over the budget "
+                f"{module.n_accum_bits}; pruning failed to enforce it"
+            )
+        layer = ProgramLayer(weight=il.weight, bias=il.bias, acc_bits=acc_bits)
+        if i < len(int_layers) - 1:
+            layer.activation, layer.acc_scale = activation, il.acc_scale
+            layer.out_scale, layer.out_bits = act_scales[i], module.n_a_bits
+            layer.out_signed = module.hidden_signed
+        layers.append(layer)
+    assert input_max_abs(module.n_a_bits, signed=True) == int_layers[0].input_max
+    return IntegerProgram(
+        input_scale=input_scale,
+        input_bits=module.n_a_bits,
+        layers=layers,
+        output_scale=int_layers[-1].acc_scale.astype(np.float64),
+    )

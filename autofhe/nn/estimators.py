@@ -1,0 +1,262 @@
+"""NeuralNetClassifier / NeuralNetRegressor: thin skorch subclasses with a scikit-learn API.
+
+Training runs the quantization-aware :class:`~autofhe.nn.module.QuantMLP`. Prediction runs the
+trained network's integer program (:mod:`autofhe.fhe.program`), the same function the FHE
+circuit computes, so the clear accuracy a user sees is the accuracy under encryption.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import skorch
+import torch
+from sklearn.utils import check_random_state
+from torch import nn
+
+from autofhe.data import check_X, check_Xy
+from autofhe.errors import NotFittedError
+from autofhe.fhe.program import IntegerProgram, build_program
+from autofhe.nn.module import QuantMLP, resolve_activation, validate_module_params
+
+__all__ = ["NeuralNetClassifier", "NeuralNetRegressor"]
+
+#: The seed's documented module defaults.
+MODULE_DEFAULTS = {
+    "module__n_layers": 2,
+    "module__activation_function": nn.ReLU,
+    "module__n_hidden_neurons_multiplier": 4,
+}
+_INFERRED = ("module__input_dim", "module__n_outputs")
+
+
+class _QuantNet:
+    """What both estimators share: parameters, seeding, the module and the integer program."""
+
+    _estimator_type_name = "net"
+
+    def _init_quant(self, kwargs, n_w_bits, n_a_bits, n_accum_bits, power_of_two_scaling,
+                    random_state):
+        for key in _INFERRED:
+            if key in kwargs:
+                raise TypeError(
+                    f"{key} is inferred from the data in fit; remove it from the parameters."
+                )
+        for key, value in MODULE_DEFAULTS.items():
+            kwargs.setdefault(key, value)
+        kwargs.setdefault("iterator_train__shuffle", True)
+        self.n_w_bits = n_w_bits
+        self.n_a_bits = n_a_bits
+        self.n_accum_bits = n_accum_bits
+        self.power_of_two_scaling = power_of_two_scaling
+        self.random_state = random_state
+        return kwargs
+
+    # -- skorch hooks -------------------------------------------------------------------------
+    def initialize_module(self):
+        kwargs = self.get_params_for("module")
+        kwargs.update(
+            input_dim=self.n_features_in_,
+            n_outputs=self._n_module_outputs,
+            n_w_bits=self.n_w_bits,
+            n_a_bits=self.n_a_bits,
+            n_accum_bits=self.n_accum_bits,
+            power_of_two_scaling=self.power_of_two_scaling,
+        )
+        self.module_ = self.initialized_instance(self.module, kwargs)
+        return self
+
+    # -- training -----------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        """Fail before any training on out-of-range hyperparameters."""
+        validate_module_params(
+            getattr(self, "module__n_layers"),
+            getattr(self, "module__n_hidden_neurons_multiplier"),
+            self.n_w_bits,
+            self.n_a_bits,
+            self.n_accum_bits,
+        )
+        resolve_activation(getattr(self, "module__activation_function"))
+
+    def _fit_quant(self, X, y_train, **fit_params):
+        self._check_params()
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        # A private RNG stream: same seed + same data = the same model, and the caller's
+        # global torch RNG is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            skorch.NeuralNet.fit(self, X, y_train, **fit_params)
+        self.program_ = build_program(self.module_)
+        self.accumulator_bits_ = self.program_.accumulator_bits
+        return self
+
+    # -- prediction ---------------------------------------------------------------------------
+    @property
+    def program(self) -> IntegerProgram:
+        """The integer program of the fitted model."""
+        if not hasattr(self, "program_"):
+            raise NotFittedError(
+                f"This {type(self).__name__} is not fitted yet; call fit(X, y) before using it."
+            )
+        return self.program_
+
+    def _raw_outputs(self, X, fhe: str = "disable") -> np.ndarray:
+        program = self.program
+        X = check_X(X, n_features=program.n_features, estimator=type(self).__name__)
+        if fhe != "disable":
+            raise NotImplementedError("FHE modes arrive with autofhe.fhe.compile")
+        return program.predict_raw(X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
+    """Quantization-aware MLP classifier that compiles to a TFHE circuit.
+
+    Parameters
+    ----------
+    n_w_bits, n_a_bits : int, default 3
+        Bit widths of the weights and of the inputs / activations (2 to 16).
+    n_accum_bits : int or None, default None
+        Guaranteed accumulator budget in signed bits for every neuron (None: unbounded).
+    power_of_two_scaling : bool, default True
+        Restrict quantization scales to powers of two.
+    module__n_layers : int, default 2
+        Number of linear layers (1 = a quantized linear model).
+    module__activation_function : torch activation class, default torch.nn.ReLU
+    module__n_hidden_neurons_multiplier : float, default 4
+        Hidden width = max(1, round(n_features * multiplier)).
+    criterion__weight : array-like, optional
+        Class weights, in the order of ``classes_``.
+    random_state : int, RandomState or None
+        Seeds initialisation and batch shuffling.
+
+    Every other skorch option (``batch_size``, ``optimizer``, ``callbacks``, ``train_split``,
+    ``iterator_train__shuffle``, ...) works as in skorch.
+    """
+
+    def __init__(
+        self,
+        module=QuantMLP,
+        *,
+        criterion=nn.CrossEntropyLoss,
+        optimizer=torch.optim.Adam,
+        lr=0.001,
+        max_epochs=10,
+        train_split=None,
+        verbose=False,
+        n_w_bits=3,
+        n_a_bits=3,
+        n_accum_bits=None,
+        power_of_two_scaling=True,
+        random_state=None,
+        **kwargs,
+    ):
+        kwargs = self._init_quant(
+            kwargs, n_w_bits, n_a_bits, n_accum_bits, power_of_two_scaling, random_state
+        )
+        super().__init__(
+            module,
+            criterion=criterion,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            train_split=train_split,
+            verbose=verbose,
+            **kwargs,
+        )
+
+    @property
+    def _n_module_outputs(self) -> int:
+        return len(self.classes_)
+
+    @property
+    def classes_(self):
+        if not hasattr(self, "_fitted_classes"):
+            raise NotFittedError(
+                f"This {type(self).__name__} is not fitted yet; call fit(X, y) before using it."
+            )
+        return self._fitted_classes
+
+    def check_data(self, X, y):
+        # Labels are validated and encoded by fit; skorch's own inference is not needed.
+        return None
+
+    def fit(self, X, y, **fit_params):
+        X, y = check_Xy(X, y, classification=True)
+        classes, encoded = np.unique(y, return_inverse=True)
+        self._fitted_classes = classes
+        self.n_features_in_ = X.shape[1]
+        return self._fit_quant(X, encoded.astype(np.int64), **fit_params)
+
+    def predict_proba(self, X, fhe: str = "disable") -> np.ndarray:
+        logits = self._raw_outputs(X, fhe)
+        logits = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def predict(self, X, fhe: str = "disable") -> np.ndarray:
+        return self.classes_[np.argmax(self._raw_outputs(X, fhe), axis=1)]
+
+
+class NeuralNetRegressor(_QuantNet, skorch.NeuralNetRegressor):
+    """Quantization-aware MLP regressor that compiles to a TFHE circuit.
+
+    Same parameters as :class:`NeuralNetClassifier` (``criterion`` defaults to MSE). Targets
+    are standardized for training and restored in the clear after the circuit, so their scale
+    costs no precision.
+    """
+
+    def __init__(
+        self,
+        module=QuantMLP,
+        *,
+        criterion=nn.MSELoss,
+        optimizer=torch.optim.Adam,
+        lr=0.001,
+        max_epochs=10,
+        train_split=None,
+        verbose=False,
+        n_w_bits=3,
+        n_a_bits=3,
+        n_accum_bits=None,
+        power_of_two_scaling=True,
+        random_state=None,
+        **kwargs,
+    ):
+        kwargs = self._init_quant(
+            kwargs, n_w_bits, n_a_bits, n_accum_bits, power_of_two_scaling, random_state
+        )
+        super().__init__(
+            module,
+            criterion=criterion,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            train_split=train_split,
+            verbose=verbose,
+            **kwargs,
+        )
+
+    @property
+    def _n_module_outputs(self) -> int:
+        return self.n_outputs_
+
+    def fit(self, X, y, **fit_params):
+        X, y = check_Xy(X, y, classification=False)
+        self.y_ndim_ = y.ndim
+        y2 = y.reshape(len(y), -1).astype(np.float64)
+        self.y_mean_ = y2.mean(axis=0)
+        std = y2.std(axis=0)
+        self.y_scale_ = np.where(std > 0, std, 1.0)
+        self.n_outputs_ = y2.shape[1]
+        self.n_features_in_ = X.shape[1]
+        y_train = ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
+        return self._fit_quant(X, y_train, **fit_params)
+
+    def predict(self, X, fhe: str = "disable") -> np.ndarray:
+        out = self._raw_outputs(X, fhe) * self.y_scale_ + self.y_mean_
+        return out.ravel() if self.y_ndim_ == 1 else out

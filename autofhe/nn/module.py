@@ -1,0 +1,258 @@
+"""The quantized MLP trained by the estimators (torch + brevitas).
+
+Structure: input quantizer (signed, ``n_a_bits``) -> ``n_layers`` linear layers; between two
+linear layers an activation followed by an activation quantizer (``n_a_bits``, unsigned when the
+activation never goes below zero). Weights are quantized per output neuron (``n_w_bits``,
+narrow signed range), biases in accumulator units (input scale x weight scale), so every linear
+layer is an exact integer matmul-plus-bias followed by one per-neuron scale. That is what lets
+:mod:`autofhe.fhe.program` turn the trained module into an integer program.
+
+With ``n_accum_bits`` set, each forward pass prunes every neuron to its largest contributions
+that fit the budget (:func:`autofhe.nn.pruning.neuron_keep_mask`), so the budget holds for the
+weights the model ends with, not only for the ones it started with.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import brevitas.nn as qnn
+import numpy as np
+import torch
+import torch.nn.functional as F
+from brevitas.quant import (
+    Int8ActPerTensorFloat,
+    Int8WeightPerChannelFloat,
+    Uint8ActPerTensorFloat,
+)
+from brevitas.quant.fixed_point import (
+    Int8ActPerTensorFixedPoint,
+    Int8WeightPerChannelFixedPoint,
+    Uint8ActPerTensorFixedPoint,
+)
+from torch import nn
+
+from autofhe.errors import ParameterError
+from autofhe.nn.pruning import (
+    budget_limit,
+    check_budget,
+    input_max_abs,
+    neuron_keep_mask,
+    weight_max_abs,
+)
+
+__all__ = ["ACTIVATIONS", "IntegerLayer", "QuantMLP", "hidden_width", "resolve_activation"]
+
+#: Activations offered by name (the search space uses these names).
+ACTIVATIONS = {
+    name: getattr(nn, name)
+    for name in (
+        "ReLU", "ReLU6", "Sigmoid", "Tanh", "GELU", "SELU", "CELU", "LeakyReLU", "ELU",
+        "Hardtanh", "Hardsigmoid", "Hardswish", "SiLU", "Mish", "Softplus", "Softsign",
+        "Tanhshrink", "LogSigmoid", "PReLU", "RReLU",
+    )
+}
+
+MIN_BITS, MAX_BITS = 2, 16
+MAX_ACCUM_BITS = 48
+
+
+def resolve_activation(activation) -> type[nn.Module]:
+    """Turn a torch activation class (or its name, e.g. ``"ReLU"``) into the class."""
+    if isinstance(activation, str):
+        cls = ACTIVATIONS.get(activation.removeprefix("nn.").removeprefix("torch.nn."))
+        if cls is not None:
+            return cls
+    elif inspect.isclass(activation) and issubclass(activation, nn.Module):
+        return activation
+    names = ", ".join(ACTIVATIONS)
+    raise ParameterError(
+        f"module__activation_function={activation!r} is not a torch activation: pass a class "
+        f"such as torch.nn.ReLU or one of the names {names}."
+    )
+
+
+def hidden_width(input_dim: int, multiplier: float) -> int:
+    """Hidden layer width: ``max(1, round(input_dim * multiplier))``."""
+    return max(1, round(input_dim * multiplier))
+
+
+def _check_int(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ParameterError(f"{name}={value!r} must be an integer from {low} to {high}.")
+    if not low <= value <= high:
+        raise ParameterError(f"{name}={value} is out of range: use an integer from {low} to {high}.")
+    return int(value)
+
+
+def _is_nonnegative(activation: nn.Module) -> bool:
+    """Whether the activation never outputs a negative value (then its quantizer is unsigned)."""
+    grid = torch.linspace(-100.0, 100.0, 20001)
+    with torch.no_grad():
+        return bool(activation(grid).min() >= 0)
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+@dataclass
+class IntegerLayer:
+    """One linear layer of a trained module, in integers (what the FHE program needs)."""
+
+    weight: np.ndarray  # (n_out, n_in) int64, pruned
+    bias: np.ndarray  # (n_out,) int64, in accumulator units
+    acc_scale: np.ndarray  # (n_out,) float64: real value = acc * acc_scale
+    input_max: int  # largest |x_int| the input quantizer can produce
+
+
+class QuantMLP(nn.Module):
+    """Quantization-aware MLP; see the module docstring for its structure."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        n_outputs: int,
+        n_layers: int = 2,
+        activation_function=nn.ReLU,
+        n_hidden_neurons_multiplier: float = 4,
+        n_w_bits: int = 3,
+        n_a_bits: int = 3,
+        n_accum_bits: int | None = None,
+        power_of_two_scaling: bool = True,
+    ):
+        super().__init__()
+        validate_module_params(
+            n_layers, n_hidden_neurons_multiplier, n_w_bits, n_a_bits, n_accum_bits
+        )
+        self.activation_cls = resolve_activation(activation_function)
+        self.n_w_bits, self.n_a_bits = int(n_w_bits), int(n_a_bits)
+        self.n_accum_bits = None if n_accum_bits is None else int(n_accum_bits)
+        self.activation = self.activation_cls()
+        self.hidden_signed = not _is_nonnegative(self.activation)
+        self.input_max_abs = input_max_abs(self.n_a_bits, signed=True)
+        self.hidden_max_abs = input_max_abs(self.n_a_bits, signed=self.hidden_signed)
+        check_budget(
+            self.n_accum_bits,
+            self.n_w_bits,
+            [self.input_max_abs] + ([self.hidden_max_abs] if n_layers > 1 else []),
+        )
+
+        po2 = bool(power_of_two_scaling)
+        weight_quant = Int8WeightPerChannelFixedPoint if po2 else Int8WeightPerChannelFloat
+        signed_act = Int8ActPerTensorFixedPoint if po2 else Int8ActPerTensorFloat
+        unsigned_act = Uint8ActPerTensorFixedPoint if po2 else Uint8ActPerTensorFloat
+        hidden_act = signed_act if self.hidden_signed else unsigned_act
+
+        width = hidden_width(input_dim, n_hidden_neurons_multiplier)
+        dims = [input_dim] + [width] * (n_layers - 1) + [n_outputs]
+        self.input_quant = self._act_quant(signed_act)
+        self.linears = nn.ModuleList(
+            qnn.QuantLinear(
+                d_in, d_out, bias=True, weight_quant=weight_quant, weight_bit_width=self.n_w_bits
+            )
+            for d_in, d_out in zip(dims[:-1], dims[1:])
+        )
+        self.act_quants = nn.ModuleList(self._act_quant(hidden_act) for _ in dims[1:-1])
+
+    def _act_quant(self, quant) -> nn.Module:
+        # A high percentile (not the max) sets the initial range: at 2-4 bits a few outliers
+        # would otherwise waste most of the levels.
+        return qnn.QuantIdentity(
+            act_quant=quant,
+            bit_width=self.n_a_bits,
+            return_quant_tensor=True,
+            high_percentile_q=99.9,
+        )
+
+    def input_maxes(self) -> list[int]:
+        """Largest |x_int| entering each linear layer."""
+        return [self.input_max_abs] + [self.hidden_max_abs] * (len(self.linears) - 1)
+
+    def _quantized_linear(self, index: int, x: torch.Tensor, x_scale: torch.Tensor):
+        layer = self.linears[index]
+        qw = layer.quant_weight()
+        w_scale = qw.scale.reshape(-1)
+        acc_scale = x_scale.reshape(()) * w_scale
+        b_int = _round_ste(layer.bias / acc_scale)
+        weight = qw.value
+        if self.n_accum_bits is not None:
+            w_mask, b_mask = neuron_keep_mask(
+                torch.round(qw.value / qw.scale).detach(),
+                b_int.detach(),
+                self.input_maxes()[index],
+                budget_limit(self.n_accum_bits),
+            )
+            weight = weight * w_mask
+            b_int = b_int * b_mask
+        return F.linear(x, weight, b_int * acc_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.input_quant(x)
+        h, scale = q.value, q.scale
+        last = len(self.linears) - 1
+        for i in range(len(self.linears)):
+            z = self._quantized_linear(i, h, scale)
+            if i == last:
+                return z
+            q = self.act_quants[i](self.activation(z))
+            h, scale = q.value, q.scale
+        raise AssertionError("unreachable")
+
+    @torch.no_grad()
+    def integer_layers(self) -> tuple[float, list[IntegerLayer], list[float]]:
+        """The trained network in integers.
+
+        Returns
+        -------
+        input_scale : scale of the input quantizer (x_int = round(x / input_scale)).
+        layers : one :class:`IntegerLayer` per linear layer, pruned exactly as in ``forward``.
+        act_scales : scale of each hidden activation quantizer.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            scales = [float(self.input_quant.act_quant.scale())]
+            scales += [float(q.act_quant.scale()) for q in self.act_quants]
+            layers = []
+            for i, layer in enumerate(self.linears):
+                qw = layer.quant_weight()
+                w_scale = qw.scale.reshape(-1).double()
+                w_int = torch.round(qw.value / qw.scale)
+                acc_scale = torch.tensor(scales[i], dtype=torch.float32) * qw.scale.reshape(-1)
+                b_int = torch.round(layer.bias / acc_scale)
+                if self.n_accum_bits is not None:
+                    w_mask, b_mask = neuron_keep_mask(
+                        w_int, b_int, self.input_maxes()[i], budget_limit(self.n_accum_bits)
+                    )
+                    w_int, b_int = w_int * w_mask, b_int * b_mask
+                layers.append(
+                    IntegerLayer(
+                        weight=w_int.numpy().astype(np.int64),
+                        bias=b_int.numpy().astype(np.int64),
+                        acc_scale=(scales[i] * w_scale).numpy(),
+                        input_max=self.input_maxes()[i],
+                    )
+                )
+            return scales[0], layers, scales[1:]
+        finally:
+            self.train(was_training)
+
+
+def validate_module_params(n_layers, multiplier, n_w_bits, n_a_bits, n_accum_bits) -> None:
+    """Range checks shared by the module and the estimators (run before any training)."""
+    _check_int("module__n_layers", n_layers, 1, 64)
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float, np.number)):
+        raise ParameterError(
+            f"module__n_hidden_neurons_multiplier={multiplier!r} must be a positive number."
+        )
+    if not (np.isfinite(multiplier) and multiplier > 0):
+        raise ParameterError(
+            f"module__n_hidden_neurons_multiplier={multiplier} must be a positive finite number "
+            "(e.g. 0.5 for half the input width, 4 for four times)."
+        )
+    _check_int("n_w_bits", n_w_bits, MIN_BITS, MAX_BITS)
+    _check_int("n_a_bits", n_a_bits, MIN_BITS, MAX_BITS)
+    if n_accum_bits is not None:
+        _check_int("n_accum_bits", n_accum_bits, MIN_BITS, MAX_ACCUM_BITS)
