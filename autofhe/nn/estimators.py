@@ -27,6 +27,8 @@ MODULE_DEFAULTS = {
     "module__n_hidden_neurons_multiplier": 4,
 }
 _INFERRED = ("module__input_dim", "module__n_outputs")
+#: Rows used to calibrate quantizers and solve the initial readout (a random subset).
+_INIT_ROWS = 4096
 
 
 class _QuantNet:
@@ -84,7 +86,13 @@ class _QuantNet:
         # global torch RNG is left as it was.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            skorch.NeuralNet.fit(self, X, y_train, **fit_params)
+            if not self.warm_start or not self.initialized_:
+                self.initialize()
+                rows = torch.randperm(len(X))[:_INIT_ROWS].numpy()
+                self.module_.data_init(
+                    torch.from_numpy(X[rows]), torch.from_numpy(self._init_targets(y_train[rows]))
+                )
+            self.partial_fit(X, y_train, **fit_params)
         self.program_ = build_program(self.module_)
         self.accumulator_bits_ = self.program_.accumulator_bits
         return self
@@ -173,6 +181,9 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
     def _n_module_outputs(self) -> int:
         return len(self.classes_)
 
+    def _init_targets(self, y_encoded: np.ndarray) -> np.ndarray:
+        return np.eye(len(self.classes_), dtype=np.float32)[y_encoded]
+
     @property
     def classes_(self):
         if not hasattr(self, "_fitted_classes"):
@@ -244,6 +255,9 @@ class NeuralNetRegressor(_QuantNet, skorch.NeuralNetRegressor):
     @property
     def _n_module_outputs(self) -> int:
         return self.n_outputs_
+
+    def _init_targets(self, y_scaled: np.ndarray) -> np.ndarray:
+        return y_scaled
 
     def fit(self, X, y, **fit_params):
         X, y = check_Xy(X, y, classification=False)

@@ -18,6 +18,7 @@ import inspect
 from dataclasses import dataclass
 
 import brevitas.nn as qnn
+from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -199,6 +200,44 @@ class QuantMLP(nn.Module):
             q = self.act_quants[i](self.activation(z))
             h, scale = q.value, q.scale
         raise AssertionError("unreachable")
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantized input of the last linear layer (real values)."""
+        h = self.input_quant(x).value
+        scale = self.input_quant(x).scale
+        for i in range(len(self.linears) - 1):
+            q = self.act_quants[i](self.activation(self._quantized_linear(i, h, scale)))
+            h, scale = q.value, q.scale
+        return h
+
+    @torch.no_grad()
+    def data_init(self, X: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-2) -> None:
+        """Initialise from the training data before quantization-aware training.
+
+        1. Calibrate every activation quantizer on ``X`` (a percentile of what it sees), then
+           turn the statistics into the learned scale, so training starts from a sensible
+           range instead of collecting statistics batch by batch.
+        2. Solve the last layer by ridge regression of ``targets`` (one-hot classes or
+           standardized values) on the quantized features it receives. Training then starts
+           near a good model: ten epochs at the seed's learning rate are enough to converge.
+        """
+        was_training = self.training
+        self.train()
+        self(X)
+        for m in self.modules():
+            if isinstance(m, ParameterFromRuntimeStatsScaling):
+                m.init_scale()
+        self.eval()
+        H = self._features(X).double()
+        H1 = torch.cat([H, torch.ones(len(H), 1, dtype=H.dtype)], dim=1)
+        gram = H1.T @ H1
+        reg = ridge * len(H) * torch.eye(gram.shape[0], dtype=H.dtype)
+        reg[-1, -1] = 0.0  # do not shrink the bias
+        coef = torch.linalg.solve(gram + reg, H1.T @ targets.double())
+        last = self.linears[-1]
+        last.weight.copy_(coef[:-1].T.to(last.weight.dtype))
+        last.bias.copy_(coef[-1].to(last.bias.dtype))
+        self.train(was_training)
 
     @torch.no_grad()
     def integer_layers(self) -> tuple[float, list[IntegerLayer], list[float]]:
