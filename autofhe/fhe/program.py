@@ -95,7 +95,7 @@ class ProgramLayer:
 class IntegerProgram:
     """Client-side quantization + server-side integer forward + client-side de-quantization."""
 
-    input_scale: float
+    input_scale: np.ndarray  # (n_features,) client-side quantization scale per feature
     input_bits: int
     layers: list[ProgramLayer]
     output_scale: np.ndarray  # (n_outputs,) float64
@@ -113,7 +113,7 @@ class IntegerProgram:
         """Client side: float features -> signed ``input_bits`` integers."""
         low, high = -(2 ** (self.input_bits - 1)), 2 ** (self.input_bits - 1) - 1
         # float32 like the training-time quantizer, so the rounding ties fall the same way.
-        q = np.round(np.asarray(X, dtype=np.float32) / np.float32(self.input_scale))
+        q = np.round(np.asarray(X, dtype=np.float32) / self.input_scale.astype(np.float32))
         return np.clip(q, low, high).astype(np.int64)
 
     def run(self, x):

@@ -40,7 +40,6 @@ from autofhe.nn.pruning import (
     check_budget,
     input_max_abs,
     neuron_keep_mask,
-    weight_max_abs,
 )
 
 __all__ = ["ACTIVATIONS", "IntegerLayer", "QuantMLP", "hidden_width", "resolve_activation"]
@@ -56,6 +55,15 @@ ACTIVATIONS = {
 }
 
 MIN_BITS, MAX_BITS = 2, 16
+
+
+def input_percentile(n_bits: int) -> float:
+    """Percentile of each feature that sets its initial input range.
+
+    With few levels, clipping the tails costs less than coarse steps everywhere (measured on
+    breast_cancer / wine / digits at 3 bits: 85-94 beat 99.9 by 2-4 points of accuracy).
+    """
+    return {2: 90.0, 3: 92.0, 4: 96.0, 5: 98.5}.get(n_bits, 99.9)
 MAX_ACCUM_BITS = 48
 
 
@@ -148,7 +156,7 @@ class QuantMLP(nn.Module):
 
         width = hidden_width(input_dim, n_hidden_neurons_multiplier)
         dims = [input_dim] + [width] * (n_layers - 1) + [n_outputs]
-        self.input_quant = self._act_quant(signed_act)
+        self.input_quant = self._act_quant(signed_act, per_feature=input_dim)
         self.linears = nn.ModuleList(
             qnn.QuantLinear(
                 d_in, d_out, bias=True, weight_quant=weight_quant, weight_bit_width=self.n_w_bits
@@ -157,14 +165,22 @@ class QuantMLP(nn.Module):
         )
         self.act_quants = nn.ModuleList(self._act_quant(hidden_act) for _ in dims[1:-1])
 
-    def _act_quant(self, quant) -> nn.Module:
+    def _act_quant(self, quant, per_feature: int | None = None) -> nn.Module:
         # A high percentile (not the max) sets the initial range: at 2-4 bits a few outliers
         # would otherwise waste most of the levels.
+        extra = {"high_percentile_q": 99.9}
+        if per_feature is not None:
+            extra = dict(
+                high_percentile_q=input_percentile(self.n_a_bits),
+                scaling_per_output_channel=True,
+                per_channel_broadcastable_shape=(1, per_feature),
+                scaling_stats_permute_dims=(1, 0),
+            )
         return qnn.QuantIdentity(
             act_quant=quant,
             bit_width=self.n_a_bits,
             return_quant_tensor=True,
-            high_percentile_q=99.9,
+            **extra,
         )
 
     def input_maxes(self) -> list[int]:
@@ -172,22 +188,26 @@ class QuantMLP(nn.Module):
         return [self.input_max_abs] + [self.hidden_max_abs] * (len(self.linears) - 1)
 
     def _quantized_linear(self, index: int, x: torch.Tensor, x_scale: torch.Tensor):
+        """Integer matmul + bias of layer ``index``, returned in real units.
+
+        The layer sees integers ``x_int = x / x_scale``; its *effective* weight
+        ``w * x_scale`` is quantized per output neuron. For the first layer ``x_scale`` holds
+        one scale per feature, which the client applies in the clear: per-feature input ranges
+        at no cost under encryption.
+        """
         layer = self.linears[index]
-        qw = layer.quant_weight()
-        w_scale = qw.scale.reshape(-1)
-        acc_scale = x_scale.reshape(()) * w_scale
+        qv = layer.weight_quant(layer.weight * x_scale.reshape(1, -1))
+        acc_scale = qv.scale.reshape(-1)
+        v_int = torch.round(qv.value / qv.scale).detach()
         b_int = _round_ste(layer.bias / acc_scale)
-        weight = qw.value
+        weight = qv.value
         if self.n_accum_bits is not None:
             w_mask, b_mask = neuron_keep_mask(
-                torch.round(qw.value / qw.scale).detach(),
-                b_int.detach(),
-                self.input_maxes()[index],
-                budget_limit(self.n_accum_bits),
+                v_int, b_int.detach(), self.input_maxes()[index], budget_limit(self.n_accum_bits)
             )
             weight = weight * w_mask
             b_int = b_int * b_mask
-        return F.linear(x, weight, b_int * acc_scale)
+        return F.linear(x / x_scale.reshape(1, -1), weight, b_int * acc_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = self.input_quant(x)
@@ -203,8 +223,8 @@ class QuantMLP(nn.Module):
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """Quantized input of the last linear layer (real values)."""
-        h = self.input_quant(x).value
-        scale = self.input_quant(x).scale
+        q = self.input_quant(x)
+        h, scale = q.value, q.scale
         for i in range(len(self.linears) - 1):
             q = self.act_quants[i](self.activation(self._quantized_linear(i, h, scale)))
             h, scale = q.value, q.scale
@@ -240,41 +260,44 @@ class QuantMLP(nn.Module):
         self.train(was_training)
 
     @torch.no_grad()
-    def integer_layers(self) -> tuple[float, list[IntegerLayer], list[float]]:
+    def integer_layers(self) -> tuple[np.ndarray, list[IntegerLayer], list[float]]:
         """The trained network in integers.
 
         Returns
         -------
-        input_scale : scale of the input quantizer (x_int = round(x / input_scale)).
+        input_scale : per-feature scales of the input quantizer (x_int = round(x / scale)).
         layers : one :class:`IntegerLayer` per linear layer, pruned exactly as in ``forward``.
         act_scales : scale of each hidden activation quantizer.
         """
         was_training = self.training
         self.eval()
         try:
-            scales = [float(self.input_quant.act_quant.scale())]
-            scales += [float(q.act_quant.scale()) for q in self.act_quants]
+            in_scale = self.input_quant.act_quant.scale().reshape(-1)
+            scales = [in_scale] + [q.act_quant.scale().reshape(()) for q in self.act_quants]
             layers = []
             for i, layer in enumerate(self.linears):
-                qw = layer.quant_weight()
-                w_scale = qw.scale.reshape(-1).double()
-                w_int = torch.round(qw.value / qw.scale)
-                acc_scale = torch.tensor(scales[i], dtype=torch.float32) * qw.scale.reshape(-1)
+                qv = layer.weight_quant(layer.weight * scales[i].reshape(1, -1))
+                acc_scale = qv.scale.reshape(-1)
+                v_int = torch.round(qv.value / qv.scale)
                 b_int = torch.round(layer.bias / acc_scale)
                 if self.n_accum_bits is not None:
                     w_mask, b_mask = neuron_keep_mask(
-                        w_int, b_int, self.input_maxes()[i], budget_limit(self.n_accum_bits)
+                        v_int, b_int, self.input_maxes()[i], budget_limit(self.n_accum_bits)
                     )
-                    w_int, b_int = w_int * w_mask, b_int * b_mask
+                    v_int, b_int = v_int * w_mask, b_int * b_mask
                 layers.append(
                     IntegerLayer(
-                        weight=w_int.numpy().astype(np.int64),
+                        weight=v_int.numpy().astype(np.int64),
                         bias=b_int.numpy().astype(np.int64),
-                        acc_scale=(scales[i] * w_scale).numpy(),
+                        acc_scale=acc_scale.double().numpy(),
                         input_max=self.input_maxes()[i],
                     )
                 )
-            return scales[0], layers, scales[1:]
+            return (
+                in_scale.double().numpy(),
+                layers,
+                [float(sc) for sc in scales[1:]],
+            )
         finally:
             self.train(was_training)
 

@@ -1,0 +1,63 @@
+"""Shared fixtures: small seeded datasets and the benchmark protocol's split."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+from sklearn import datasets
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+
+
+def split(name: str):
+    """The benchmark protocol: 75/25 stratified split, random_state=0, standardized."""
+    X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+    regression = name == "diabetes"
+    Xtr, Xte, ytr, yte = train_test_split(
+        X, y, test_size=0.25, random_state=0, stratify=None if regression else y
+    )
+    scaler = StandardScaler().fit(Xtr)
+    return (
+        scaler.transform(Xtr).astype(np.float32),
+        scaler.transform(Xte).astype(np.float32),
+        ytr,
+        yte,
+    )
+
+
+@pytest.fixture(scope="session")
+def breast_cancer():
+    return split("breast_cancer")
+
+
+@pytest.fixture(scope="session")
+def wine():
+    return split("wine")
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return split("digits")
+
+
+@pytest.fixture(scope="session")
+def diabetes():
+    return split("diabetes")
+
+
+@pytest.fixture()
+def toy():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+    return X, y
+
+
+def require_services() -> bool:
+    """In CI (AUTOFHE_REQUIRE_SERVICES=1) a missing service is a failure, not a skip."""
+    return os.environ.get("AUTOFHE_REQUIRE_SERVICES") == "1"
