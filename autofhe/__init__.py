@@ -5,4 +5,10 @@ from autofhe.nn.estimators import NeuralNetClassifier, NeuralNetRegressor
 
 __version__ = "0.1.0"
 
-__all__ = ["AutofheError", "AutofheWarning", "NeuralNetClassifier", "NeuralNetRegressor", "__version__"]
+__all__ = [
+    "AutofheError",
+    "AutofheWarning",
+    "NeuralNetClassifier",
+    "NeuralNetRegressor",
+    "__version__",
+]

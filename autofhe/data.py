@@ -7,7 +7,12 @@ numbers stored as objects become floats, anything else is refused.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from scipy import sparse
+from sklearn.exceptions import DataConversionWarning
+from sklearn.utils.multiclass import type_of_target
 
 from autofhe.errors import DataError, DataTypeError
 
@@ -15,14 +20,26 @@ __all__ = ["check_X", "check_Xy", "check_y"]
 
 
 def _as_numeric(values, name: str) -> np.ndarray:
+    if sparse.issparse(values):
+        raise DataTypeError(
+            f"{name} is a sparse matrix ({values.shape}); sparse input is not supported: "
+            f"densify it first with {name}.toarray()."
+        )
     if hasattr(values, "to_numpy"):  # pandas / polars frames and series
         values = values.to_numpy()
     try:
         arr = np.asarray(values)
     except Exception as exc:  # ragged nested lists and the like
-        raise DataError(f"{name} cannot be read as an array ({exc}); pass a 2-D numeric array.")
+        raise DataError(
+            f"{name} cannot be read as an array ({exc}); pass a 2-D numeric array."
+        ) from None
     if arr.dtype.kind in "biuf":
         return arr
+    if arr.dtype.kind == "c":
+        raise DataTypeError(
+            f"{name} has complex dtype {arr.dtype}: Complex data not supported; pass real "
+            "numbers (e.g. the real and imaginary parts as separate features)."
+        )
     if arr.dtype.kind == "O":
         try:
             return arr.astype(np.float64)
@@ -44,8 +61,8 @@ def check_X(X, *, n_features: int | None = None, estimator: str = "the model") -
     arr = _as_numeric(X, "X")
     if arr.ndim != 2:
         hint = (
-            " Reshape it with X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a "
-            "single sample."
+            " Reshape your data with X.reshape(-1, 1) for a single feature or X.reshape(1, -1) "
+            "for a single sample."
             if arr.ndim == 1
             else ""
         )
@@ -53,9 +70,15 @@ def check_X(X, *, n_features: int | None = None, estimator: str = "the model") -
             f"X must be a 2-D array (n_samples, n_features); got {arr.ndim}-D with shape "
             f"{arr.shape}.{hint}"
         )
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
+    if arr.shape[0] == 0:
         raise DataError(
-            f"X is empty: shape {arr.shape}; pass at least one sample with at least one feature."
+            f"X is empty: 0 sample(s) (shape={arr.shape}) while a minimum of 1 is required; "
+            "pass at least one row."
+        )
+    if arr.shape[1] == 0:
+        raise DataError(
+            f"X is empty: 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required; "
+            "pass at least one column."
         )
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr)
@@ -79,10 +102,18 @@ def check_y(y, n_samples: int, *, classification: bool) -> np.ndarray:
     if hasattr(y, "to_numpy"):
         y = y.to_numpy()
     if y is None:
-        raise DataError("y is None: pass one label per row of X.")
+        raise DataError(
+            "This estimator requires y to be passed, but the target y is None; pass one label "
+            "per row of X."
+        )
     arr = np.asarray(y)
     if classification:
         if arr.ndim == 2 and arr.shape[1] == 1:
+            warnings.warn(
+                "A column-vector y was passed when a 1d array was expected; use y.ravel().",
+                DataConversionWarning,
+                stacklevel=3,
+            )
             arr = arr.ravel()
         if arr.ndim != 1:
             raise DataError(
@@ -102,6 +133,12 @@ def check_y(y, n_samples: int, *, classification: bool) -> np.ndarray:
             raise DataError("y contains NaN or infinity; drop the rows without a valid label.")
         if arr.dtype.kind == "O" and any(v is None for v in arr):
             raise DataError("y contains None; drop the rows without a valid label.")
+        if arr.dtype.kind == "f" and type_of_target(arr) == "continuous":
+            example = arr[arr != np.round(arr)][0]
+            raise DataError(
+                f"Unknown label type: continuous target (e.g. {example}) "
+                "given to a classifier; use NeuralNetRegressor, or bin the target into classes."
+            )
         classes = np.unique(arr)
         if len(classes) < 2:
             raise DataError(
@@ -115,7 +152,14 @@ def check_y(y, n_samples: int, *, classification: bool) -> np.ndarray:
     return arr
 
 
-def check_Xy(X, y, *, classification: bool) -> tuple[np.ndarray, np.ndarray]:
+def check_Xy(
+    X, y, *, classification: bool, n_features: int | None = None, estimator: str = "the model"
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate a training set (see :func:`check_X` and :func:`check_y`)."""
-    X = check_X(X)
+    X = check_X(X, n_features=n_features, estimator=estimator)
+    if X.shape[0] < 2:
+        raise DataError(
+            f"X has n_samples=1: training needs at least 2 samples (got shape {X.shape}); "
+            "pass more rows."
+        )
     return X, check_y(y, X.shape[0], classification=classification)

@@ -14,7 +14,7 @@ from sklearn.utils import check_random_state
 from torch import nn
 
 from autofhe.data import check_X, check_Xy
-from autofhe.errors import NotFittedError
+from autofhe.errors import DataError, NotFittedError
 from autofhe.fhe.program import IntegerProgram, build_program
 from autofhe.nn.module import QuantMLP, resolve_activation, validate_module_params
 
@@ -34,10 +34,9 @@ _INIT_ROWS = 4096
 class _QuantNet:
     """What both estimators share: parameters, seeding, the module and the integer program."""
 
-    _estimator_type_name = "net"
-
-    def _init_quant(self, kwargs, n_w_bits, n_a_bits, n_accum_bits, power_of_two_scaling,
-                    random_state):
+    def _init_quant(
+        self, kwargs, n_w_bits, n_a_bits, n_accum_bits, power_of_two_scaling, random_state
+    ):
         for key in _INFERRED:
             if key in kwargs:
                 raise TypeError(
@@ -71,31 +70,59 @@ class _QuantNet:
     def _check_params(self) -> None:
         """Fail before any training on out-of-range hyperparameters."""
         validate_module_params(
-            getattr(self, "module__n_layers"),
-            getattr(self, "module__n_hidden_neurons_multiplier"),
+            self.module__n_layers,
+            self.module__n_hidden_neurons_multiplier,
             self.n_w_bits,
             self.n_a_bits,
             self.n_accum_bits,
         )
-        resolve_activation(getattr(self, "module__activation_function"))
+        resolve_activation(self.module__activation_function)
 
-    def _fit_quant(self, X, y_train, **fit_params):
+    def _fit_quant(self, X, y_train, *, reinit: bool, **fit_params):
         self._check_params()
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         # A private RNG stream: same seed + same data = the same model, and the caller's
         # global torch RNG is left as it was.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            if not self.warm_start or not self.initialized_:
+            if reinit or not self.initialized_:
                 self.initialize()
                 rows = torch.randperm(len(X))[:_INIT_ROWS].numpy()
                 self.module_.data_init(
                     torch.from_numpy(X[rows]), torch.from_numpy(self._init_targets(y_train[rows]))
                 )
-            self.partial_fit(X, y_train, **fit_params)
+            skorch.NeuralNet.partial_fit(self, X, y_train, **fit_params)
         self.program_ = build_program(self.module_)
         self.accumulator_bits_ = self.program_.accumulator_bits
         return self
+
+    def fit(self, X, y, **fit_params):
+        """Train from scratch (or continue, with ``warm_start=True``); returns self."""
+        return self._fit_first(X, y, None, reinit=not self.warm_start, **fit_params)
+
+    def _fit_first(self, X, y, classes, *, reinit: bool, **fit_params):
+        X, y = check_Xy(X, y, classification=self._classification)
+        y_train = self._prepare_targets(y, first=True, classes=classes)
+        self.n_features_in_ = X.shape[1]
+        return self._fit_quant(X, y_train, reinit=reinit, **fit_params)
+
+    def partial_fit(self, X, y, classes=None, **fit_params):
+        """Train ``max_epochs`` more epochs on (X, y) without re-initialising; returns self.
+
+        The first call on an unfitted estimator behaves like ``fit``; ``classes`` (classifier)
+        may list every class that later calls will bring.
+        """
+        if not hasattr(self, "program_"):
+            return self._fit_first(X, y, classes, reinit=True, **fit_params)
+        X, y = check_Xy(
+            X,
+            y,
+            classification=self._classification,
+            n_features=self.n_features_in_,
+            estimator=type(self).__name__,
+        )
+        y_train = self._prepare_targets(y, first=False)
+        return self._fit_quant(X, y_train, reinit=False, **fit_params)
 
     # -- prediction ---------------------------------------------------------------------------
     @property
@@ -122,6 +149,8 @@ class _QuantNet:
 
 
 class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
+    _classification = True
+
     """Quantization-aware MLP classifier that compiles to a TFHE circuit.
 
     Parameters
@@ -196,12 +225,17 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
         # Labels are validated and encoded by fit; skorch's own inference is not needed.
         return None
 
-    def fit(self, X, y, **fit_params):
-        X, y = check_Xy(X, y, classification=True)
-        classes, encoded = np.unique(y, return_inverse=True)
-        self._fitted_classes = classes
-        self.n_features_in_ = X.shape[1]
-        return self._fit_quant(X, encoded.astype(np.int64), **fit_params)
+    def _prepare_targets(self, y: np.ndarray, first: bool, classes=None) -> np.ndarray:
+        if first:
+            declared = np.asarray([] if classes is None else classes, dtype=y.dtype)
+            self._fitted_classes = np.unique(np.concatenate([declared, y]))
+        unknown = np.setdiff1d(np.unique(y), self._fitted_classes)
+        if len(unknown):
+            raise DataError(
+                f"y has classes {unknown.tolist()} unseen in the first fit (classes_ = "
+                f"{self._fitted_classes.tolist()}); refit from scratch with fit(X, y)."
+            )
+        return np.searchsorted(self._fitted_classes, y).astype(np.int64)
 
     def predict_proba(self, X, fhe: str = "disable") -> np.ndarray:
         logits = self._raw_outputs(X, fhe)
@@ -214,6 +248,8 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
 
 
 class NeuralNetRegressor(_QuantNet, skorch.NeuralNetRegressor):
+    _classification = False
+
     """Quantization-aware MLP regressor that compiles to a TFHE circuit.
 
     Same parameters as :class:`NeuralNetClassifier` (``criterion`` defaults to MSE). Targets
@@ -259,17 +295,29 @@ class NeuralNetRegressor(_QuantNet, skorch.NeuralNetRegressor):
     def _init_targets(self, y_scaled: np.ndarray) -> np.ndarray:
         return y_scaled
 
-    def fit(self, X, y, **fit_params):
-        X, y = check_Xy(X, y, classification=False)
-        self.y_ndim_ = y.ndim
+    def _prepare_targets(self, y: np.ndarray, first: bool, classes=None) -> np.ndarray:
         y2 = y.reshape(len(y), -1).astype(np.float64)
-        self.y_mean_ = y2.mean(axis=0)
-        std = y2.std(axis=0)
-        self.y_scale_ = np.where(std > 0, std, 1.0)
-        self.n_outputs_ = y2.shape[1]
-        self.n_features_in_ = X.shape[1]
-        y_train = ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
-        return self._fit_quant(X, y_train, **fit_params)
+        if first:
+            self.y_ndim_ = y.ndim
+            self.y_mean_ = y2.mean(axis=0)
+            std = y2.std(axis=0)
+            self.y_scale_ = np.where(std > 0, std, 1.0)
+            self.n_outputs_ = y2.shape[1]
+        elif y2.shape[1] != self.n_outputs_:
+            raise DataError(
+                f"y has {y2.shape[1]} targets but the model was fitted with {self.n_outputs_}; "
+                "pass the same targets or refit with fit(X, y)."
+            )
+        return ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
+
+    @property
+    def predict_proba(self):
+        raise AttributeError("a regressor has no predict_proba; use predict")
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
 
     def predict(self, X, fhe: str = "disable") -> np.ndarray:
         out = self._raw_outputs(X, fhe) * self.y_scale_ + self.y_mean_

@@ -5,8 +5,8 @@ quantized input its worst case is ``sum_i |w_int[i]| * x_max + |b_int|``, where 
 largest magnitude the input quantizer can produce. A budget of ``B`` signed bits holds every
 value of magnitude up to ``2**(B - 1) - 1``.
 
-Pruning keeps, per neuron, the largest contributions (``|w_int| * x_max`` for weights, ``|b_int|``
-for the bias) while their running sum fits the budget. Everything here is pure torch / numpy so
+Pruning keeps, per neuron, the largest weights while their contributions ``|w_int| * x_max``
+fit the budget, and clips the bias to the budget left over. Everything here is pure torch / numpy so
 the training module, the integer program and the tests share one definition.
 """
 
@@ -19,6 +19,7 @@ from autofhe.errors import AccumulatorBudgetError
 
 __all__ = [
     "budget_limit",
+    "check_budget",
     "input_max_abs",
     "min_feasible_accum_bits",
     "neuron_keep_mask",
@@ -74,24 +75,25 @@ def worst_case_accumulator(w_int: np.ndarray, b_int: np.ndarray, x_max: int) -> 
 
 @torch.no_grad()
 def neuron_keep_mask(
-    w_int: torch.Tensor, b_int: torch.Tensor, x_max: int, limit: int
+    w_int: torch.Tensor, x_max: int, limit: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masks that keep, per neuron, the largest contributions whose sum fits ``limit``.
+    """Per neuron, keep the largest weights whose contributions fit ``limit``.
 
     Parameters
     ----------
     w_int : (n_out, n_in) tensor of integer-valued weights.
-    b_int : (n_out,) tensor of integer-valued biases in accumulator units.
     x_max : largest |x_int| the layer's input quantizer produces.
     limit : largest accumulator magnitude allowed.
 
     Returns
     -------
-    weight_mask, bias_mask : float tensors of 0/1, shapes of ``w_int`` and ``b_int``.
+    weight_mask : 0/1 tensor of the shape of ``w_int``.
+    bias_room : (n_out,) budget left for the bias: clip ``b_int`` to ``[-room, room]``.
     """
-    contrib = torch.cat([w_int.abs() * x_max, b_int.abs().unsqueeze(1)], dim=1).double()
+    contrib = w_int.abs().double() * x_max
     order = torch.argsort(contrib, dim=1, descending=True, stable=True)
     running = torch.cumsum(torch.gather(contrib, 1, order), dim=1)
     keep_sorted = (running <= limit).double()
     keep = torch.zeros_like(contrib).scatter_(1, order, keep_sorted)
-    return keep[:, :-1].to(w_int.dtype), keep[:, -1].to(b_int.dtype)
+    room = limit - (contrib * keep).sum(dim=1)
+    return keep.to(w_int.dtype), room.to(w_int.dtype)

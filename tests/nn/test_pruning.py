@@ -31,19 +31,14 @@ def test_bit_arithmetic():
     assert min_feasible_accum_bits(3, [4, 7]) == 6
 
 
-def test_mask_keeps_largest_contributions_that_fit():
+def test_mask_keeps_largest_weights_that_fit_and_leaves_bias_room():
     w = torch.tensor([[3.0, -1.0, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
-    b = torch.tensor([5.0, -2.0])
-    w_mask, b_mask = neuron_keep_mask(w, b, x_max=4, limit=21)
-    # neuron 0 contributions: 12, 4, 8, 0, bias 5 -> sorted 12, 8, 5, 4, 0: 12+8 = 20 fits,
-    # +5 does not; the prefix stops there.
+    w_mask, room = neuron_keep_mask(w, x_max=4, limit=21)
+    # neuron 0 contributions 12, 4, 8, 0 -> sorted 12, 8, 4, 0: 12 + 8 = 20 fits, +4 does not.
     assert w_mask.tolist()[0] == [1.0, 0.0, 1.0, 0.0]
-    assert b_mask.tolist()[0] == 0.0
-    # neuron 1: 4 + 4 + 4 + 4 = 16, +2 = 18 <= 21: everything stays.
+    # neuron 1: 4 * 4 = 16 fits entirely.
     assert w_mask.tolist()[1] == [1.0, 1.0, 1.0, 1.0]
-    assert b_mask.tolist()[1] == 1.0
-    kept = worst_case_accumulator((w * w_mask).numpy(), (b * b_mask).numpy(), 4)
-    assert kept.tolist() == [20, 18]
+    assert room.tolist() == [1.0, 5.0]
 
 
 @settings(max_examples=30, deadline=None)
@@ -61,8 +56,9 @@ def test_mask_always_fits_budget(n_out, n_in, n_w_bits, x_max, extra_bits, seed)
     w = torch.from_numpy(rng.integers(-wm, wm + 1, size=(n_out, n_in)).astype(np.float64))
     b = torch.from_numpy(rng.integers(-500, 500, size=n_out).astype(np.float64))
     bits = signed_bits(wm * x_max) + extra_bits
-    w_mask, b_mask = neuron_keep_mask(w, b, x_max, budget_limit(bits))
-    worst = worst_case_accumulator((w * w_mask).numpy(), (b * b_mask).numpy(), x_max)
+    w_mask, room = neuron_keep_mask(w, x_max, budget_limit(bits))
+    b = torch.clamp(b, -room, room)
+    worst = worst_case_accumulator((w * w_mask).numpy(), b.numpy(), x_max)
     assert (worst <= budget_limit(bits)).all()
     # The largest-magnitude weight of each neuron survives at a feasible budget.
     top = w.abs().argmax(dim=1)
