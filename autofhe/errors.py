@@ -19,6 +19,7 @@ __all__ = [
     "NotCompiledError",
     "NotFittedError",
     "ParameterError",
+    "ResourceError",
 ]
 
 
@@ -52,6 +53,10 @@ class NotCompiledError(AutofheError, RuntimeError):
 
 class CompilationError(AutofheError, RuntimeError):
     """The model cannot become a TFHE circuit (precision too high, no crypto parameters)."""
+
+
+class ResourceError(AutofheError, RuntimeError):
+    """The work would need more memory (or time) than this machine has."""
 
 
 class AutofheWarning(UserWarning):

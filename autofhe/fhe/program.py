@@ -11,6 +11,7 @@ so the three modes compute the same function.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,7 +45,60 @@ class ProgramLayer:
     out_scale: float = 1.0
     out_bits: int = 0
     out_signed: bool = True
+    #: Low accumulator bits dropped before the lookup (0: lookup on the whole accumulator).
+    lsbs_to_remove: int = 0
+    #: "exact": truncate_bit_pattern (bit-exact in every mode); "approximate": concrete's
+    #: one-PBS approximate rounding (cheaper, not bit-exact: judge it by simulation).
+    rounding: str = "exact"
     _table: np.ndarray | None = field(default=None, repr=False)
+
+    def with_rounding(self, lsbs_to_remove: int, rounding: str = "exact") -> ProgramLayer:
+        """A copy that drops ``lsbs_to_remove`` bits before its lookup (hidden layers only).
+
+        Approximate rounding may carry into one more bit, so its accumulator gets one more.
+        """
+        if self.activation is None or lsbs_to_remove == 0:
+            return dataclasses.replace(self, lsbs_to_remove=0, rounding="exact", _table=None)
+        extra = 1 if rounding == "approximate" else 0
+        return dataclasses.replace(
+            self,
+            lsbs_to_remove=int(lsbs_to_remove),
+            rounding=rounding,
+            acc_bits=self.acc_bits + extra,
+            _table=None,
+        )
+
+    @property
+    def lookup_bits(self) -> int:
+        """Precision of the table lookup input (accumulator bits left after rounding)."""
+        return self.acc_bits - self.lsbs_to_remove
+
+    def reduce(self, acc):
+        """Drop ``lsbs_to_remove`` low bits of ``acc`` before the lookup."""
+        k = self.lsbs_to_remove
+        if k == 0:
+            return acc
+        if _is_numpy(acc):
+            acc = np.asarray(acc, dtype=np.int64)
+            if self.rounding == "approximate":  # the clear reference: round half up
+                return ((acc + (1 << (k - 1))) >> k) << k
+            return (acc >> k) << k  # arithmetic shift: floor, as truncate_bit_pattern
+        from concrete import fhe
+
+        if self.rounding == "approximate":
+            return fhe.round_bit_pattern(acc, lsbs_to_remove=k, exactness=fhe.Exactness.APPROXIMATE)
+        return fhe.truncate_bit_pattern(acc, lsbs_to_remove=k)
+
+    def _representative(self, acc: np.ndarray) -> np.ndarray:
+        """Accumulator value the lookup of a reduced ``acc`` stands for.
+
+        After truncation, bucket ``[m * 2**k, (m + 1) * 2**k)`` reads the table at its floor;
+        its entry is the function at the bucket's centre, so truncation acts as rounding.
+        """
+        k = self.lsbs_to_remove
+        if k == 0 or self.rounding == "approximate":
+            return acc.astype(np.float64)
+        return acc.astype(np.float64) + ((1 << k) - 1) / 2
 
     @property
     def n_lookups(self) -> int:
@@ -57,8 +111,8 @@ class ProgramLayer:
         return 0, 2**self.out_bits - 1
 
     def lookup_values(self, acc: np.ndarray) -> np.ndarray:
-        """The lookup function on integer accumulators (last axis = neurons)."""
-        acc = np.asarray(acc, dtype=np.int64)
+        """The lookup function on (reduced) integer accumulators (last axis = neurons)."""
+        acc = self._representative(np.asarray(acc, dtype=np.int64))
         # float32 like the training forward pass, so rounding ties fall the same way.
         real = torch.from_numpy(acc.astype(np.float32)) * torch.from_numpy(
             self.acc_scale.astype(np.float32)
@@ -109,6 +163,19 @@ class IntegerProgram:
     def accumulator_bits(self) -> list[int]:
         return [layer.acc_bits for layer in self.layers]
 
+    def with_rounding(self, lsbs: list[int], rounding: str = "exact") -> IntegerProgram:
+        """A copy whose hidden layer ``i`` drops ``lsbs[i]`` accumulator bits before its lookup."""
+        layers = [layer.with_rounding(k, rounding) for layer, k in zip(self.layers, lsbs)]
+        return dataclasses.replace(self, layers=layers)
+
+    def hidden_outputs(self, x_int: np.ndarray) -> list[np.ndarray]:
+        """Outputs of every hidden lookup in the clear (for choosing the rounding)."""
+        outs, h = [], x_int
+        for layer in self.layers[:-1]:
+            h = layer.lookup(layer.reduce(h @ layer.weight.T + layer.bias))
+            outs.append(h)
+        return outs
+
     def quantize(self, X: np.ndarray) -> np.ndarray:
         """Client side: float features -> signed ``input_bits`` integers."""
         low, high = -(2 ** (self.input_bits - 1)), 2 ** (self.input_bits - 1) - 1
@@ -123,7 +190,7 @@ class IntegerProgram:
             acc = _hint(h @ layer.weight.T + layer.bias, layer.acc_bits)
             if layer.activation is None:
                 return acc
-            h = layer.lookup(acc)
+            h = layer.lookup(layer.reduce(acc))
         raise AssertionError("the last layer of a program has no table")
 
     def dequantize(self, acc: np.ndarray) -> np.ndarray:

@@ -14,7 +14,15 @@ from sklearn.utils import check_random_state
 from torch import nn
 
 from autofhe.data import check_X, check_Xy
-from autofhe.errors import DataError, NotFittedError
+from autofhe.errors import DataError, NotCompiledError, NotFittedError, ParameterError
+from autofhe.fhe.compile import (
+    argmax_agreement,
+    choose_lsbs,
+    circuit_report,
+    compile_program,
+    inputset,
+    run_circuit,
+)
 from autofhe.fhe.program import IntegerProgram, build_program
 from autofhe.nn.module import QuantMLP, resolve_activation, validate_module_params
 
@@ -42,6 +50,11 @@ class _QuantNet:
                 raise TypeError(
                     f"{key} is inferred from the data in fit; remove it from the parameters."
                 )
+        if "compile" in kwargs:
+            raise TypeError(
+                "compile is not a parameter here: model.compile(X) compiles the fitted model to "
+                "a TFHE circuit (torch.compile does not apply to quantized modules)."
+            )
         for key, value in MODULE_DEFAULTS.items():
             kwargs.setdefault(key, value)
         kwargs.setdefault("iterator_train__shuffle", True)
@@ -65,6 +78,9 @@ class _QuantNet:
         )
         self.module_ = self.initialized_instance(self.module, kwargs)
         return self
+
+    def torch_compile(self, module, name):
+        return module
 
     # -- training -----------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -92,6 +108,8 @@ class _QuantNet:
                     torch.from_numpy(X[rows]), torch.from_numpy(self._init_targets(y_train[rows]))
                 )
             skorch.NeuralNet.partial_fit(self, X, y_train, **fit_params)
+        for stale in ("fhe_program_", "fhe_circuit_", "fhe_report_"):
+            self.__dict__.pop(stale, None)
         self.program_ = build_program(self.module_)
         self.accumulator_bits_ = self.program_.accumulator_bits
         return self
@@ -134,12 +152,77 @@ class _QuantNet:
             )
         return self.program_
 
+    # -- FHE ----------------------------------------------------------------------------------
+    def compile(
+        self,
+        X,
+        *,
+        p_error: float | None = None,
+        configuration=None,
+        rounding: str = "auto",
+        lookup_bits: int | None = None,
+    ):
+        """Compile the fitted model to a TFHE circuit; returns self.
+
+        Parameters
+        ----------
+        X : array-like, representative inputs (the training set is a good choice).
+        p_error : per-lookup error probability (default: concrete-python's).
+        configuration : a ``concrete.fhe.Configuration`` (e.g. with a key cache for tests).
+        rounding : "auto" (truncate wide accumulators where the outputs on ``X`` barely
+            change; bit-exact), "none" (lookups on whole accumulators), or "approximate"
+            (concrete's one-PBS approximate rounding: cheaper, not bit-exact).
+        lookup_bits : force every table lookup to at most this many bits.
+
+        After compiling, ``predict(X, fhe="disable")`` runs the compiled integer program (the
+        same function the circuit computes, rounding included).
+        """
+        program = self.program
+        X = check_X(X, n_features=program.n_features, estimator=type(self).__name__)
+        lsbs = choose_lsbs(
+            program, program.quantize(X), rounding, lookup_bits, agreement=self._agreement
+        )
+        fhe_program = program.with_rounding(
+            lsbs, "approximate" if rounding == "approximate" else "exact"
+        )
+        circuit = compile_program(
+            fhe_program, inputset(fhe_program, X), p_error=p_error, configuration=configuration
+        )
+        self.fhe_program_ = fhe_program
+        self.fhe_circuit_ = circuit
+        self.fhe_report_ = circuit_report(circuit, fhe_program)
+        return self
+
+    @property
+    def fhe_circuit(self):
+        """The compiled ``concrete.fhe.Circuit``."""
+        self._check_compiled("fhe_circuit")
+        return self.fhe_circuit_
+
+    def fhe_report(self) -> dict:
+        """PBS count, lookup precisions, bit widths, complexity, key sizes, p_error."""
+        self._check_compiled("fhe_report")
+        return dict(self.fhe_report_)
+
+    def _check_compiled(self, what: str) -> None:
+        self.program  # noqa: B018 -- not-fitted comes first
+        if not hasattr(self, "fhe_circuit_"):
+            raise NotCompiledError(
+                f"{what} needs a compiled model; call model.compile(X_train) first."
+            )
+
     def _raw_outputs(self, X, fhe: str = "disable") -> np.ndarray:
         program = self.program
         X = check_X(X, n_features=program.n_features, estimator=type(self).__name__)
-        if fhe != "disable":
-            raise NotImplementedError("FHE modes arrive with autofhe.fhe.compile")
-        return program.predict_raw(X)
+        if fhe == "disable":
+            return getattr(self, "fhe_program_", program).predict_raw(X)
+        if fhe not in ("simulate", "execute"):
+            raise ParameterError(
+                f"fhe={fhe!r} is not a mode; use 'disable', 'simulate' or 'execute'."
+            )
+        self._check_compiled(f'predict(..., fhe="{fhe}")')
+        x_int = self.fhe_program_.quantize(X)
+        return self.fhe_program_.dequantize(run_circuit(self.fhe_circuit_, x_int, fhe))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -205,6 +288,7 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
             verbose=verbose,
             **kwargs,
         )
+        del self.compile  # skorch's torch.compile flag; ``compile`` is the FHE method here
 
     @property
     def _n_module_outputs(self) -> int:
@@ -224,6 +308,8 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
     def check_data(self, X, y):
         # Labels are validated and encoded by fit; skorch's own inference is not needed.
         return None
+
+    _agreement = staticmethod(argmax_agreement)
 
     def _prepare_targets(self, y: np.ndarray, first: bool, classes=None) -> np.ndarray:
         if first:
@@ -287,6 +373,7 @@ class NeuralNetRegressor(_QuantNet, skorch.NeuralNetRegressor):
             verbose=verbose,
             **kwargs,
         )
+        del self.compile  # skorch's torch.compile flag; ``compile`` is the FHE method here
 
     @property
     def _n_module_outputs(self) -> int:
@@ -309,6 +396,13 @@ class NeuralNetRegressor(_QuantNet, skorch.NeuralNetRegressor):
                 "pass the same targets or refit with fit(X, y)."
             )
         return ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
+
+    @staticmethod
+    def _agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+        """1 - relative squared change of the outputs (R2 of candidate against reference)."""
+        ref = reference.astype(np.float64)
+        var = ref.var(axis=0).sum()
+        return 1.0 - float(((candidate - ref) ** 2).mean(axis=0).sum() / max(var, 1e-12))
 
     @property
     def predict_proba(self):

@@ -1,0 +1,226 @@
+"""Integer program -> concrete-python circuit, and what the circuit costs.
+
+Construction per hidden layer (see DESIGN.md, layer 2): the accumulator ``h @ W.T + b``
+(exact, width guaranteed by the accumulator budget) feeds one table lookup per neuron that
+fuses activation and re-quantization. When the accumulator is wide, ``truncate_bit_pattern``
+first drops its low bits (exact in every mode, cannot overflow), so the lookup runs at a low,
+cheap precision; the table entry of each truncated bucket is the function at the bucket's
+centre, so truncation acts as rounding. Measured here (16 neurons, per sample, 2 cores):
+lookup on 7-bit accumulators 2.0 s; truncated to 5 bits then looked up 0.45 s; lookup on
+5-bit accumulators 0.21 s.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from autofhe.errors import CompilationError, ResourceError
+from autofhe.fhe.program import IntegerProgram
+
+__all__ = [
+    "MAX_LOOKUP_BITS",
+    "ROUNDING_MODES",
+    "check_key_memory",
+    "choose_lsbs",
+    "circuit_report",
+    "compile_program",
+    "inputset",
+    "run_circuit",
+]
+
+#: concrete-python cannot compile a table lookup on more than 16 bits.
+MAX_LOOKUP_BITS = 16
+#: "auto": truncate wide accumulators while the model's outputs barely change; "none": lookup
+#: on the whole accumulator; "approximate": concrete's one-PBS approximate rounding (opt-in,
+#: not bit-exact).
+ROUNDING_MODES = ("auto", "none", "approximate")
+#: Below this precision a lookup costs about the same as at 3 bits (measured: 5 bits 13 ms,
+#: 6 bits 26-33 ms, 7 bits 125 ms per lookup): never truncate under it.
+DEFAULT_LOOKUP_BITS = 5
+#: "auto" never leaves a lookup wider than this when truncation can narrow it (measured:
+#: 8-bit lookups need 3.5 GB of keys, 10-bit ones 16.7 GB).
+MAX_AUTO_LOOKUP_BITS = 7
+#: Smallest agreement (on the compile set) between rounded and unrounded outputs for "auto".
+MIN_AGREEMENT = 0.99
+#: Rows of the inputset concrete evaluates to measure bounds (widths are fixed by hints).
+INPUTSET_ROWS = 256
+
+
+def inputset(program: IntegerProgram, X: np.ndarray) -> list[np.ndarray]:
+    """Quantized rows for concrete, plus the two extreme inputs of the input range."""
+    x_int = program.quantize(X)
+    if len(x_int) > INPUTSET_ROWS:
+        x_int = x_int[np.random.default_rng(0).choice(len(x_int), INPUTSET_ROWS, replace=False)]
+    low, high = -(2 ** (program.input_bits - 1)), 2 ** (program.input_bits - 1) - 1
+    extremes = np.array([[low] * program.n_features, [high] * program.n_features])
+    return [row for row in np.concatenate([x_int, extremes])]
+
+
+def argmax_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Share of rows whose class (argmax of the outputs) is unchanged."""
+    return float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
+
+
+def choose_lsbs(
+    program: IntegerProgram,
+    x_int: np.ndarray,
+    rounding: str = "auto",
+    lookup_bits: int | None = None,
+    agreement=argmax_agreement,
+    min_agreement: float = MIN_AGREEMENT,
+) -> list[int]:
+    """Low bits to drop before each hidden lookup.
+
+    ``lookup_bits`` given: every lookup runs at (at most) that precision. Otherwise, layer by
+    layer, the narrowest precision (not under :data:`DEFAULT_LOOKUP_BITS`) at which the
+    program's outputs on ``x_int`` still agree with the unrounded program's
+    (``agreement(reference, candidate) >= min_agreement``).
+    """
+    if rounding not in ROUNDING_MODES:
+        raise CompilationError(
+            f"rounding={rounding!r} is not a rounding mode; use one of {ROUNDING_MODES}."
+        )
+    lsbs = [0] * len(program.layers)
+    if rounding == "none":
+        return lsbs
+    mode = "approximate" if rounding == "approximate" else "exact"
+    if lookup_bits is not None:
+        if not 2 <= lookup_bits <= MAX_LOOKUP_BITS:
+            raise CompilationError(
+                f"lookup_bits={lookup_bits} is out of range: use 2 to {MAX_LOOKUP_BITS}."
+            )
+        return [
+            max(0, layer.acc_bits - lookup_bits) if layer.activation is not None else 0
+            for layer in program.layers
+        ]
+    reference = program.run(x_int)
+    for i, layer in enumerate(program.layers[:-1]):
+        # Above MAX_AUTO_LOOKUP_BITS a lookup costs seconds and GBs of keys: when no precision
+        # keeps the decisions, take the widest one allowed.
+        lsbs[i] = max(0, layer.acc_bits - MAX_AUTO_LOOKUP_BITS)
+        for k in range(layer.acc_bits - DEFAULT_LOOKUP_BITS, 0, -1):
+            trial = [*lsbs[:i], k, *lsbs[i + 1 :]]
+            candidate = program.with_rounding(trial, mode).run(x_int)
+            if agreement(reference, candidate) >= min_agreement:
+                lsbs[i] = k
+                break
+    return lsbs
+
+
+def _check_lookup_bits(program: IntegerProgram) -> None:
+    for i, layer in enumerate(program.layers):
+        if layer.activation is not None and layer.lookup_bits > MAX_LOOKUP_BITS:
+            raise CompilationError(
+                f"layer {i} needs table lookups on {layer.lookup_bits}-bit accumulators; "
+                f"TFHE supports at most {MAX_LOOKUP_BITS}. Lower n_accum_bits (e.g. "
+                f"n_accum_bits={MAX_LOOKUP_BITS - 4}), n_w_bits or n_a_bits, or compile with "
+                "rounding='auto' or lookup_bits=6."
+            )
+
+
+def compile_program(
+    program: IntegerProgram,
+    samples: list[np.ndarray],
+    *,
+    p_error: float | None = None,
+    configuration=None,
+):
+    """Compile ``program.run`` for encrypted inputs; returns a ``concrete.fhe.Circuit``."""
+    from concrete import fhe
+
+    _check_lookup_bits(program)
+    config = configuration if configuration is not None else fhe.Configuration()
+    kwargs = {}
+    if p_error is not None:
+        kwargs = {"p_error": p_error, "global_p_error": None}
+    compiler = fhe.Compiler(program.run, {"x": "encrypted"})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return compiler.compile(samples, config, **kwargs)
+    except RuntimeError as exc:
+        text = str(exc)
+        if "NoParametersFound" in text or "parameters" in text.lower():
+            widths = [layer.lookup_bits for layer in program.layers if layer.activation]
+            raise CompilationError(
+                f"no TFHE parameters exist for this circuit (table lookups on {widths} bits, "
+                f"accumulators {program.accumulator_bits} bits, p_error={p_error}); lower "
+                "n_accum_bits / n_a_bits, use rounding='auto', or allow a larger p_error."
+            ) from exc
+        raise CompilationError(f"concrete-python could not compile the model: {text}") from exc
+
+
+def run_circuit(circuit, x_int: np.ndarray, mode: str, progress: bool = True) -> np.ndarray:
+    """Run quantized rows through the circuit: ``simulate`` or ``execute`` (encrypt, run,
+    decrypt, generating keys on first use). One sample per call, as the circuit takes them."""
+    rows = range(len(x_int))
+    if mode == "execute":
+        check_key_memory(circuit_report_sizes(circuit))
+        circuit.keygen()
+        if progress and len(x_int) > 3:
+            from tqdm.auto import tqdm
+
+            rows = tqdm(rows, desc="FHE execute", unit="sample", leave=False)
+        return np.stack([circuit.encrypt_run_decrypt(x_int[i]) for i in rows])
+    return np.stack([circuit.simulate(x_int[i]) for i in rows])
+
+
+def circuit_report_sizes(circuit) -> dict:
+    stats = circuit.statistics
+    return {
+        "size_of_evaluation_keys": int(
+            stats["size_of_bootstrap_keys"] + stats["size_of_keyswitch_keys"]
+        ),
+        "size_of_secret_keys": int(stats["size_of_secret_keys"]),
+    }
+
+
+def circuit_report(circuit, program: IntegerProgram) -> dict:
+    """What the circuit costs, all known right after compilation (no key generation)."""
+    stats = circuit.statistics
+    hidden = [layer for layer in program.layers if layer.activation is not None]
+    return {
+        "pbs_count": int(stats["programmable_bootstrap_count"]),
+        "lookups_per_layer": [layer.n_lookups for layer in hidden],
+        "lookup_bits_per_layer": [layer.lookup_bits for layer in hidden],
+        "lsbs_removed_per_layer": [layer.lsbs_to_remove for layer in hidden],
+        "max_lookup_bits": max((layer.lookup_bits for layer in hidden), default=0),
+        "accumulator_bits": program.accumulator_bits,
+        "max_bit_width": int(circuit.graph.maximum_integer_bit_width()),
+        "complexity": float(circuit.complexity),
+        "size_of_bootstrap_keys": int(stats["size_of_bootstrap_keys"]),
+        "size_of_keyswitch_keys": int(stats["size_of_keyswitch_keys"]),
+        **circuit_report_sizes(circuit),
+        "size_of_inputs": int(stats["size_of_inputs"]),
+        "size_of_outputs": int(stats["size_of_outputs"]),
+        "p_error": float(stats["p_error"]),
+        "global_p_error": float(stats["global_p_error"]),
+        "bit_exact": all(layer.rounding == "exact" or not layer.lsbs_to_remove for layer in hidden),
+    }
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable on Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_key_memory(report: dict, fraction: float = 0.5) -> None:
+    """Refuse key generation whose keys would not fit comfortably in memory."""
+    need = report["size_of_evaluation_keys"] + report["size_of_secret_keys"]
+    have = available_memory()
+    if need > fraction * have:
+        raise ResourceError(
+            f"generating keys for this circuit needs {need / 1e9:.1f} GB of evaluation keys, "
+            f"more than {fraction:.0%} of the {have / 1e9:.1f} GB available; lower n_accum_bits "
+            "or n_a_bits (narrower table lookups have much smaller keys)."
+        )
