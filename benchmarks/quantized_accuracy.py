@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 
 from autofhe import NeuralNetClassifier
+
 from protocol import CLASSIFICATION_SETS, float_mlp_accuracy, split, table
 
 warnings.filterwarnings("ignore")
@@ -43,7 +44,9 @@ def main() -> None:
     for name in args.datasets:
         Xtr, Xte, ytr, yte = split(name)
         flt = float_mlp_accuracy(Xtr, Xte, ytr, yte)
-        rows.append({"dataset": name, "config": "float MLPClassifier (sklearn)", "acc": f"{flt:.3f}"})
+        rows.append(
+            {"dataset": name, "config": "float MLPClassifier (sklearn)", "acc": f"{flt:.3f}"}
+        )
         for label, params in CONFIGS:
             t0 = time.perf_counter()
             accs, bits = [], None

@@ -92,8 +92,10 @@ def choose_lsbs(
             raise CompilationError(
                 f"lookup_bits={lookup_bits} is out of range: use 2 to {MAX_LOOKUP_BITS}."
             )
+        # approximate rounding may carry: its accumulator keeps one more bit
+        extra = 1 if mode == "approximate" else 0
         return [
-            max(0, layer.acc_bits - lookup_bits) if layer.activation is not None else 0
+            max(0, layer.acc_bits + extra - lookup_bits) if layer.activation is not None else 0
             for layer in program.layers
         ]
     reference = program.run(x_int)

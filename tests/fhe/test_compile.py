@@ -1,0 +1,206 @@
+"""Compilation to TFHE: bit-exact modes, the promised construction, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from torch import nn
+
+from autofhe import NeuralNetClassifier, NeuralNetRegressor
+from autofhe.errors import CompilationError, NotCompiledError, ParameterError, ResourceError
+from autofhe.fhe.compile import MAX_LOOKUP_BITS, check_key_memory, choose_lsbs
+
+
+@pytest.fixture(scope="session")
+def key_cache(tmp_path_factory):
+    """concrete's insecure key cache: fine for tests, never for bundles."""
+    from concrete import fhe
+
+    return fhe.Configuration(
+        enable_unsafe_features=True,
+        use_insecure_key_cache=True,
+        insecure_key_cache_location=str(tmp_path_factory.mktemp("keys")),
+    )
+
+
+def _compiled(split, **params):
+    Xtr, Xte, ytr, yte = split
+    model = NeuralNetClassifier(random_state=0, **params).fit(Xtr, ytr)
+    return model.compile(Xtr), Xte, yte
+
+
+@pytest.fixture(scope="module")
+def bc_model(breast_cancer):
+    return _compiled(breast_cancer, module__n_hidden_neurons_multiplier=0.25, n_accum_bits=8)
+
+
+@pytest.fixture(scope="module")
+def wine_model(wine):
+    return _compiled(wine, module__n_hidden_neurons_multiplier=0.5)
+
+
+@pytest.fixture(scope="module")
+def digits_model(digits):
+    return _compiled(digits, module__n_hidden_neurons_multiplier=0.25)
+
+
+@pytest.mark.parametrize("name", ["bc_model", "wine_model", "digits_model"])
+def test_simulate_equals_disable_on_every_test_row(name, request):
+    model, Xte, yte = request.getfixturevalue(name)
+    clear = model.predict_proba(Xte, fhe="disable")
+    simulated = model.predict_proba(Xte, fhe="simulate")
+    np.testing.assert_array_equal(simulated, clear)
+    assert model.score(Xte, yte) > 0.7
+
+
+@pytest.mark.parametrize("name", ["bc_model", "wine_model", "digits_model"])
+def test_construction_is_what_the_report_promises(name, request):
+    model, _, _ = request.getfixturevalue(name)
+    report = model.fhe_report()
+    program = model.fhe_program_
+    hidden = [layer for layer in program.layers if layer.activation is not None]
+    # one lookup per hidden neuron, none for the input or the output layer ...
+    assert report["lookups_per_layer"] == [layer.weight.shape[0] for layer in hidden]
+    # ... each truncated bit costs one more PBS per neuron (concrete's exact truncation)
+    expected = sum(layer.weight.shape[0] * (1 + layer.lsbs_to_remove) for layer in hidden)
+    assert report["pbs_count"] == expected
+    assert report["lookup_bits_per_layer"] == [
+        layer.acc_bits - layer.lsbs_to_remove for layer in hidden
+    ]
+    assert report["max_lookup_bits"] <= 7  # "auto" never leaves wider lookups
+    assert report["bit_exact"] is True
+    # the circuit's integers are exactly as wide as the guaranteed accumulators
+    assert report["max_bit_width"] == max(program.accumulator_bits)
+    for key in ("complexity", "size_of_evaluation_keys", "p_error"):
+        assert report[key] > 0
+
+
+def test_circuit_respects_accumulator_budget(breast_cancer):
+    model, _, _ = _compiled(breast_cancer, module__n_hidden_neurons_multiplier=0.25, n_accum_bits=7)
+    assert max(model.accumulator_bits_) <= 7
+    assert model.fhe_report()["max_bit_width"] <= 7
+    widths = [
+        node.output.dtype.bit_width
+        for node in model.fhe_circuit.graph.query_nodes()
+        if hasattr(node.output.dtype, "bit_width") and node.output.is_encrypted
+    ]
+    assert max(widths) <= 7
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.Sigmoid, nn.Tanh, nn.GELU])
+def test_activations_compile_bit_exact(wine, activation):
+    model, Xte, _ = _compiled(
+        wine,
+        module__activation_function=activation,
+        module__n_hidden_neurons_multiplier=0.25,
+        n_accum_bits=7,
+        max_epochs=3,
+    )
+    np.testing.assert_array_equal(model.predict(Xte, fhe="simulate"), model.predict(Xte))
+    assert model.fhe_report()["pbs_count"] >= 3
+
+
+def test_truncation_keeps_outputs_and_shrinks_keys(wine):
+    Xtr, Xte, ytr, _ = wine
+    model = NeuralNetClassifier(module__n_hidden_neurons_multiplier=0.5, random_state=0)
+    model.fit(Xtr, ytr)
+    wide = model.compile(Xtr, rounding="none").fhe_report()
+    narrow = model.compile(Xtr, lookup_bits=5).fhe_report()
+    assert narrow["max_lookup_bits"] == 5 < wide["max_lookup_bits"]
+    assert narrow["size_of_evaluation_keys"] < wide["size_of_evaluation_keys"]
+    assert narrow["complexity"] < wide["complexity"]
+    np.testing.assert_array_equal(model.predict(Xte, fhe="simulate"), model.predict(Xte))
+
+
+def test_auto_rounding_keeps_decisions(breast_cancer):
+    Xtr, _, ytr, _ = breast_cancer
+    model = NeuralNetClassifier(random_state=0, module__n_hidden_neurons_multiplier=0.5)
+    model.fit(Xtr, ytr)
+    x_int = model.program.quantize(Xtr)
+    lsbs = choose_lsbs(model.program, x_int)
+    assert lsbs[0] > 0 and lsbs[-1] == 0
+    rounded = model.program.with_rounding(lsbs)
+    same = np.mean(model.program.run(x_int).argmax(1) == rounded.run(x_int).argmax(1))
+    assert same >= 0.99 or rounded.layers[0].lookup_bits == 7
+
+
+def test_approximate_rounding_is_opt_in_and_flagged(wine):
+    Xtr, Xte, ytr, _ = wine
+    model = NeuralNetClassifier(random_state=0, module__n_hidden_neurons_multiplier=0.25)
+    model.fit(Xtr, ytr).compile(Xtr, rounding="approximate", lookup_bits=4)
+    report = model.fhe_report()
+    assert report["bit_exact"] is False
+    assert report["max_lookup_bits"] == 4
+    assert model.predict(Xte, fhe="simulate").shape == (len(Xte),)
+
+
+def test_regressor_compiles(diabetes):
+    Xtr, Xte, ytr, _ = diabetes
+    model = NeuralNetRegressor(random_state=0, module__n_hidden_neurons_multiplier=0.25)
+    model.fit(Xtr, ytr).compile(Xtr)
+    np.testing.assert_array_equal(model.predict(Xte, fhe="simulate"), model.predict(Xte))
+
+
+@pytest.mark.execute
+def test_execute_equals_disable_on_three_rows(wine, key_cache):
+    Xtr, Xte, ytr, _ = wine
+    model = NeuralNetClassifier(
+        random_state=0,
+        module__n_hidden_neurons_multiplier=0.25,
+        n_accum_bits=6,
+        n_w_bits=2,
+        n_a_bits=2,
+    )
+    model.fit(Xtr, ytr).compile(Xtr, configuration=key_cache)
+    rows = Xte[:3]
+    executed = model.predict_proba(rows, fhe="execute")
+    np.testing.assert_array_equal(executed, model.predict_proba(rows, fhe="disable"))
+    np.testing.assert_array_equal(executed, model.predict_proba(rows, fhe="simulate"))
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+def test_fhe_modes_need_compile(toy):
+    X, y = toy
+    model = NeuralNetClassifier(max_epochs=1).fit(X, y)
+    with pytest.raises(NotCompiledError, match=r"call model.compile\(X_train\) first"):
+        model.predict(X, fhe="simulate")
+    with pytest.raises(NotCompiledError):
+        model.fhe_report()
+    with pytest.raises(ParameterError, match="fhe='encrypted' is not a mode"):
+        model.predict(X, fhe="encrypted")
+
+
+def test_lookup_over_16_bits_is_a_clear_compilation_error(breast_cancer):
+    Xtr, _, ytr, _ = breast_cancer
+    model = NeuralNetClassifier(n_w_bits=8, n_a_bits=8, max_epochs=1, random_state=0)
+    model.fit(Xtr, ytr)
+    assert model.accumulator_bits_[0] > MAX_LOOKUP_BITS
+    with pytest.raises(
+        CompilationError, match=r"layer 0 needs table lookups on \d\d-bit.*n_accum_bits"
+    ):
+        model.compile(Xtr, rounding="none")
+
+
+def test_bad_rounding_mode(toy):
+    X, y = toy
+    model = NeuralNetClassifier(max_epochs=1).fit(X, y)
+    with pytest.raises(CompilationError, match="rounding='round' is not a rounding mode"):
+        model.compile(X, rounding="round")
+
+
+def test_key_generation_refused_when_keys_cannot_fit():
+    report = {"size_of_evaluation_keys": 10**15, "size_of_secret_keys": 0}
+    with pytest.raises(ResourceError, match=r"needs 1000000.0 GB of evaluation keys"):
+        check_key_memory(report)
+    check_key_memory({"size_of_evaluation_keys": 10**6, "size_of_secret_keys": 0})
+
+
+def test_refit_drops_stale_circuit(toy):
+    X, y = toy
+    model = NeuralNetClassifier(max_epochs=1, module__n_hidden_neurons_multiplier=0.5)
+    model.fit(X, y).compile(X)
+    model.fit(X, y)
+    with pytest.raises(NotCompiledError):
+        model.predict(X, fhe="simulate")
