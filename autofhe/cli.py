@@ -10,7 +10,7 @@ import sys
 import time
 import warnings
 
-from autofhe.errors import AutofheError
+from autofhe.errors import AutofheError, ParameterError
 
 BUILTIN_SETS = ("breast_cancer", "wine", "digits", "iris")
 
@@ -42,6 +42,217 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- search -----------------------------------------------------------------------------------
+
+
+def _front_rows(study, front) -> list[dict]:
+    metric = (study.metric_names or ["metric"])[0]
+    rows = []
+    for t in front:
+        measured = t.user_attrs.get("measured_latency_s")
+        rows.append(
+            {
+                "trial": t.number,
+                metric: round(t.values[0], 4),
+                "test (clear)": round(t.user_attrs.get("clear_test", float("nan")), 4),
+                "predicted s": round(t.values[1], 4),
+                "measured s": None if measured is None else round(measured, 4),
+                "layers": t.params.get("module__n_layers"),
+                "bits w/a": f"{t.params.get('n_w_bits')}/{t.params.get('n_a_bits')}",
+                "lookups": t.user_attrs.get("lookups_per_layer"),
+                "artifact": bool(t.user_attrs.get("artifact_id")),
+            }
+        )
+    return rows
+
+
+def _print_table(rows: list[dict], out=None) -> None:
+    out = out or sys.stdout
+    if not rows:
+        print("(no feasible trial yet)", file=out)
+        return
+    cols = list(rows[0])
+    cells = [[("-" if r[c] is None else str(r[c])) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)), file=out)
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)), file=out)
+
+
+def _progress_printer(total: int | None):
+    start = time.perf_counter()
+
+    def progress(study, trial, trials, front) -> None:
+        import optuna
+
+        done = [t for t in trials if t.state.is_finished()]
+        feasible = sum(bool(t.user_attrs.get("feasible")) for t in done)
+        elapsed = time.perf_counter() - start
+        last = ""
+        if trial is not None and trial.state == optuna.trial.TrialState.COMPLETE:
+            m, lat = trial.values
+            why = trial.user_attrs.get("reason")
+            last = f" | trial {trial.number}: {m:.4f}, {lat:.4f} s" + (f" ({why})" if why else "")
+        elif trial is not None:
+            last = f" | trial {trial.number}: {trial.state.name.lower()}"
+        goal = f"/{total}" if total else ""
+        print(
+            f"[{elapsed / 60:5.1f} min] trials {len(done)}{goal}, feasible {feasible}, "
+            f"front {len(front)}{last}",
+            flush=True,
+        )
+
+    return progress
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from autofhe.data import load_dataset
+    from autofhe.fhe.latency import load_cost_model
+    from autofhe.search.pareto import pareto_front
+    from autofhe.search.spec import load_spec, parse_duration
+    from autofhe.search.study import open_study, resolve_storage, run_workers
+
+    # Everything the user gave is checked before the database is touched.
+    url = resolve_storage(args.storage)
+    spec = load_spec(args.spec)
+    if args.metric:
+        spec.metric = args.metric
+    if args.max_latency is not None:
+        spec.max_latency = parse_duration(args.max_latency)
+    timeout = parse_duration(args.timeout) if args.timeout else None
+    if args.trials is not None and args.trials < 1:
+        raise ParameterError(f"--trials {args.trials}: pass a positive number of trials.")
+    if args.workers < 1:
+        raise ParameterError(f"--workers {args.workers}: pass at least 1.")
+    trials = args.trials if (args.trials or timeout) else 20
+    ds = load_dataset(args.data, labels=args.labels, label_column=args.label_column, task=args.task)
+    if ds.labels_source:
+        print(f"labels: {ds.labels_source} (next to the data; pass --labels to choose)")
+    print(f"data: {ds.source}: {ds.X.shape[0]} rows, {ds.X.shape[1]} features, {ds.task}")
+    print("cost model: loading (the first run on a machine calibrates it, about a minute)")
+    cost_model = load_cost_model()
+    study, _, name = open_study(ds, spec, url, args.study, args.seed)
+    before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    print(
+        f"study {name!r} on {url}: {before} trials so far; running "
+        f"{trials if trials else 'until the timeout'} more"
+        + (f" with {args.workers} workers" if args.workers > 1 else "")
+    )
+    run_workers(
+        url,
+        name,
+        args.workers,
+        trials,
+        timeout,
+        args.seed,
+        cost_model,
+        progress=_progress_printer((before + trials) if trials else None),
+    )
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=url)
+    print(f"\nPareto front of {name!r} ({len(study.trials)} trials):")
+    _print_table(_front_rows(study, pareto_front(study.get_trials(deepcopy=False))))
+    print(f"\ninspect:  autofhe dashboard --storage {url}")
+    print(f"export:   autofhe export --study {name} --storage {url} --pick knee --out model/")
+    return 0
+
+
+def _cmd_pareto(args: argparse.Namespace) -> int:
+    import json
+
+    from autofhe.search.pareto import pareto_front
+
+    study = _load_study(args)
+    rows = _front_rows(study, pareto_front(study.get_trials(deepcopy=False)))
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    elif args.format == "csv":
+        import csv
+
+        if rows:
+            writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        _print_table(rows)
+    return 0
+
+
+def _load_study(args):
+    import optuna
+
+    from autofhe.search.study import resolve_storage
+
+    url = resolve_storage(args.storage)
+    names = optuna.get_all_study_names(storage=url)
+    if args.study not in names:
+        raise ParameterError(
+            f"no study {args.study!r} in {url}; studies there: {', '.join(names) or 'none'}."
+        )
+    return optuna.load_study(study_name=args.study, storage=url)
+
+
+def _cmd_studies(args: argparse.Namespace) -> int:
+    import optuna
+
+    from autofhe.search.pareto import pareto_front
+    from autofhe.search.study import resolve_storage
+
+    url = resolve_storage(args.storage)
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage=url, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=url)
+        trials = study.get_trials(deepcopy=False)
+        rows.append(
+            {
+                "study": summary.study_name,
+                "trials": len(trials),
+                "front": len(pareto_front(trials)),
+                "metric": (study.metric_names or ["?"])[0],
+                "source": study.user_attrs.get("autofhe_source", "-"),
+            }
+        )
+    _print_table(rows) if rows else print(f"no studies in {url}")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from autofhe.fhe.latency import load_cost_model
+    from autofhe.search.study import SearchSession, resolve_storage
+
+    url = resolve_storage(args.storage)
+    _load_study(args)
+    timeout = None
+    if args.timeout:
+        from autofhe.search.spec import parse_duration
+
+        timeout = parse_duration(args.timeout)
+    SearchSession(url, args.study, args.seed).run(
+        args.trials, timeout, load_cost_model(), _progress_printer(None)
+    )
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    import optuna
+    from optuna_dashboard import run_server
+
+    from autofhe.search.study import artifact_dir, resolve_storage
+
+    url = resolve_storage(args.storage)
+    artifacts = artifact_dir(url)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    print(f"optuna-dashboard on http://{args.host}:{args.port} (storage {url}); Ctrl-C stops it")
+    run_server(
+        optuna.storages.RDBStorage(url),
+        host=args.host,
+        port=args.port,
+        artifact_store=optuna.artifacts.FileSystemArtifactStore(str(artifacts)),
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autofhe",
@@ -55,6 +266,55 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--accum-bits", type=int, default=None, help="accumulator budget")
     demo.set_defaults(func=_cmd_demo)
+
+    def storage_arg(p):
+        p.add_argument(
+            "--storage",
+            default=None,
+            help="SQLAlchemy URL (default: $AUTOFHE_STORAGE, else sqlite:///autofhe.db)",
+        )
+
+    search = sub.add_parser("search", help="search the accuracy / FHE latency trade-off")
+    search.add_argument(
+        "--data", required=True, help="X.npy (+ --labels), data.npz, data.csv, or sklearn:NAME"
+    )
+    search.add_argument("--labels", default=None, help="labels .npy (default: y.npy next to X)")
+    search.add_argument("--label-column", default=None, help="label column of a .csv")
+    search.add_argument("--task", choices=("classification", "regression"), default=None)
+    search.add_argument("--trials", type=int, default=None, help="trials to run (default 20)")
+    search.add_argument("--timeout", default=None, help="stop after this long, e.g. 30m")
+    storage_arg(search)
+    search.add_argument("--study", default=None, help="study name (default: from the data)")
+    search.add_argument("--spec", default=None, help="study spec (TOML), e.g. studies/wine.toml")
+    search.add_argument("--metric", default=None)
+    search.add_argument("--max-latency", default=None, help="seconds per sample (constraint)")
+    search.add_argument("--workers", type=int, default=1)
+    search.add_argument("--seed", type=int, default=0)
+    search.set_defaults(func=_cmd_search)
+
+    pareto = sub.add_parser("pareto", help="print a study's Pareto front")
+    pareto.add_argument("--study", required=True)
+    storage_arg(pareto)
+    pareto.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    pareto.set_defaults(func=_cmd_pareto)
+
+    studies = sub.add_parser("studies", help="list the studies of a storage")
+    storage_arg(studies)
+    studies.set_defaults(func=_cmd_studies)
+
+    worker = sub.add_parser("worker", help="join an existing study from another process")
+    worker.add_argument("--study", required=True)
+    storage_arg(worker)
+    worker.add_argument("--trials", type=int, default=None)
+    worker.add_argument("--timeout", default=None)
+    worker.add_argument("--seed", type=int, default=1)
+    worker.set_defaults(func=_cmd_worker)
+
+    dash = sub.add_parser("dashboard", help="serve optuna-dashboard on the study database")
+    storage_arg(dash)
+    dash.add_argument("--host", default="127.0.0.1")
+    dash.add_argument("--port", type=int, default=8080)
+    dash.set_defaults(func=_cmd_dashboard)
     return parser
 
 
@@ -63,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.debug:
         warnings.filterwarnings("ignore")
+        import logging
+
+        logging.getLogger("optuna").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except AutofheError as exc:

@@ -58,6 +58,18 @@ def toy():
     return X, y
 
 
+@pytest.fixture(scope="session")
+def key_cache_config(tmp_path_factory):
+    """concrete's insecure key cache: fine for tests, never for bundles."""
+    from concrete import fhe
+
+    return fhe.Configuration(
+        enable_unsafe_features=True,
+        use_insecure_key_cache=True,
+        insecure_key_cache_location=str(tmp_path_factory.mktemp("keys")),
+    )
+
+
 def require_services() -> bool:
     """In CI (AUTOFHE_REQUIRE_SERVICES=1) a missing service is a failure, not a skip."""
     return os.environ.get("AUTOFHE_REQUIRE_SERVICES") == "1"

@@ -200,8 +200,25 @@ def circuit_report(circuit, program: IntegerProgram) -> dict:
         "size_of_outputs": int(stats["size_of_outputs"]),
         "p_error": float(stats["p_error"]),
         "global_p_error": float(stats["global_p_error"]),
+        # What each PBS costs is set by the crypto parameters concrete chose for it.
+        "pbs_params": [
+            {
+                "polynomial_size": int(_field(key, "polynomial_size")),
+                "glwe_dimension": int(_field(key, "glwe_dimension")),
+                "input_lwe_dimension": int(_field(key, "input_lwe_dimension")),
+                "level": int(_field(key, "level")),
+                "count": int(count),
+            }
+            for key, count in stats["programmable_bootstrap_count_per_parameter"].items()
+        ],
         "bit_exact": all(layer.rounding == "exact" or not layer.lsbs_to_remove for layer in hidden),
     }
+
+
+def _field(key, name: str):
+    """A field of a concrete key-parameter object (a method in some versions)."""
+    value = getattr(key, name)
+    return value() if callable(value) else value
 
 
 def available_memory() -> int:

@@ -3,16 +3,18 @@
 Measured: key generation once, then per sample encrypt / run / decrypt; the per-sample figure
 is the median of encrypt + run + decrypt, key generation excluded.
 
-Predicted: independent lookups of a layer run in parallel across cores, and a lookup costs in
-proportion to concrete's complexity measure, so
+Predicted: a PBS costs in proportion to the work its crypto parameters imply (blind rotation
+over ``n`` LWE coefficients, each an external product of ``level * (k + 1)`` polynomials of
+size ``N``: ``n * level * (k + 1) * N * (log2 N + k + 1)``), and the independent lookups of
+a layer run in parallel across cores, so
 
-    latency = c0 + c1 * n_inputs + c2 * complexity / parallelism
+    latency = base + per_input * n_inputs + seconds_per_unit * sum(count * work) / parallelism
 
 where ``parallelism`` = lookups / sum over layers of ceil(lookups_in_layer / cores). The
-constants are fitted on this machine by a short micro-benchmark (synthetic circuits of
-1-32 lookups at 4-7 bits, with and without truncation; about a minute) and cached in
-``~/.cache/autofhe`` under a key made of concrete-python's version and the CPU model, so a new
-version or another CPU recalibrates.
+parameters per PBS are known right after compilation. ``base``, ``per_input`` and
+``seconds_per_unit`` are measured on this machine by a short micro-benchmark (about a minute)
+and cached in ``~/.cache/autofhe`` under a key made of concrete-python's version and the CPU,
+so a new version or another CPU recalibrates.
 """
 
 from __future__ import annotations
@@ -86,39 +88,72 @@ def measure_latency(model, X, n: int = 3) -> dict:
     return measure_circuit(circuit, list(x_int), n)
 
 
-def _parallelism(lookups_per_layer: list[int], pbs_count: int, cores: int) -> float:
-    """Average number of lookups running at once (truncation PBS share their layer's)."""
-    if pbs_count == 0 or not lookups_per_layer:
-        return 1.0
-    per_neuron = pbs_count / sum(lookups_per_layer)
-    rounds = sum(math.ceil(n / cores) * per_neuron for n in lookups_per_layer)
-    return pbs_count / rounds
+def _rounds(n: int, cores: int) -> int:
+    return math.ceil(n / cores) if n else 0
 
 
-def _features(report: dict, n_inputs: int, cores: int) -> list[float]:
-    par = _parallelism(report["lookups_per_layer"], report["pbs_count"], cores)
-    complexity = report["complexity"] if report["pbs_count"] else 0.0
-    return [1.0, float(n_inputs), complexity / par / 1e9]
+def pbs_work(report: dict) -> float:
+    """Sum over the circuit's PBS of the work their parameters imply (in 1e9 units)."""
+    total = 0.0
+    for p in report.get("pbs_params", []):
+        n, k, N, level = (
+            p["input_lwe_dimension"],
+            p["glwe_dimension"],
+            p["polynomial_size"],
+            p["level"],
+        )
+        total += p["count"] * n * level * (k + 1) * N * (math.log2(N) + k + 1)
+    return total / 1e9
+
+
+def parallelism(lookups_per_layer: list[int], cores: int) -> float:
+    """Average number of lookups running at once."""
+    rounds = sum(_rounds(n, cores) for n in lookups_per_layer)
+    return sum(lookups_per_layer) / rounds if rounds else 1.0
 
 
 class CostModel:
-    """Linear latency model over (1, n_inputs, complexity / parallelism)."""
+    """Per-sample latency from the compiled circuit; see the module docstring."""
 
-    def __init__(self, coef: list[float], cores: int, meta: dict | None = None):
-        self.coef = [float(c) for c in coef]
+    def __init__(
+        self,
+        base: float,
+        per_input: float,
+        seconds_per_unit: float,
+        cores: int,
+        meta: dict | None = None,
+    ):
+        self.base, self.per_input = float(base), float(per_input)
+        self.seconds_per_unit = float(seconds_per_unit)
         self.cores = int(cores)
         self.meta = meta or {}
 
+    def lookup_seconds(self, report: dict) -> float:
+        """Predicted time of the circuit's table lookups alone."""
+        par = parallelism(report["lookups_per_layer"], self.cores)
+        return self.seconds_per_unit * pbs_work(report) / par
+
     def predict(self, report: dict, n_inputs: int) -> float:
-        feats = _features(report, n_inputs, self.cores)
-        return float(max(1e-4, sum(c * f for c, f in zip(self.coef, feats))))
+        return float(self.base + self.per_input * n_inputs + self.lookup_seconds(report))
 
     def to_json(self) -> dict:
-        return {"coef": self.coef, "cores": self.cores, "meta": self.meta}
+        return {
+            "base": self.base,
+            "per_input": self.per_input,
+            "seconds_per_unit": self.seconds_per_unit,
+            "cores": self.cores,
+            "meta": self.meta,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> CostModel:
-        return cls(data["coef"], data["cores"], data.get("meta"))
+        return cls(
+            data["base"],
+            data["per_input"],
+            data["seconds_per_unit"],
+            data["cores"],
+            data.get("meta"),
+        )
 
 
 def _machine_key() -> str:
@@ -143,81 +178,84 @@ def _machine_key() -> str:
 
 def _synthetic(n_lookups: int, acc_bits: int, lsbs: int, n_inputs: int):
     """A program with ``n_lookups`` ReLU lookups on ``acc_bits``-bit accumulators (none: a
-    linear model), widths taken from the worst case as for trained models."""
+    linear model on ``n_inputs`` inputs); widths are worst cases, as for trained models."""
     import torch
 
     from autofhe.fhe.program import IntegerProgram, ProgramLayer
     from autofhe.nn.pruning import signed_bits, worst_case_accumulator
 
     rng = np.random.default_rng(acc_bits * 100 + n_lookups)
-    x_max = 4  # signed 3-bit inputs
+    x_max = 2  # signed 2-bit inputs
 
-    def layer(n_out, n_in, in_max, bits=None, **kwargs):
-        w_max = max(1, (2 ** ((bits or 6) - 1) - 1) // (n_in * in_max))
-        weight = rng.integers(-w_max, w_max + 1, size=(n_out, n_in))
+    def layer(n_out, n_in, in_max, limit, **kwargs):
+        w_max = max(1, limit // (n_in * in_max))
+        # full-magnitude weights: every neuron reaches the intended width
+        weight = rng.choice([-w_max, w_max], size=(n_out, n_in))
         bias = np.zeros(n_out, dtype=np.int64)
         worst = int(worst_case_accumulator(weight, bias, in_max).max())
-        return ProgramLayer(
-            weight=weight, bias=bias, acc_bits=max(bits or 0, signed_bits(worst)), **kwargs
-        )
+        return ProgramLayer(weight=weight, bias=bias, acc_bits=signed_bits(worst), **kwargs)
 
     if not n_lookups:
-        layers = [layer(2, n_inputs, x_max)]
+        layers = [layer(2, n_inputs, x_max, 2**8)]
     else:
+        limit = 2 ** (acc_bits - 1) - 1
+        n_inputs = int(np.clip(limit // x_max, 1, 16))
         hidden = layer(
             n_lookups,
             n_inputs,
             x_max,
-            acc_bits,
+            limit,
             activation=torch.nn.ReLU(),
             acc_scale=np.full(n_lookups, 2.0 / 2 ** (acc_bits - 1)),
             out_scale=0.25,
             out_bits=3,
             out_signed=False,
         ).with_rounding(lsbs)
-        layers = [hidden, layer(2, n_lookups, 7)]
+        layers = [hidden, layer(2, n_lookups, 7, 2**7)]
     return IntegerProgram(
-        input_scale=np.ones(n_inputs), input_bits=3, layers=layers, output_scale=np.ones(2)
+        input_scale=np.ones(n_inputs), input_bits=2, layers=layers, output_scale=np.ones(2)
     )
 
 
-#: (lookups, accumulator bits, low bits truncated, inputs) of the calibration circuits.
-CALIBRATION = [
-    (0, 0, 0, 30),
-    (2, 5, 0, 4),
-    (16, 5, 0, 8),
-    (32, 4, 0, 8),
-    (8, 6, 0, 8),
-    (16, 6, 1, 8),
-    (8, 7, 2, 8),
-    (4, 7, 0, 4),
-]
+#: (lookups, accumulator bits, low bits truncated) of the calibration circuits.
+CALIBRATION = [(16, 4, 0), (16, 5, 0), (4, 6, 0), (16, 6, 0), (8, 7, 2), (16, 8, 3), (2, 5, 0)]
 
 
-def calibrate(n: int = 3, verbose: bool = False) -> CostModel:
-    """Fit the cost model on this machine (about a minute) and cache it."""
+def _timed(program, n: int) -> tuple[float, dict]:
     from autofhe.fhe.compile import circuit_report, compile_program, inputset
 
+    X = np.random.default_rng(0).integers(-2, 2, size=(16, program.n_features))
+    X = X.astype(np.float32)
+    circuit = compile_program(program, inputset(program, X))
+    report = circuit_report(circuit, program)
+    return measure_circuit(circuit, list(program.quantize(X)), n)["latency_s"], report
+
+
+def calibrate(n: int = 4, verbose: bool = False) -> CostModel:
+    """Measure this machine's costs (about a minute) and cache the model."""
     cores = os.cpu_count() or 1
-    rows, targets = [], []
-    for n_lookups, acc_bits, lsbs, n_inputs in CALIBRATION:
-        program = _synthetic(n_lookups, acc_bits, lsbs, n_inputs)
-        X = np.random.default_rng(0).integers(-4, 4, size=(16, n_inputs)).astype(np.float32)
-        circuit = compile_program(program, inputset(program, X))
-        report = circuit_report(circuit, program)
-        measured = measure_circuit(circuit, list(program.quantize(X)), n + 1)
-        rows.append(_features(report, n_inputs, cores))
-        targets.append(measured["latency_s"])
-        if verbose:
-            print(
-                f"calibration {n_lookups} lookups @ {acc_bits - lsbs} bits: "
-                f"{measured['latency_s']:.3f} s",
-                flush=True,
-            )
-    A, t = np.array(rows), np.array(targets)
-    # Least squares on relative error: each row weighted by 1 / its latency.
-    coef, *_ = np.linalg.lstsq(A / t[:, None], np.ones_like(t), rcond=None)
-    model = CostModel(coef.tolist(), cores, {"key": _machine_key(), "points": len(t)})
+    say = print if verbose else (lambda *a, **k: None)
+    # Circuits without lookups: encryption / decryption of the inputs and outputs.
+    t_small, _ = _timed(_synthetic(0, 0, 0, 8), n)
+    t_large, _ = _timed(_synthetic(0, 0, 0, 64), n)
+    per_input = max(0.0, (t_large - t_small) / 56)
+    base = max(0.0, t_small - 8 * per_input)
+    say(f"calibration: no lookups: base {base * 1e3:.1f} ms, {per_input * 1e6:.0f} us/input")
+    model = CostModel(base, per_input, 1.0, cores)
+    units, seconds = [], []
+    for n_lookups, bits, lsbs in CALIBRATION:
+        program = _synthetic(n_lookups, bits, lsbs, 0)
+        t, report = _timed(program, n)
+        units.append(model.lookup_seconds(report))  # in work units while seconds_per_unit = 1
+        seconds.append(max(1e-4, t - base - per_input * program.n_features))
+        say(
+            f"calibration: {n_lookups} lookups at {report['lookup_bits_per_layer']} bits "
+            f"({lsbs} truncated): {t:.3f} s"
+        )
+    u, s = np.array(units), np.array(seconds)
+    # least squares on relative error: minimise sum((c * u / s - 1) ** 2)
+    model.seconds_per_unit = float(np.sum(u / s) / np.sum((u / s) ** 2))
+    model.meta = {"key": _machine_key(), "created": time.time()}
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     (CACHE_DIR / f"latency-{model.meta['key']}.json").write_text(json.dumps(model.to_json()))
     return model
@@ -229,7 +267,7 @@ def load_cost_model(calibrate_if_missing: bool = True) -> CostModel | None:
     if path.exists():
         try:
             return CostModel.from_json(json.loads(path.read_text()))
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             path.unlink(missing_ok=True)  # a corrupt cache is recomputed, never trusted
     return calibrate() if calibrate_if_missing else None
 

@@ -11,18 +11,6 @@ from autofhe.errors import CompilationError, NotCompiledError, ParameterError, R
 from autofhe.fhe.compile import MAX_LOOKUP_BITS, check_key_memory, choose_lsbs
 
 
-@pytest.fixture(scope="session")
-def key_cache(tmp_path_factory):
-    """concrete's insecure key cache: fine for tests, never for bundles."""
-    from concrete import fhe
-
-    return fhe.Configuration(
-        enable_unsafe_features=True,
-        use_insecure_key_cache=True,
-        insecure_key_cache_location=str(tmp_path_factory.mktemp("keys")),
-    )
-
-
 def _compiled(split, **params):
     Xtr, Xte, ytr, yte = split
     model = NeuralNetClassifier(random_state=0, **params).fit(Xtr, ytr)
@@ -142,7 +130,7 @@ def test_regressor_compiles(diabetes):
 
 
 @pytest.mark.execute
-def test_execute_equals_disable_on_three_rows(wine, key_cache):
+def test_execute_equals_disable_on_three_rows(wine, key_cache_config):
     Xtr, Xte, ytr, _ = wine
     model = NeuralNetClassifier(
         random_state=0,
@@ -151,7 +139,7 @@ def test_execute_equals_disable_on_three_rows(wine, key_cache):
         n_w_bits=2,
         n_a_bits=2,
     )
-    model.fit(Xtr, ytr).compile(Xtr, configuration=key_cache)
+    model.fit(Xtr, ytr).compile(Xtr, configuration=key_cache_config)
     rows = Xte[:3]
     executed = model.predict_proba(rows, fhe="execute")
     np.testing.assert_array_equal(executed, model.predict_proba(rows, fhe="disable"))

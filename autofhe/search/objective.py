@@ -1,0 +1,219 @@
+"""One trial: fit -> compile -> simulate -> latency -> constraints -> user attributes.
+
+Objectives: the metric of the FHE-simulated predictions on the validation split (maximised)
+and the predicted FHE latency per sample (minimised). A configuration that cannot become a
+usable circuit (impossible accumulator budget, compile failure, latency or keys over the
+limits) ends COMPLETE with a violated constraint and the reason in ``reason``, so the sampler
+learns from it; FAIL is for crashes only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+from sklearn import metrics
+
+from autofhe.errors import AutofheError, CompilationError, ParameterError
+from autofhe.fhe.latency import CostModel
+from autofhe.nn.estimators import NeuralNetClassifier, NeuralNetRegressor
+from autofhe.nn.module import hidden_width, resolve_activation
+from autofhe.nn.pruning import check_budget, input_max_abs
+from autofhe.search.space import suggest
+
+__all__ = ["METRICS", "SearchContext", "evaluate_metric", "objective"]
+
+#: metric name -> (task, needs probabilities)
+METRICS = {
+    "accuracy": ("classification", False),
+    "balanced_accuracy": ("classification", False),
+    "f1": ("classification", False),
+    "roc_auc": ("classification", True),
+    "r2": ("regression", False),
+    "neg_mean_squared_error": ("regression", False),
+    "neg_mean_absolute_error": ("regression", False),
+}
+
+#: A trial whose clear validation metric is this far below the best feasible one is pruned
+#: before compilation (Optuna has no pruner for multi-objective studies).
+PRUNE_MARGIN = 0.25
+
+
+def evaluate_metric(name: str, y_true, y_pred=None, proba=None, classes=None) -> float:
+    if name == "accuracy":
+        return float(metrics.accuracy_score(y_true, y_pred))
+    if name == "balanced_accuracy":
+        return float(metrics.balanced_accuracy_score(y_true, y_pred))
+    if name == "f1":
+        binary = len(classes) == 2
+        return float(
+            metrics.f1_score(
+                y_true,
+                y_pred,
+                average="binary" if binary else "macro",
+                pos_label=classes[-1] if binary else 1,
+            )
+        )
+    if name == "roc_auc":
+        if len(classes) == 2:
+            return float(metrics.roc_auc_score(y_true == classes[-1], proba[:, 1]))
+        return float(metrics.roc_auc_score(y_true, proba, multi_class="ovr", labels=classes))
+    if name == "r2":
+        return float(metrics.r2_score(y_true, y_pred))
+    if name == "neg_mean_squared_error":
+        return -float(metrics.mean_squared_error(y_true, y_pred))
+    if name == "neg_mean_absolute_error":
+        return -float(metrics.mean_absolute_error(y_true, y_pred))
+    raise ParameterError(f"unknown metric {name!r}; use one of {', '.join(METRICS)}.")
+
+
+@dataclass
+class SearchContext:
+    """Everything a trial needs besides its parameters."""
+
+    task: str
+    metric: str
+    X_train: np.ndarray
+    X_valid: np.ndarray
+    X_test: np.ndarray
+    y_train: np.ndarray
+    y_valid: np.ndarray
+    y_test: np.ndarray
+    space: dict[str, Any]
+    cost_model: CostModel
+    max_latency: float | None = None
+    max_key_size: float = 4e9
+    seed: int = 0
+    fixed: dict[str, Any] = field(default_factory=dict)
+    #: Called as ``front_hook(trial, model, X_valid)`` for a trial entering the Pareto front
+    #: (the study measures its latency and stores its compiled model there).
+    front_hook: Callable | None = None
+
+    def estimator(self, params: dict[str, Any]):
+        cls = NeuralNetClassifier if self.task == "classification" else NeuralNetRegressor
+        return cls(random_state=self.seed, **{**self.fixed, **params})
+
+    def score(self, model, X, y, fhe: str) -> float:
+        if self.task == "regression":
+            return evaluate_metric(self.metric, y, model.predict(X, fhe=fhe))
+        proba = model.predict_proba(X, fhe=fhe)
+        pred = model.classes_[proba.argmax(axis=1)]
+        return evaluate_metric(self.metric, y, pred, proba, model.classes_)
+
+
+CONSTRAINTS = ("budget", "compile", "latency", "key_size")
+
+
+def _finish(trial, reason: str | None, violated: dict[str, float]) -> None:
+    """Set every constraint on every path (a trial without one counts as feasible)."""
+    for key in CONSTRAINTS:
+        trial.set_constraint(key, violated.get(key, 0.0))
+    trial.set_user_attr("feasible", reason is None)
+    trial.set_user_attr("compile_ok", reason is None or "compile" not in violated)
+    trial.set_user_attr("reason", reason or "")
+
+
+def _precheck(params: dict[str, Any], n_features: int) -> str | None:
+    """Cheap checks before training: an impossible budget, a lookup no circuit can hold."""
+    try:
+        activation = resolve_activation(params.get("module__activation_function", "ReLU"))()
+        import torch
+
+        grid = torch.linspace(-100, 100, 2001)
+        signed = bool(activation(grid).min() < 0)
+        n_a, n_layers = params.get("n_a_bits", 3), params.get("module__n_layers", 2)
+        maxes = [input_max_abs(n_a, True)] + [input_max_abs(n_a, signed)] * (n_layers > 1)
+        check_budget(params.get("n_accum_bits"), params.get("n_w_bits", 3), maxes)
+    except AutofheError as exc:
+        return str(exc)
+    width = hidden_width(n_features, params.get("module__n_hidden_neurons_multiplier", 4))
+    if params.get("module__n_layers", 2) > 1 and width > 1024:
+        return f"hidden width {width} is over 1024 lookups per layer; lower the multiplier"
+    return None
+
+
+def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
+    """Train, compile and score one configuration; returns (metric, predicted latency)."""
+    params = suggest(trial, ctx.space)
+    worst = (-1e9 if ctx.metric.startswith("neg_") else -1.0, 1e6)
+    reason = _precheck({**ctx.fixed, **params}, ctx.X_train.shape[1])
+    if reason:
+        _finish(trial, f"budget: {reason}", {"budget": 1.0})
+        return worst
+
+    t0 = time.perf_counter()
+    model = ctx.estimator(params).fit(ctx.X_train, ctx.y_train)
+    trial.set_user_attr("train_s", round(time.perf_counter() - t0, 3))
+    clear = ctx.score(model, ctx.X_valid, ctx.y_valid, "disable")
+    trial.set_user_attr("clear_valid", clear)
+    trial.set_user_attr("accumulator_bits", model.accumulator_bits_)
+    _maybe_prune(trial, clear)
+
+    t0 = time.perf_counter()
+    try:
+        model.compile(ctx.X_train)
+    except CompilationError as exc:
+        _finish(trial, f"compile: {exc}", {"compile": 1.0})
+        return worst
+    trial.set_user_attr("compile_s", round(time.perf_counter() - t0, 3))
+    report = model.fhe_report()
+    for key in (
+        "pbs_count",
+        "lookups_per_layer",
+        "lookup_bits_per_layer",
+        "max_lookup_bits",
+        "max_bit_width",
+        "complexity",
+        "size_of_evaluation_keys",
+        "bit_exact",
+    ):
+        trial.set_user_attr(key, report[key])
+
+    t0 = time.perf_counter()
+    simulated = ctx.score(model, ctx.X_valid, ctx.y_valid, "simulate")
+    trial.set_user_attr("simulate_s", round(time.perf_counter() - t0, 3))
+    trial.set_user_attr("simulated_valid", simulated)
+    trial.set_user_attr("clear_test", ctx.score(model, ctx.X_test, ctx.y_test, "disable"))
+    latency = ctx.cost_model.predict(report, ctx.X_train.shape[1])
+    trial.set_user_attr("predicted_latency_s", latency)
+
+    violated, reasons = {}, []
+    if ctx.max_latency is not None and latency > ctx.max_latency:
+        violated["latency"] = latency - ctx.max_latency
+        reasons.append(f"latency: predicted {latency:.3f} s > max {ctx.max_latency} s")
+    keys = report["size_of_evaluation_keys"]
+    if keys > ctx.max_key_size:
+        violated["key_size"] = (keys - ctx.max_key_size) / 1e9
+        reasons.append(f"key_size: {keys / 1e9:.1f} GB > max {ctx.max_key_size / 1e9:.1f} GB")
+    _finish(trial, "; ".join(reasons) or None, violated)
+    if not violated and ctx.front_hook is not None and _enters_front(trial, simulated, latency):
+        ctx.front_hook(trial, model, ctx.X_valid)
+    return simulated, latency
+
+
+def _front_values(trial) -> list[tuple[float, float]]:
+    study = getattr(trial, "study", None)  # FixedTrial has none
+    if study is None:
+        return []
+    from autofhe.search.pareto import pareto_front
+
+    return [tuple(t.values) for t in pareto_front(study.get_trials(deepcopy=False))]
+
+
+def _enters_front(trial, metric: float, latency: float) -> bool:
+    return not any(
+        m >= metric and lat <= latency and (m > metric or lat < latency)
+        for m, lat in _front_values(trial)
+    )
+
+
+def _maybe_prune(trial: optuna.Trial, clear: float) -> None:
+    best = [m for m, _ in _front_values(trial)]
+    if best and clear < max(best) - PRUNE_MARGIN:
+        _finish(trial, f"pruned: clear validation metric {clear:.3f} far below the front", {})
+        trial.set_user_attr("feasible", False)
+        raise optuna.TrialPruned(f"clear metric {clear:.3f} < best {max(best):.3f} - margin")

@@ -1,0 +1,148 @@
+"""The search space: names are estimator parameters, so ``est.set_params(**trial.params)``
+rebuilds any trial.
+
+A space maps a parameter to one of
+- ``{"low": a, "high": b}`` (int when both are ints), optional ``"log": true`` / ``"step"``;
+- a list of choices (``n_accum_bits`` may list ``"none"`` for an unbounded accumulator);
+- a single value (fixed, not searched).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autofhe.errors import ParameterError
+from autofhe.nn.module import ACTIVATIONS
+
+__all__ = ["DEFAULT_SPACE", "SEED_CONFIG", "suggest", "validate_space"]
+
+DEFAULT_SPACE: dict[str, Any] = {
+    "module__n_layers": {"low": 1, "high": 4},
+    "module__activation_function": [
+        "ReLU",
+        "ReLU6",
+        "Sigmoid",
+        "Tanh",
+        "GELU",
+        "SELU",
+        "CELU",
+        "LeakyReLU",
+    ],
+    "module__n_hidden_neurons_multiplier": {"low": 0.1, "high": 4.0, "log": True},
+    "n_w_bits": {"low": 2, "high": 8},
+    "n_a_bits": {"low": 2, "high": 8},
+    "n_accum_bits": ["none", 6, 7, 8, 9, 10, 12, 14, 16],
+    "power_of_two_scaling": [True, False],
+    "lr": {"low": 1e-4, "high": 1e-1, "log": True},
+    "max_epochs": {"low": 10, "high": 100, "log": True},
+}
+
+#: The seed's documented configuration, enqueued as every study's first trial.
+SEED_CONFIG: dict[str, Any] = {
+    "module__n_layers": 2,
+    "module__activation_function": "ReLU",
+    "module__n_hidden_neurons_multiplier": 4.0,
+    "n_w_bits": 3,
+    "n_a_bits": 3,
+    "n_accum_bits": "none",
+    "power_of_two_scaling": True,
+    "lr": 0.001,
+    "max_epochs": 10,
+}
+
+#: Parameters a space may search, and what each must be.
+_KNOWN = {
+    "module__n_layers": ("int", 1, 8),
+    "module__activation_function": ("activation", None, None),
+    "module__n_hidden_neurons_multiplier": ("float", 1e-3, 64.0),
+    "n_w_bits": ("int", 2, 16),
+    "n_a_bits": ("int", 2, 16),
+    "n_accum_bits": ("accum", 2, 48),
+    "power_of_two_scaling": ("bool", None, None),
+    "lr": ("float", 1e-7, 10.0),
+    "max_epochs": ("int", 1, 10_000),
+    "batch_size": ("int", 1, 1_000_000),
+}
+
+
+def _check_value(name: str, kind: str, low, high, value) -> None:
+    bad = None
+    if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        bad = "an integer"
+    elif kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        bad = "a number"
+    elif kind == "bool" and not isinstance(value, bool):
+        bad = "true or false"
+    elif kind == "activation" and value not in ACTIVATIONS:
+        bad = f"one of {', '.join(ACTIVATIONS)}"
+    elif (
+        kind == "accum"
+        and value != "none"
+        and (isinstance(value, bool) or not isinstance(value, int))
+    ):
+        bad = '"none" or an integer'
+    if bad is None and kind in ("int", "float", "accum") and value != "none":
+        if not low <= value <= high:
+            bad = f"within [{low}, {high}]"
+    if bad:
+        raise ParameterError(f"search space: {name} = {value!r} must be {bad}.")
+
+
+def validate_space(space: dict[str, Any]) -> dict[str, Any]:
+    """Check every entry of a space; returns it unchanged or raises ParameterError."""
+    for name, entry in space.items():
+        if name not in _KNOWN:
+            raise ParameterError(
+                f"search space: unknown parameter {name!r}; searchable parameters are "
+                f"{', '.join(_KNOWN)}."
+            )
+        kind, low, high = _KNOWN[name]
+        if isinstance(entry, dict):
+            if set(entry) - {"low", "high", "log", "step"} or not {"low", "high"} <= set(entry):
+                raise ParameterError(
+                    f"search space: {name} = {entry!r}; a range needs 'low' and 'high' (and "
+                    "optionally 'log' or 'step')."
+                )
+            if kind not in ("int", "float"):
+                raise ParameterError(f"search space: {name} takes a list of choices, not a range.")
+            for bound in (entry["low"], entry["high"]):
+                _check_value(name, kind, low, high, bound)
+            if entry["low"] > entry["high"]:
+                raise ParameterError(
+                    f"search space: {name} has low={entry['low']} > high={entry['high']}."
+                )
+        elif isinstance(entry, list):
+            if not entry:
+                raise ParameterError(f"search space: {name} has an empty list of choices.")
+            for value in entry:
+                _check_value(name, kind, low, high, value)
+        else:
+            _check_value(name, kind, low, high, entry)
+    return space
+
+
+def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
+    """Draw one configuration; returns estimator parameters (``"none"`` becomes None)."""
+    params: dict[str, Any] = {}
+    for name, entry in space.items():
+        if isinstance(entry, dict):
+            integer = isinstance(entry["low"], int) and isinstance(entry["high"], int)
+            suggest_fn = trial.suggest_int if integer else trial.suggest_float
+            kwargs = {"log": bool(entry.get("log", False))}
+            if "step" in entry:
+                kwargs["step"] = entry["step"]
+            value = suggest_fn(name, entry["low"], entry["high"], **kwargs)
+        elif isinstance(entry, list):
+            value = trial.suggest_categorical(name, entry) if len(entry) > 1 else entry[0]
+        else:
+            value = entry
+        params[name] = value
+    return to_estimator_params(params)
+
+
+def to_estimator_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Trial parameters -> estimator parameters (only ``n_accum_bits="none"`` changes)."""
+    out = dict(params)
+    if out.get("n_accum_bits") == "none":
+        out["n_accum_bits"] = None
+    return out

@@ -1,0 +1,122 @@
+"""Study specs: a TOML file that overrides the defaults of a search.
+
+[study]
+metric = "accuracy"          # see autofhe.search.objective.METRICS
+max_latency = 0.5            # seconds per sample (a constraint)
+max_key_size = "4GB"         # evaluation keys (a constraint; no key generation beyond it)
+sampler = "tpe"              # or "nsga2"
+
+[space]                      # replaces entries of the default space (space.py)
+n_w_bits = { low = 2, high = 4 }
+module__activation_function = ["ReLU", "Tanh"]
+
+[fixed]                      # estimator parameters set for every trial
+batch_size = 64
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autofhe.errors import ParameterError
+from autofhe.search.space import DEFAULT_SPACE, validate_space
+
+__all__ = ["Spec", "load_spec", "parse_duration", "parse_size"]
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]?B)?\s*$", re.IGNORECASE)
+_UNITS = {None: 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*$")
+
+
+def parse_size(value) -> float:
+    """``"4GB"`` / ``"500MB"`` / a number of bytes -> bytes."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    match = _SIZE.match(str(value))
+    if not match or float(match.group(1)) <= 0:
+        raise ParameterError(f"size {value!r} is not understood; write e.g. 4GB or 500MB.")
+    unit = match.group(2).upper() if match.group(2) else None
+    return float(match.group(1)) * _UNITS[unit]
+
+
+def parse_duration(value) -> float:
+    """``"30m"`` / ``"2h"`` / ``"90s"`` / a number of seconds -> seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match or float(match.group(1)) <= 0:
+        raise ParameterError(f"duration {value!r} is not understood; write e.g. 90s, 30m or 2h.")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+@dataclass
+class Spec:
+    space: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SPACE))
+    metric: str | None = None
+    max_latency: float | None = None
+    max_key_size: float = 4e9
+    sampler: str = "tpe"
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+_STUDY_KEYS = {"metric", "max_latency", "max_key_size", "sampler"}
+
+
+def load_spec(path: str | Path | None) -> Spec:
+    """Read a spec file (None: the defaults). Every problem is one ParameterError."""
+    spec = Spec()
+    if path is None:
+        return spec
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ParameterError(
+            f"spec file {path} does not exist; pass an existing TOML file."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParameterError(f"spec file {path} cannot be read: {exc}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ParameterError(f"spec file {path} is not valid TOML: {exc}.") from None
+    unknown = set(data) - {"study", "space", "fixed"}
+    if unknown:
+        raise ParameterError(
+            f"spec file {path}: unknown section(s) {sorted(unknown)}; use [study], [space], "
+            "[fixed]."
+        )
+    study = data.get("study", {})
+    if set(study) - _STUDY_KEYS:
+        raise ParameterError(
+            f"spec file {path}: unknown [study] key(s) {sorted(set(study) - _STUDY_KEYS)}; "
+            f"known: {sorted(_STUDY_KEYS)}."
+        )
+    try:
+        if "metric" in study:
+            spec.metric = str(study["metric"])
+        if "max_latency" in study:
+            spec.max_latency = parse_duration(study["max_latency"])
+        if "max_key_size" in study:
+            spec.max_key_size = parse_size(study["max_key_size"])
+        if "sampler" in study:
+            if study["sampler"] not in ("tpe", "nsga2"):
+                raise ParameterError(f"sampler {study['sampler']!r}: use 'tpe' or 'nsga2'.")
+            spec.sampler = study["sampler"]
+        space = dict(DEFAULT_SPACE)
+        space.update(data.get("space", {}))
+        spec.space = validate_space(space)
+        spec.fixed = dict(data.get("fixed", {}))
+        overlap = set(spec.fixed) & set(data.get("space", {}))
+        if overlap:
+            raise ParameterError(f"{sorted(overlap)} are both searched and fixed; pick one.")
+        for name in spec.fixed:
+            spec.space.pop(name, None)
+    except ParameterError as exc:
+        raise ParameterError(f"spec file {path}: {exc}") from None
+    return spec

@@ -1,0 +1,296 @@
+"""Create or resume a study on a storage URL, run workers, keep the Pareto front.
+
+A study is an Optuna multi-objective study (metric max, predicted FHE latency min) plus
+autofhe's tables (pareto.py) holding its dataset, so any worker needs only the storage URL
+and the study name. Workers are plain processes running ``study.optimize`` with heartbeats:
+a killed worker's trial is marked failed and re-queued.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from autofhe.data import Dataset, check_Xy, split_dataset
+from autofhe.errors import DataError, ParameterError
+from autofhe.search.objective import METRICS, SearchContext, objective
+from autofhe.search.pareto import ParetoStore, pareto_front
+from autofhe.search.space import SEED_CONFIG
+from autofhe.search.spec import Spec
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "STORAGE_ENV",
+    "SearchSession",
+    "artifact_dir",
+    "default_study_name",
+    "open_study",
+    "resolve_storage",
+]
+
+DEFAULT_STORAGE = "sqlite:///autofhe.db"
+STORAGE_ENV = "AUTOFHE_STORAGE"
+SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql")
+OBJECTIVE_NAMES = ["fhe_latency_s"]
+HEARTBEAT_S, GRACE_S = 10, 30
+
+
+def resolve_storage(url: str | None) -> str:
+    """``--storage``, else ``$AUTOFHE_STORAGE``, else an SQLite file in the working directory."""
+    url = url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+    scheme = url.split(":", 1)[0] if "://" in url else None
+    if scheme not in SCHEMES:
+        raise ParameterError(
+            f"storage {url!r} has an unknown scheme; use an SQLAlchemy URL such as "
+            "sqlite:///autofhe.db or postgresql://user@host/db."
+        )
+    return url
+
+
+def artifact_dir(url: str) -> Path:
+    """Artifacts live next to an SQLite file (``<db>.artifacts``), else in ./autofhe-artifacts
+    (override with $AUTOFHE_ARTIFACTS; share it between machines)."""
+    if os.environ.get("AUTOFHE_ARTIFACTS"):
+        return Path(os.environ["AUTOFHE_ARTIFACTS"])
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        db = Path(url[len("sqlite:///") :])
+        return db.with_name(db.name + ".artifacts")
+    return Path("autofhe-artifacts")
+
+
+def default_study_name(ds: Dataset, metric: str) -> str:
+    return f"{ds.name}-{metric}"
+
+
+def _storage(url: str) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(
+        url,
+        heartbeat_interval=HEARTBEAT_S,
+        grace_period=GRACE_S,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=2
+        ),
+    )
+
+
+def _sampler(spec_sampler: str, seed: int | None):
+    if spec_sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(multivariate=True, seed=seed, n_startup_trials=8)
+
+
+def open_study(
+    ds: Dataset, spec: Spec, url: str, name: str | None, seed: int = 0
+) -> tuple[optuna.Study, ParetoStore, str]:
+    """Create the study (registering its data) or resume it; refuse different data.
+
+    Everything the user passed is validated before the database is touched.
+    """
+    metric = spec.metric or ("accuracy" if ds.task == "classification" else "r2")
+    if metric not in METRICS:
+        raise ParameterError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
+    if METRICS[metric][0] != ds.task:
+        raise ParameterError(
+            f"metric {metric!r} is for {METRICS[metric][0]}, but the task is {ds.task}; "
+            "pick a matching --metric or pass --task."
+        )
+    spec.metric = metric
+    split_dataset(ds, seed)  # too few rows fail here, before any write
+    name = name or default_study_name(ds, metric)
+    store = ParetoStore(url)
+    info = store.study_info(name)
+    if info is not None and info["fingerprint"] != ds.fingerprint:
+        raise DataError(
+            f"study {name!r} was created with different data (fingerprint "
+            f"{info['fingerprint'][:12]}, source {info['source']}); this data has "
+            f"{ds.fingerprint[:12]}. Use another --study name, or the original data."
+        )
+    study = optuna.create_study(
+        study_name=name,
+        storage=_storage(url),
+        directions=["maximize", "minimize"],
+        sampler=_sampler(spec.sampler, seed),
+        load_if_exists=True,
+    )
+    if info is None:
+        store.register_study(name, ds, metric, spec.to_json())
+        study.set_metric_names([metric, *OBJECTIVE_NAMES])
+        study.set_user_attr("autofhe_fingerprint", ds.fingerprint)
+        study.set_user_attr("autofhe_task", ds.task)
+        study.set_user_attr("autofhe_source", ds.source)
+        study.enqueue_trial({k: v for k, v in SEED_CONFIG.items() if k in spec.space})
+    return study, store, name
+
+
+@dataclass
+class SearchSession:
+    """A study joined by this process: context built from the stored data and spec."""
+
+    url: str
+    name: str
+    seed: int = 0
+
+    def context(self, store: ParetoStore, cost_model) -> SearchContext:
+        info = store.study_info(self.name)
+        if info is None:
+            raise ParameterError(
+                f"study {self.name!r} is not an autofhe study in {self.url}; list them with "
+                "`autofhe studies`."
+            )
+        X, y = store.load_data(self.name)
+        X, y = check_Xy(X, y, classification=info["task"] == "classification")
+        ds = Dataset(
+            X=X,
+            y=y,
+            name=self.name,
+            task=info["task"],
+            fingerprint=info["fingerprint"],
+            source=info["source"],
+        )
+        parts = split_dataset(ds, self.seed)
+        spec = info["spec"]
+        return SearchContext(
+            info["task"],
+            info["metric"],
+            *parts,
+            space=spec["space"],
+            cost_model=cost_model,
+            max_latency=spec["max_latency"],
+            max_key_size=spec["max_key_size"],
+            seed=self.seed,
+            fixed=spec["fixed"],
+            front_hook=self._front_hook(),
+        )
+
+    def _front_hook(self) -> Callable:
+        url, name = self.url, self.name
+
+        def on_front(trial, model, X_valid) -> None:
+            """A trial entering the front: measure its latency, store its compiled model."""
+            from autofhe.errors import ResourceError
+            from autofhe.fhe.bundle import save_bundle
+            from autofhe.fhe.latency import measure_latency
+
+            try:
+                measured = measure_latency(model, X_valid, n=3)
+                trial.set_user_attr("measured_latency_s", measured["latency_s"])
+                trial.set_user_attr("keygen_s", measured["keygen_s"])
+            except ResourceError as exc:
+                trial.set_user_attr("measure_error", str(exc))
+            store = optuna.artifacts.FileSystemArtifactStore(str(_mkdir(artifact_dir(url))))
+            with tempfile.TemporaryDirectory() as tmp:
+                bundle = save_bundle(
+                    model, Path(tmp) / "bundle", {"study": name, "trial": trial.number}
+                )
+                archive = shutil.make_archive(
+                    str(Path(tmp) / f"trial-{trial.number}"), "zip", bundle
+                )
+                artifact_id = optuna.artifacts.upload_artifact(
+                    artifact_store=store,
+                    file_path=archive,
+                    study_or_trial=trial,
+                    mimetype="application/zip",
+                )
+            trial.set_user_attr("artifact_id", artifact_id)
+
+        return on_front
+
+    def run(
+        self,
+        n_trials: int | None,
+        timeout: float | None,
+        cost_model,
+        progress: Callable | None = None,
+    ) -> None:
+        """Run trials in this process until ``n_trials`` more are done or ``timeout`` passes."""
+        store = ParetoStore(self.url)
+        ctx = self.context(store, cost_model)
+        study = optuna.load_study(
+            study_name=self.name,
+            storage=_storage(self.url),
+            sampler=_sampler(ctx_sampler(store, self.name), self.seed + os.getpid()),
+        )
+
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            trials = study.get_trials(deepcopy=False)
+            front = pareto_front(trials)
+            n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+            store.save_front(self.name, front, n_complete)
+            if progress:
+                progress(study, trial, trials, front)
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study.optimize(
+            lambda trial: objective(trial, ctx),
+            n_trials=n_trials,
+            timeout=timeout,
+            callbacks=[after_trial],
+            catch=(Exception,),
+            gc_after_trial=True,
+        )
+
+
+def ctx_sampler(store: ParetoStore, name: str) -> str:
+    info = store.study_info(name)
+    return (info or {}).get("spec", {}).get("sampler", "tpe")
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _worker_main(
+    url: str, name: str, n_trials: int | None, timeout: float | None, seed: int
+) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from autofhe.fhe.latency import load_cost_model
+
+    SearchSession(url, name, seed).run(n_trials, timeout, load_cost_model())
+
+
+def run_workers(
+    url: str,
+    name: str,
+    workers: int,
+    n_trials: int | None,
+    timeout: float | None,
+    seed: int,
+    cost_model,
+    progress=None,
+) -> None:
+    """Run the study with ``workers`` processes (1: in this process)."""
+    if workers <= 1:
+        SearchSession(url, name, seed).run(n_trials, timeout, cost_model, progress)
+        return
+    shares = [None] * workers
+    if n_trials is not None:
+        shares = [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker_main, args=(url, name, share, timeout, seed + i))
+        for i, share in enumerate(shares)
+        if share != 0
+    ]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            time.sleep(1.0)
+            if progress:
+                study = optuna.load_study(study_name=name, storage=url)
+                trials = study.get_trials(deepcopy=False)
+                progress(study, None, trials, pareto_front(trials))
+    finally:
+        for p in procs:
+            p.join()

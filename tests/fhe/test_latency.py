@@ -1,0 +1,88 @@
+"""Latency measurement and the cost model (no calibration run: it takes a minute)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from autofhe import NeuralNetClassifier
+from autofhe.fhe import latency
+from autofhe.fhe.latency import CostModel, measure_latency, predict_latency
+
+PARAM = {"polynomial_size": 1024, "glwe_dimension": 2, "input_lwe_dimension": 800, "level": 1}
+
+
+def _report(lookups, count):
+    return {"lookups_per_layer": lookups, "pbs_params": [{**PARAM, "count": count}]}
+
+
+MODEL = CostModel(base=0.003, per_input=5e-5, seconds_per_unit=0.5, cores=2)
+
+
+def test_pbs_work_follows_the_crypto_parameters():
+    one = 800 * 1 * 3 * 1024 * (10 + 3) / 1e9
+    assert latency.pbs_work(_report([1], 1)) == pytest.approx(one)
+    assert latency.pbs_work(_report([16], 16)) == pytest.approx(16 * one)
+    bigger = {**PARAM, "polynomial_size": 2048, "count": 1}
+    assert latency.pbs_work({"pbs_params": [bigger]}) > 2 * one
+    assert latency.pbs_work({"pbs_params": []}) == 0.0
+
+
+def test_parallelism_counts_rounds_of_cores():
+    assert latency.parallelism([16], cores=2) == 2.0
+    assert latency.parallelism([1], cores=2) == 1.0
+    assert latency.parallelism([3], cores=2) == 1.5  # 2 rounds for 3 lookups
+    assert latency.parallelism([16, 1], cores=2) == pytest.approx(17 / 9)
+    assert latency.parallelism([], cores=2) == 1.0
+
+
+def test_prediction_and_json_roundtrip():
+    linear = {"lookups_per_layer": [], "pbs_params": []}
+    assert MODEL.predict(linear, n_inputs=30) == pytest.approx(0.003 + 30 * 5e-5)
+    work16 = latency.pbs_work(_report([16], 16))
+    assert MODEL.predict(_report([16], 16), 4) == pytest.approx(0.003 + 4 * 5e-5 + 0.5 * work16 / 2)
+    assert MODEL.predict(_report([16], 16), 4) > MODEL.predict(_report([8], 8), 4)
+    back = CostModel.from_json(json.loads(json.dumps(MODEL.to_json())))
+    assert back.predict(_report([16], 16), 4) == MODEL.predict(_report([16], 16), 4)
+
+
+def test_cache_is_keyed_by_concrete_version_and_cpu(monkeypatch, tmp_path):
+    monkeypatch.setattr(latency, "CACHE_DIR", tmp_path)
+    key = latency._machine_key()
+    path = tmp_path / f"latency-{key}.json"
+    path.write_text(json.dumps(CostModel(1, 2, 3, 2).to_json()))
+    assert latency.load_cost_model(calibrate_if_missing=False).base == 1
+    from concrete import fhe
+
+    monkeypatch.setattr(fhe, "__version__", "0.0.0-other", raising=False)
+    assert latency._machine_key() != key
+    assert latency.load_cost_model(calibrate_if_missing=False) is None
+    monkeypatch.undo()
+    monkeypatch.setattr(latency, "CACHE_DIR", tmp_path)
+    path.write_text("not json")  # a corrupt cache is dropped, never trusted
+    assert latency.load_cost_model(calibrate_if_missing=False) is None
+    assert not path.exists()
+
+
+@pytest.mark.execute
+def test_measure_latency_excludes_keygen(toy, key_cache_config):
+    X, y = toy
+    model = NeuralNetClassifier(
+        max_epochs=2,
+        module__n_hidden_neurons_multiplier=0.5,
+        n_w_bits=2,
+        n_a_bits=2,
+        n_accum_bits=5,
+        random_state=0,
+    ).fit(X, y)
+    model.compile(X, configuration=key_cache_config)
+    result = measure_latency(model, X, n=2)
+    assert result["samples"] == 2
+    for key in ("keygen_s", "encrypt_s", "run_s", "decrypt_s", "latency_s"):
+        assert result[key] > 0
+    parts = result["encrypt_s"] + result["run_s"] + result["decrypt_s"]
+    assert result["latency_s"] == pytest.approx(parts, rel=0.5)
+    predicted = predict_latency(model, MODEL)
+    assert np.isfinite(predicted) and predicted > 0
