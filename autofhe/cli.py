@@ -110,7 +110,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from autofhe.fhe.latency import load_cost_model
     from autofhe.search.pareto import pareto_front
     from autofhe.search.spec import load_spec, parse_duration
-    from autofhe.search.study import open_study, resolve_storage, run_workers
+    from autofhe.search.study import (
+        check_search_inputs,
+        open_study,
+        resolve_storage,
+        run_workers,
+    )
 
     # Everything the user gave is checked before the database is touched.
     url = resolve_storage(args.storage)
@@ -129,6 +134,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if ds.labels_source:
         print(f"labels: {ds.labels_source} (next to the data; pass --labels to choose)")
     print(f"data: {ds.source}: {ds.X.shape[0]} rows, {ds.X.shape[1]} features, {ds.task}")
+    check_search_inputs(ds, spec, args.seed)
     print("cost model: loading (the first run on a machine calibrates it, about a minute)")
     cost_model = load_cost_model()
     study, _, name = open_study(ds, spec, url, args.study, args.seed)

@@ -70,6 +70,27 @@ def key_cache_config(tmp_path_factory):
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cost_model_cache(tmp_path_factory):
+    """A fixed cost model in a private cache: no test (nor the workers and CLI processes it
+    starts) spends a minute calibrating, and the user's cache is never touched."""
+    import json
+
+    from autofhe.fhe import latency
+
+    cache = tmp_path_factory.mktemp("autofhe-cache")
+    model = latency.CostModel(base=0.003, per_input=4e-5, seconds_per_unit=1e-3, cores=2)
+    (cache / f"latency-{latency._machine_key()}.json").write_text(json.dumps(model.to_json()))
+    old = os.environ.get("AUTOFHE_CACHE")
+    os.environ["AUTOFHE_CACHE"] = str(cache)
+    latency.CACHE_DIR = cache
+    yield cache
+    if old is None:
+        os.environ.pop("AUTOFHE_CACHE", None)
+    else:
+        os.environ["AUTOFHE_CACHE"] = old
+
+
 def require_services() -> bool:
     """In CI (AUTOFHE_REQUIRE_SERVICES=1) a missing service is a failure, not a skip."""
     return os.environ.get("AUTOFHE_REQUIRE_SERVICES") == "1"

@@ -31,6 +31,7 @@ __all__ = [
     "STORAGE_ENV",
     "SearchSession",
     "artifact_dir",
+    "check_search_inputs",
     "default_study_name",
     "open_study",
     "resolve_storage",
@@ -87,13 +88,8 @@ def _sampler(spec_sampler: str, seed: int | None):
     return optuna.samplers.TPESampler(multivariate=True, seed=seed, n_startup_trials=8)
 
 
-def open_study(
-    ds: Dataset, spec: Spec, url: str, name: str | None, seed: int = 0
-) -> tuple[optuna.Study, ParetoStore, str]:
-    """Create the study (registering its data) or resume it; refuse different data.
-
-    Everything the user passed is validated before the database is touched.
-    """
+def check_search_inputs(ds: Dataset, spec: Spec, seed: int = 0) -> str:
+    """Validate metric / task / splits (no database access); sets and returns the metric."""
     metric = spec.metric or ("accuracy" if ds.task == "classification" else "r2")
     if metric not in METRICS:
         raise ParameterError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
@@ -104,6 +100,17 @@ def open_study(
         )
     spec.metric = metric
     split_dataset(ds, seed)  # too few rows fail here, before any write
+    return metric
+
+
+def open_study(
+    ds: Dataset, spec: Spec, url: str, name: str | None, seed: int = 0
+) -> tuple[optuna.Study, ParetoStore, str]:
+    """Create the study (registering its data) or resume it; refuse different data.
+
+    Everything the user passed is validated before the database is touched.
+    """
+    metric = check_search_inputs(ds, spec, seed)
     name = name or default_study_name(ds, metric)
     store = ParetoStore(url)
     info = store.study_info(name)

@@ -1,0 +1,283 @@
+"""The search service: objective, constraints, persistence, workers, CLI and dashboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from autofhe.data import load_dataset, split_dataset
+from autofhe.errors import DataError
+from autofhe.fhe.latency import CostModel
+from autofhe.search.objective import SearchContext, objective
+from autofhe.search.pareto import ParetoStore, pareto_front
+from autofhe.search.spec import load_spec
+from autofhe.search.study import open_study, run_workers
+
+AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
+COST = CostModel(base=0.002, per_input=5e-5, seconds_per_unit=1e-3, cores=2)
+FAST_SPEC = """
+[study]
+max_key_size = "2GB"
+
+[space]
+n_w_bits = { low = 2, high = 4 }
+n_a_bits = { low = 2, high = 4 }
+n_accum_bits = ["none", 8, 10]
+module__activation_function = ["ReLU", "Tanh"]
+
+[fixed]
+module__n_layers = 1
+max_epochs = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def wine_ds():
+    return load_dataset("sklearn:wine")
+
+
+@pytest.fixture()
+def spec_file(tmp_path):
+    path = tmp_path / "fast.toml"
+    path.write_text(FAST_SPEC)
+    return path
+
+
+def _context(ds, **kwargs):
+    parts = split_dataset(ds, 0)
+    spec = load_spec(None)
+    return SearchContext(ds.task, "accuracy", *parts, space=spec.space, cost_model=COST, **kwargs)
+
+
+def test_objective_through_fixed_trial(wine_ds):
+    ctx = _context(wine_ds)
+    params = {
+        "module__n_layers": 2,
+        "module__activation_function": "ReLU",
+        "module__n_hidden_neurons_multiplier": 0.5,
+        "n_w_bits": 3,
+        "n_a_bits": 3,
+        "n_accum_bits": 8,
+        "power_of_two_scaling": True,
+        "lr": 0.003,
+        "max_epochs": 20,
+    }
+    trial = optuna.trial.FixedTrial(params)
+    metric, latency = objective(trial, ctx)
+    assert 0.6 < metric <= 1.0
+    assert latency == pytest.approx(trial.user_attrs["predicted_latency_s"])
+    assert trial.user_attrs["feasible"] is True
+    assert trial.user_attrs["simulated_valid"] == metric
+    assert trial.user_attrs["lookups_per_layer"] == [6]
+    assert trial.user_attrs["max_lookup_bits"] <= 8
+    assert max(trial.user_attrs["accumulator_bits"]) <= 8
+    assert all(v == 0 for v in trial.constraints.values())
+    assert set(trial.constraints) == {"budget", "compile", "latency", "key_size"}
+
+
+def test_impossible_budget_is_infeasible_before_training(wine_ds):
+    ctx = _context(wine_ds)
+    trial = optuna.trial.FixedTrial(
+        {
+            "module__n_layers": 2,
+            "module__activation_function": "ReLU",
+            "module__n_hidden_neurons_multiplier": 0.5,
+            "n_w_bits": 6,
+            "n_a_bits": 6,
+            "n_accum_bits": 6,
+            "power_of_two_scaling": True,
+            "lr": 0.01,
+            "max_epochs": 5,
+        }
+    )
+    objective(trial, ctx)
+    assert trial.constraints["budget"] > 0
+    assert "n_accum_bits=6 is too small" in trial.user_attrs["reason"]
+    assert "train_s" not in trial.user_attrs  # nothing was trained
+
+
+def test_latency_over_the_limit_is_a_violated_constraint(wine_ds):
+    ctx = _context(wine_ds, max_latency=1e-6)
+    trial = optuna.trial.FixedTrial(
+        {
+            "module__n_layers": 1,
+            "module__activation_function": "ReLU",
+            "module__n_hidden_neurons_multiplier": 1.0,
+            "n_w_bits": 3,
+            "n_a_bits": 3,
+            "n_accum_bits": "none",
+            "power_of_two_scaling": True,
+            "lr": 0.01,
+            "max_epochs": 5,
+        }
+    )
+    objective(trial, ctx)
+    assert trial.constraints["latency"] > 0
+    assert trial.user_attrs["reason"].startswith("latency: predicted")
+
+
+def test_study_infeasible_trials_complete_resume_and_front(tmp_path, wine_ds, spec_file):
+    url = f"sqlite:///{tmp_path}/s.db"
+    spec = load_spec(spec_file)
+    spec.max_latency = 1e-6  # every trial violates it: all COMPLETE, none on the front
+    _, _, name = open_study(wine_ds, spec, url, "w", seed=0)
+    run_workers(url, name, 1, 3, None, 0, COST)
+    trials = optuna.load_study(study_name=name, storage=url).get_trials()
+    assert len(trials) == 3
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all(t.constraints["latency"] > 0 for t in trials)
+    assert optuna.load_study(study_name=name, storage=url).best_trials == []
+    # resuming with the same data continues the same study
+    _, _, name = open_study(wine_ds, load_spec(spec_file), url, "w", seed=0)
+    run_workers(url, name, 1, 2, None, 0, COST)
+    assert len(optuna.load_study(study_name=name, storage=url).trials) == 5
+
+
+def test_resume_with_other_data_is_refused_and_db_untouched(tmp_path, wine_ds, spec_file):
+    url = f"sqlite:///{tmp_path}/s.db"
+    open_study(wine_ds, load_spec(spec_file), url, "w", seed=0)
+    before = len(optuna.load_study(study_name="w", storage=url).trials)
+    other = load_dataset("sklearn:breast_cancer")
+    with pytest.raises(DataError, match="study 'w' was created with different data"):
+        open_study(other, load_spec(spec_file), url, "w", seed=0)
+    assert len(optuna.load_study(study_name="w", storage=url).trials) == before
+    assert ParetoStore(url).study_info("w")["fingerprint"] == wine_ds.fingerprint
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path, wine_ds, spec_file):
+    url = f"sqlite:///{tmp_path}/s.db"
+    _, store, name = open_study(wine_ds, load_spec(spec_file), url, "w", seed=0)
+    run_workers(url, name, 2, 6, None, 0, None)
+    trials = optuna.load_study(study_name=name, storage=url).get_trials()
+    assert sorted(t.number for t in trials) == list(range(6))  # none lost, none duplicated
+    assert all(t.state.is_finished() for t in trials)
+    front = pareto_front(trials)
+    assert front and {p["trial_number"] for p in store.latest_front(name)} == {
+        t.number for t in front
+    }
+    # every front model was measured under encryption and stored as an artifact
+    for t in front:
+        assert t.user_attrs["measured_latency_s"] > 0
+        assert t.user_attrs["artifact_id"]
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def _run(args, cwd, **env):
+    return subprocess.run(
+        [AUTOFHE, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **env},
+    )
+
+
+def _fails_cleanly(result, pattern):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert pattern in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "pattern"),
+    [
+        (None, ["--data", "missing.npy"], "missing.npy"),
+        ("pickled", ["--data", "X.npy"], "pickle"),
+        ("nan", ["--data", "X.npy"], "NaN"),
+        ("nolabels", ["--data", "X.npy"], "--labels"),
+        (None, ["--data", "sklearn:wine", "--metric", "accuracy2"], "unknown metric"),
+        (None, ["--data", "sklearn:wine", "--metric", "r2"], "is for regression"),
+        ("badspec", ["--data", "sklearn:wine", "--spec", "bad.toml"], "not valid TOML"),
+        (None, ["--data", "sklearn:wine", "--storage", "redis://x"], "unknown scheme"),
+        (None, ["--data", "sklearn:wine", "--trials", "0"], "--trials 0"),
+    ],
+)
+def test_cli_bad_input_one_line_and_db_untouched(tmp_path, setup, args, pattern):
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    if setup == "pickled":
+        np.save(tmp_path / "X.npy", np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
+        np.save(tmp_path / "y.npy", np.arange(3))
+    elif setup == "nan":
+        X[2, 1] = np.nan
+        np.save(tmp_path / "X.npy", X)
+        np.save(tmp_path / "y.npy", np.arange(40) % 2)
+    elif setup == "nolabels":
+        np.save(tmp_path / "X.npy", X)
+    elif setup == "badspec":
+        (tmp_path / "bad.toml").write_text("[study\nmetric=")
+    result = _run(["search", *args], tmp_path)
+    _fails_cleanly(result, pattern)
+    assert not (tmp_path / "autofhe.db").exists()
+
+
+def test_cli_search_resume_pareto_matches_optuna(tmp_path, spec_file):
+    X, y = load_dataset("sklearn:wine").X, load_dataset("sklearn:wine").y
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    first = _run(["search", "--data", "X.npy", "--trials", "2", "--spec", str(spec_file)], tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "labels:" in first.stdout and "y.npy" in first.stdout
+    assert "Pareto front of" in first.stdout
+    second = _run(
+        ["search", "--data", "X.npy", "--trials", "2", "--spec", str(spec_file)], tmp_path
+    )
+    assert second.returncode == 0, second.stderr
+    studies = _run(["studies"], tmp_path).stdout
+    name = studies.splitlines()[1].split()[0]
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/autofhe.db")
+    assert len(study.trials) == 4
+    ours = json.loads(_run(["pareto", "--study", name, "--format", "json"], tmp_path).stdout)
+    assert {r["trial"] for r in ours} == {t.number for t in study.best_trials}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_serves_trials_objectives_and_attributes(tmp_path, wine_ds, spec_file):
+    url = f"sqlite:///{tmp_path}/autofhe.db"
+    _, _, name = open_study(wine_ds, load_spec(spec_file), url, "w", seed=0)
+    run_workers(url, name, 1, 2, None, 0, COST)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [AUTOFHE, "dashboard", "--storage", url, "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline, body = time.time() + 60, None
+        while time.time() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as r:
+                    body = json.loads(r.read())
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "dashboard did not answer"
+        study_id = next(s["study_id"] for s in body["study_summaries"] if s["study_name"] == "w")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study_id}") as r:
+            detail = json.loads(r.read())
+        assert detail["objective_names"] == ["accuracy", "fhe_latency_s"]
+        assert len(detail["trials"]) == 2
+        attrs = {a["key"] for a in detail["trials"][0]["user_attrs"]}
+        assert {"feasible", "reason", "pbs_count", "predicted_latency_s"} <= attrs
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
