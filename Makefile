@@ -1,4 +1,4 @@
-# One command to set up and run the main job (`make demo`), one to set up and run the tests
+# One command to set up and run the main job (`make demo`: a short search), one to set up and run the tests
 # (`make test`). Both create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/autofhe demo
+	$(BIN)/autofhe search --data sklearn:breast_cancer --spec studies/breast_cancer.toml --trials 12
 
 test: setup
 	$(BIN)/ruff check autofhe tests benchmarks

@@ -89,7 +89,8 @@ class SearchContext:
     max_key_size: float = 4e9
     seed: int = 0
     fixed: dict[str, Any] = field(default_factory=dict)
-    #: Called as ``front_hook(trial, model, X_valid)`` for a trial entering the Pareto front
+    #: Called as ``front_hook(trial, model, X_valid, predicted_latency)`` for a trial entering
+    #: the Pareto front
     #: (the study measures its latency and stores its compiled model there).
     front_hook: Callable | None = None
 
@@ -191,7 +192,7 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
         reasons.append(f"key_size: {keys / 1e9:.1f} GB > max {ctx.max_key_size / 1e9:.1f} GB")
     _finish(trial, "; ".join(reasons) or None, violated)
     if not violated and ctx.front_hook is not None and _enters_front(trial, simulated, latency):
-        ctx.front_hook(trial, model, ctx.X_valid)
+        ctx.front_hook(trial, model, ctx.X_valid, latency)
     return simulated, latency
 
 

@@ -42,6 +42,7 @@ STORAGE_ENV = "AUTOFHE_STORAGE"
 SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql")
 OBJECTIVE_NAMES = ["fhe_latency_s"]
 HEARTBEAT_S, GRACE_S = 10, 30
+MEASURE_ALL_S = 2.0
 
 
 def resolve_storage(url: str | None) -> str:
@@ -180,14 +181,18 @@ class SearchSession:
     def _front_hook(self) -> Callable:
         url, name = self.url, self.name
 
-        def on_front(trial, model, X_valid) -> None:
-            """A trial entering the front: measure its latency, store its compiled model."""
+        def on_front(trial, model, X_valid, predicted: float) -> None:
+            """A trial entering the front: measure its latency, store its compiled model.
+
+            Slow models (over MEASURE_ALL_S predicted) are measured on one sample only: key
+            generation plus three samples of a 20 s model would stall the search.
+            """
             from autofhe.errors import ResourceError
             from autofhe.fhe.bundle import save_bundle
             from autofhe.fhe.latency import measure_latency
 
             try:
-                measured = measure_latency(model, X_valid, n=3)
+                measured = measure_latency(model, X_valid, n=3 if predicted <= MEASURE_ALL_S else 1)
                 trial.set_user_attr("measured_latency_s", measured["latency_s"])
                 trial.set_user_attr("keygen_s", measured["keygen_s"])
             except ResourceError as exc:
