@@ -82,6 +82,12 @@ CONFIGS = [
     ),
     (
         "digits",
+        "linear, 8-bit weights, 3-bit inputs",
+        {**E100, "module__n_layers": 1, "n_w_bits": 8, "n_a_bits": 3},
+        {},
+    ),
+    (
+        "digits",
         "16 ReLU, 5-bit lookups",
         {**E100, "module__n_hidden_neurons_multiplier": 0.25},
         {"lookup_bits": 5},

@@ -41,7 +41,9 @@ DEFAULT_STORAGE = "sqlite:///autofhe.db"
 STORAGE_ENV = "AUTOFHE_STORAGE"
 SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql")
 OBJECTIVE_NAMES = ["fhe_latency_s"]
-HEARTBEAT_S, GRACE_S = 10, 30
+#: A worker beats every HEARTBEAT_S seconds; a trial silent for 3 beats is failed and re-queued.
+HEARTBEAT_S = int(os.environ.get("AUTOFHE_HEARTBEAT_S", "10"))
+GRACE_S = 3 * HEARTBEAT_S
 MEASURE_ALL_S = 2.0
 
 

@@ -171,6 +171,50 @@ def test_two_workers_share_one_sqlite_study(tmp_path, wine_ds, spec_file):
         assert t.user_attrs["artifact_id"]
 
 
+def test_killed_worker_trial_is_failed_and_retried(tmp_path, wine_ds, spec_file):
+    url = f"sqlite:///{tmp_path}/s.db"
+    spec = load_spec(spec_file)
+    spec.fixed["max_epochs"] = 5000  # a trial long enough to be killed in the middle
+    spec.fixed["batch_size"] = 8
+    open_study(wine_ds, spec, url, "w", seed=0)
+    env = {**os.environ, "AUTOFHE_HEARTBEAT_S": "1"}
+    worker = subprocess.Popen(
+        [AUTOFHE, "worker", "--storage", url, "--study", "w", "--trials", "1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    running = optuna.trial.TrialState.RUNNING
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        trials = optuna.load_study(study_name="w", storage=url).get_trials()
+        if any(t.state == running for t in trials):
+            break
+        time.sleep(0.2)
+    worker.kill()  # SIGKILL: no chance to clean up
+    worker.wait(timeout=10)
+    killed = next(t for t in trials if t.state == running).number
+    time.sleep(4)  # past the grace period of 3 missed heartbeats
+    # What every worker does before each trial: fail stale trials, re-queue them.
+    from autofhe.search import study as study_mod
+
+    monkey = study_mod.HEARTBEAT_S, study_mod.GRACE_S
+    study_mod.HEARTBEAT_S, study_mod.GRACE_S = 1, 3
+    try:
+        study = optuna.load_study(study_name="w", storage=study_mod._storage(url))
+        optuna.storages.fail_stale_trials(study)
+    finally:
+        study_mod.HEARTBEAT_S, study_mod.GRACE_S = monkey
+    trials = study.get_trials()
+    assert trials[killed].state == optuna.trial.TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retries) == 1
+    assert retries[0].state == optuna.trial.TrialState.WAITING  # the next worker runs it
+    assert retries[0].params == trials[killed].params
+    assert len(trials) == killed + 2  # nothing lost, nothing duplicated
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 
