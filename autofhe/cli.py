@@ -329,9 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.debug:
         warnings.filterwarnings("ignore")
-        import logging
+        if args.command in ("search", "worker", "pareto", "studies", "dashboard"):
+            import optuna
 
-        logging.getLogger("optuna").setLevel(logging.WARNING)
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return args.func(args)
     except AutofheError as exc:

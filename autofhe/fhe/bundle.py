@@ -64,6 +64,8 @@ def program_to_json(program: IntegerProgram) -> dict:
         layers.append(entry)
     return {
         "input_scale": program.input_scale.tolist(),
+        "input_offset": None if program.input_offset is None else program.input_offset.tolist(),
+        "input_norm": None if program.input_norm is None else program.input_norm.tolist(),
         "input_bits": program.input_bits,
         "output_scale": program.output_scale.tolist(),
         "layers": layers,
@@ -100,6 +102,12 @@ def program_from_json(data: dict) -> IntegerProgram:
         input_bits=int(data["input_bits"]),
         layers=layers,
         output_scale=np.asarray(data["output_scale"], dtype=np.float64),
+        input_offset=None
+        if data.get("input_offset") is None
+        else np.asarray(data["input_offset"], dtype=np.float64),
+        input_norm=None
+        if data.get("input_norm") is None
+        else np.asarray(data["input_norm"], dtype=np.float64),
     )
 
 

@@ -113,13 +113,22 @@ def choose_lsbs(
 
 
 def _check_lookup_bits(program: IntegerProgram) -> None:
+    """Every PBS input (the lookup, and truncation before it) must fit 16 bits."""
     for i, layer in enumerate(program.layers):
-        if layer.activation is not None and layer.lookup_bits > MAX_LOOKUP_BITS:
+        if layer.activation is None:
+            continue
+        if layer.lookup_bits > MAX_LOOKUP_BITS:
             raise CompilationError(
                 f"layer {i} needs table lookups on {layer.lookup_bits}-bit accumulators; "
                 f"TFHE supports at most {MAX_LOOKUP_BITS}. Lower n_accum_bits (e.g. "
                 f"n_accum_bits={MAX_LOOKUP_BITS - 4}), n_w_bits or n_a_bits, or compile with "
                 "rounding='auto' or lookup_bits=6."
+            )
+        if layer.acc_bits > MAX_LOOKUP_BITS:
+            raise CompilationError(
+                f"layer {i} has {layer.acc_bits}-bit accumulators; rounding them before the "
+                f"lookup needs at most {MAX_LOOKUP_BITS} bits. Lower n_accum_bits (e.g. "
+                f"n_accum_bits={MAX_LOOKUP_BITS - 4}), n_w_bits or n_a_bits."
             )
 
 
@@ -152,7 +161,8 @@ def compile_program(
                 f"accumulators {program.accumulator_bits} bits, p_error={p_error}); lower "
                 "n_accum_bits / n_a_bits, use rounding='auto', or allow a larger p_error."
             ) from exc
-        raise CompilationError(f"concrete-python could not compile the model: {text}") from exc
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise CompilationError(f"concrete-python could not compile the model: {first}") from exc
 
 
 def run_circuit(circuit, x_int: np.ndarray, mode: str, progress: bool = True) -> np.ndarray:

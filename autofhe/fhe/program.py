@@ -153,6 +153,8 @@ class IntegerProgram:
     input_bits: int
     layers: list[ProgramLayer]
     output_scale: np.ndarray  # (n_outputs,) float64
+    input_offset: np.ndarray | None = None  # (n_features,) subtracted before quantization
+    input_norm: np.ndarray | None = None  # (n_features,) then divided by, before quantization
     meta: dict = field(default_factory=dict)
 
     @property
@@ -180,7 +182,13 @@ class IntegerProgram:
         """Client side: float features -> signed ``input_bits`` integers."""
         low, high = -(2 ** (self.input_bits - 1)), 2 ** (self.input_bits - 1) - 1
         # float32 like the training-time quantizer, so the rounding ties fall the same way.
-        q = np.round(np.asarray(X, dtype=np.float32) / self.input_scale.astype(np.float32))
+        X = np.asarray(X, dtype=np.float32)
+        # (x - offset) / norm / scale in float32, in the training forward pass's order
+        if self.input_offset is not None:
+            X = X - self.input_offset.astype(np.float32)
+        if self.input_norm is not None:
+            X = X / self.input_norm.astype(np.float32)
+        q = np.round(X / self.input_scale.astype(np.float32))
         return np.clip(q, low, high).astype(np.int64)
 
     def run(self, x):
@@ -216,7 +224,7 @@ def _hint(value, bit_width: int):
 
 def build_program(module: QuantMLP) -> IntegerProgram:
     """Extract the integer program of a trained :class:`QuantMLP`."""
-    input_scale, int_layers, act_scales = module.integer_layers()
+    (input_offset, input_norm), input_scale, int_layers, act_scales = module.integer_layers()
     # The trained instance: some activations (PReLU) carry learned parameters.
     activation = copy.deepcopy(module.activation).eval()
     layers = []
@@ -237,6 +245,8 @@ def build_program(module: QuantMLP) -> IntegerProgram:
     assert input_max_abs(module.n_a_bits, signed=True) == int_layers[0].input_max
     return IntegerProgram(
         input_scale=input_scale,
+        input_offset=input_offset,
+        input_norm=input_norm,
         input_bits=module.n_a_bits,
         layers=layers,
         output_scale=int_layers[-1].acc_scale.astype(np.float64),

@@ -189,6 +189,11 @@ class QuantMLP(nn.Module):
 
         width = hidden_width(input_dim, n_hidden_neurons_multiplier)
         dims = [input_dim] + [width] * (n_layers - 1) + [n_outputs]
+        # Per-feature standardization, set from the training data: the client applies it in
+        # the clear with the quantization (free under FHE), so raw features need no scaler and
+        # every feature trains at the same pace.
+        self.register_buffer("input_offset", torch.zeros(input_dim))
+        self.register_buffer("input_norm", torch.ones(input_dim))
         self.input_quant = self._act_quant(signed_act, per_feature=input_dim)
         self.linears = nn.ModuleList(
             qnn.QuantLinear(
@@ -253,7 +258,7 @@ class QuantMLP(nn.Module):
         return F.linear(x / x_scale.reshape(1, -1), weight, b_int * acc_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = self.input_quant(x)
+        q = self.input_quant((x - self.input_offset) / self.input_norm)
         h, scale = q.value, q.scale
         last = len(self.linears) - 1
         for i in range(len(self.linears)):
@@ -266,7 +271,7 @@ class QuantMLP(nn.Module):
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """Quantized input of the last linear layer (real values)."""
-        q = self.input_quant(x)
+        q = self.input_quant((x - self.input_offset) / self.input_norm)
         h, scale = q.value, q.scale
         for i in range(len(self.linears) - 1):
             q = self.act_quants[i](self.activation(self._quantized_linear(i, h, scale)))
@@ -277,6 +282,8 @@ class QuantMLP(nn.Module):
     def data_init(self, X: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-2) -> None:
         """Initialise from the training data before quantization-aware training.
 
+        0. Standardize each input feature with its training mean and deviation (client side,
+           free under FHE).
         1. Calibrate every activation quantizer on ``X`` (a percentile of what it sees), then
            turn the statistics into the learned scale, so training starts from a sensible
            range instead of collecting statistics batch by batch.
@@ -285,6 +292,9 @@ class QuantMLP(nn.Module):
            near a good model: ten epochs at the seed's learning rate are enough to converge.
         """
         was_training = self.training
+        self.input_offset.copy_(X.mean(dim=0))
+        std = X.std(dim=0)
+        self.input_norm.copy_(torch.where(std > 0, std, torch.ones_like(std)))
         self.train()
         self(X)
         for m in self.modules():
@@ -303,11 +313,14 @@ class QuantMLP(nn.Module):
         self.train(was_training)
 
     @torch.no_grad()
-    def integer_layers(self) -> tuple[np.ndarray, list[IntegerLayer], list[float]]:
+    def integer_layers(
+        self,
+    ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, list[IntegerLayer], list[float]]:
         """The trained network in integers.
 
         Returns
         -------
+        (input_offset, input_norm) : per-feature standardization applied before quantization.
         input_scale : per-feature scales of the input quantizer (x_int = round(x / scale)).
         layers : one :class:`IntegerLayer` per linear layer, pruned exactly as in ``forward``.
         act_scales : scale of each hidden activation quantizer.
@@ -337,6 +350,7 @@ class QuantMLP(nn.Module):
                     )
                 )
             return (
+                (self.input_offset.double().numpy(), self.input_norm.double().numpy()),
                 in_scale.double().numpy(),
                 layers,
                 [float(sc) for sc in scales[1:]],

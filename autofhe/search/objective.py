@@ -158,7 +158,7 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
     try:
         model.compile(ctx.X_train)
     except CompilationError as exc:
-        _finish(trial, f"compile: {exc}", {"compile": 1.0})
+        _finish(trial, f"compile: {str(exc).splitlines()[0]}", {"compile": 1.0})
         return worst
     trial.set_user_attr("compile_s", round(time.perf_counter() - t0, 3))
     report = model.fhe_report()

@@ -192,3 +192,14 @@ def test_refit_drops_stale_circuit(toy):
     model.fit(X, y)
     with pytest.raises(NotCompiledError):
         model.predict(X, fhe="simulate")
+
+
+def test_wide_accumulator_before_truncation_is_a_clear_error(breast_cancer):
+    Xtr, _, ytr, _ = breast_cancer
+    model = NeuralNetClassifier(n_w_bits=8, n_a_bits=8, max_epochs=1, random_state=0)
+    model.fit(Xtr, ytr)
+    with pytest.raises(
+        CompilationError, match=r"layer 0 has \d\d-bit accumulators; rounding"
+    ) as err:
+        model.compile(Xtr)  # "auto" narrows the lookup, but truncation itself is a PBS
+    assert "\n" not in str(err.value)

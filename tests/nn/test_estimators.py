@@ -330,3 +330,14 @@ def test_feature_count_mismatch_and_inferred_dims(fitted):
 def test_errors_share_one_hierarchy():
     for cls in (DataError, DataTypeError, ParameterError, AccumulatorBudgetError, NotFittedError):
         assert issubclass(cls, AutofheError)
+
+
+def test_raw_features_need_no_scaler(breast_cancer):
+    """Per-feature standardization is part of the model (client side, free under FHE)."""
+    Xtr, Xte, ytr, yte = breast_cancer
+    factor = np.logspace(-3, 3, Xtr.shape[1]).astype(np.float32)
+    shift = np.linspace(-50, 500, Xtr.shape[1]).astype(np.float32)
+    scaled = NeuralNetClassifier(random_state=0).fit(Xtr, ytr).score(Xte, yte)
+    raw = NeuralNetClassifier(random_state=0).fit(Xtr * factor + shift, ytr)
+    assert raw.score(Xte * factor + shift, yte) >= scaled - 0.03
+    np.testing.assert_allclose(raw.program.input_offset, (Xtr * factor + shift).mean(0), rtol=1e-4)
