@@ -259,6 +259,165 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- deployment ---------------------------------------------------------------------------------
+
+
+def _latency(t) -> float:
+    return t.user_attrs.get("measured_latency_s") or t.values[1]
+
+
+def _knee(front):
+    """The front point farthest from the line joining its extremes (metric vs log latency)."""
+    import math
+
+    if len(front) <= 2:
+        return front[0]
+    pts = [(t.values[0], math.log10(max(_latency(t), 1e-6))) for t in front]
+    (m0, l0), (m1, l1) = max(pts), min(pts, key=lambda p: p[1])
+    span_m, span_l = (m0 - m1) or 1.0, (l0 - l1) or 1.0
+
+    def dist(p):
+        x, y = (p[0] - m1) / span_m, (p[1] - l1) / span_l
+        return abs(x - y)  # distance to the diagonal of the normalized box
+
+    return front[max(range(len(front)), key=lambda i: dist(pts[i]))]
+
+
+def _choose_trial(study, args):
+    from autofhe.search.pareto import pareto_front
+
+    trials = study.get_trials(deepcopy=False)
+    front = [t for t in pareto_front(trials) if t.user_attrs.get("artifact_id")]
+    if args.trial is not None:
+        match = [t for t in trials if t.number == args.trial]
+        if not match:
+            raise ParameterError(f"study {study.study_name!r} has no trial {args.trial}.")
+        if not match[0].user_attrs.get("artifact_id"):
+            numbers = ", ".join(str(t.number) for t in front) or "none"
+            raise ParameterError(
+                f"trial {args.trial} has no stored model (only Pareto-front trials get one); "
+                f"trials with a model: {numbers}."
+            )
+        return match[0]
+    if not front:
+        raise ParameterError(
+            f"study {study.study_name!r} has no feasible trial with a stored model yet; run "
+            "more trials with `autofhe search` or `autofhe worker`."
+        )
+    if args.min_accuracy is not None or args.max_latency is not None:
+        ok = [
+            t
+            for t in front
+            if (args.min_accuracy is None or t.values[0] >= args.min_accuracy)
+            and (args.max_latency is None or _latency(t) <= args.max_latency)
+        ]
+        if not ok:
+            raise ParameterError(
+                "no front model meets --min-accuracy / --max-latency; the front is "
+                + ", ".join(f"{t.values[0]:.3f} at {_latency(t):.3g} s" for t in front)
+                + "."
+            )
+        return min(ok, key=_latency)
+    if args.pick == "accuracy":
+        return max(front, key=lambda t: (t.values[0], -_latency(t)))
+    if args.pick == "latency":
+        return min(front, key=lambda t: (_latency(t), -t.values[0]))
+    return _knee(front)
+
+
+def _safe_extract(archive: str, target) -> None:
+    """Unzip without trusting member paths: nothing may land outside ``target``."""
+    import zipfile
+    from pathlib import Path
+
+    from autofhe.fhe.bundle import BundleError
+
+    root = Path(target).resolve()
+    with zipfile.ZipFile(archive) as z:
+        for member in z.infolist():
+            dest = (root / member.filename).resolve()
+            if member.filename.startswith("/") or not dest.is_relative_to(root):
+                raise BundleError(f"artifact member {member.filename!r} escapes the bundle.")
+        z.extractall(root)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import optuna
+
+    from autofhe.fhe.bundle import read_manifest
+    from autofhe.search.study import artifact_dir, resolve_storage
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"--out {out} is a file; pass a directory path.")
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise ParameterError(f"--out {out} is not empty; pass --force to replace it.")
+    study = _load_study(args)
+    trial = _choose_trial(study, args)
+    url = resolve_storage(args.storage)
+    store = optuna.artifacts.FileSystemArtifactStore(str(artifact_dir(url)))
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "model.zip"
+        try:
+            optuna.artifacts.download_artifact(
+                artifact_store=store,
+                file_path=str(archive),
+                artifact_id=trial.user_attrs["artifact_id"],
+            )
+        except Exception as exc:  # missing artifact store, deleted file
+            raise ParameterError(
+                f"the model of trial {trial.number} is not in the artifact store "
+                f"{artifact_dir(url)} ({exc}); set $AUTOFHE_ARTIFACTS to where it is."
+            ) from None
+        staged = Path(tmp) / "bundle"
+        _safe_extract(str(archive), staged)
+        read_manifest(staged)  # checksums and versions before anything reaches --out
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.move(str(staged), str(out))
+    measured = trial.user_attrs.get("measured_latency_s")
+    metric = (study.metric_names or ["metric"])[0]
+    print(
+        f"exported trial {trial.number} of {study.study_name!r} to {out}: {metric} "
+        f"{trial.values[0]:.4f} (validation, simulated), latency "
+        + (f"{measured:.4g} s measured" if measured else f"{trial.values[1]:.4g} s predicted")
+    )
+    print(f"predict:  autofhe predict --model {out} --data X.npy --fhe execute")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from autofhe.data import load_dataset
+    from autofhe.fhe.deploy import predict_bundle
+
+    if args.data.endswith(".npy"):
+        from autofhe.data import check_X
+
+        try:
+            X = np.load(args.data, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ParameterError(
+                f"cannot read {args.data} as a numeric .npy ({exc}); pass a float array."
+            ) from None
+        X = check_X(X)
+    else:
+        X = load_dataset(args.data, label_column=args.label_column).X
+    pred, _ = predict_bundle(args.model, X, fhe=args.fhe, progress=not args.quiet)
+    if args.out:
+        np.save(args.out, pred, allow_pickle=False)
+        print(f"{len(pred)} predictions ({args.fhe}) written to {args.out}")
+    else:
+        for value in pred:
+            print(value)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autofhe",
@@ -321,6 +480,27 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--host", default="127.0.0.1")
     dash.add_argument("--port", type=int, default=8080)
     dash.set_defaults(func=_cmd_dashboard)
+
+    export = sub.add_parser("export", help="export a Pareto model as an FHE bundle")
+    export.add_argument("--study", required=True)
+    storage_arg(export)
+    export.add_argument("--out", required=True, help="bundle directory to write")
+    choose = export.add_mutually_exclusive_group()
+    choose.add_argument("--trial", type=int, default=None)
+    choose.add_argument("--pick", choices=("accuracy", "latency", "knee"), default="knee")
+    export.add_argument("--min-accuracy", type=float, default=None)
+    export.add_argument("--max-latency", type=float, default=None, help="seconds per sample")
+    export.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    export.set_defaults(func=_cmd_export)
+
+    predict = sub.add_parser("predict", help="predict with an exported bundle")
+    predict.add_argument("--model", required=True, help="bundle directory")
+    predict.add_argument("--data", required=True, help="X.npy (features only) or data file")
+    predict.add_argument("--label-column", default=None, help="for a .csv with labels")
+    predict.add_argument("--fhe", choices=("execute", "simulate", "disable"), default="execute")
+    predict.add_argument("--out", default=None, help="write predictions to this .npy")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(func=_cmd_predict)
     return parser
 
 
@@ -329,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.debug:
         warnings.filterwarnings("ignore")
-        if args.command in ("search", "worker", "pareto", "studies", "dashboard"):
+        if args.command in ("search", "worker", "pareto", "studies", "dashboard", "export"):
             import optuna
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,12 +1,14 @@
 """Save / load a compiled model as a directory. No pickle anywhere; no secret key.
 
-Layout::
+Layout (hand ``client/`` to the data owner, ``server/`` to the server)::
 
-    model.json          versions, task, classes, features, metrics, provenance, sha256 of files
-    program.json        the integer program: client-side quantization and de-quantization,
-                        server-side integer weights, biases, rounding and lookup tables
-    server.zip          the compiled circuit (``concrete.fhe.Server.load`` reads it)
-    client.specs.json   concrete client specs (what a client needs to generate keys)
+    model.json                 versions, task, classes, features, metrics, provenance,
+                               sha256 of every other file
+    client/client.json         quantization of inputs, de-quantization of outputs, classes
+    client/client.specs.json   concrete client specs (what a client needs to generate keys)
+    server/server.zip          the compiled circuit (``concrete.fhe.Server.load`` reads it)
+    server/program.json        the integer program (weights, biases, rounding, lookup tables),
+                               for clear and simulated runs next to the server
 
 Loading checks every checksum and the concrete-python version before reading anything else.
 """
@@ -30,7 +32,12 @@ from autofhe.fhe.program import IntegerProgram, ProgramLayer
 __all__ = ["BundleError", "load_program", "read_manifest", "save_bundle"]
 
 FORMAT = 1
-FILES = ("program.json", "server.zip", "client.specs.json")
+FILES = (
+    "client/client.json",
+    "client/client.specs.json",
+    "server/server.zip",
+    "server/program.json",
+)
 
 
 class BundleError(AutofheError, ValueError):
@@ -126,18 +133,17 @@ def save_bundle(model, directory: str | Path, extra: dict[str, Any] | None = Non
     circuit = model.fhe_circuit
     with tempfile.TemporaryDirectory(dir=target.parent if target.parent.exists() else None) as tmp:
         work = Path(tmp) / "bundle"
-        work.mkdir()
-        (work / "program.json").write_text(json.dumps(program_to_json(program)))
-        circuit.server.save(str(work / "server.zip"))
+        (work / "client").mkdir(parents=True)
+        (work / "server").mkdir()
+        (work / "server" / "program.json").write_text(json.dumps(program_to_json(program)))
+        circuit.server.save(str(work / "server" / "server.zip"))
         specs = circuit.client.specs.serialize()
-        (work / "client.specs.json").write_bytes(
+        (work / "client" / "client.specs.json").write_bytes(
             specs if isinstance(specs, bytes) else specs.encode()
         )
-        task = (
-            "classification"
-            if hasattr(model, "classes_") and model._classification
-            else "regression"
-        )
+        task = "classification" if model._classification else "regression"
+        client = client_part(model, task)
+        (work / "client" / "client.json").write_text(json.dumps(client))
         manifest = {
             "format": FORMAT,
             "autofhe": autofhe.__version__,
@@ -145,14 +151,8 @@ def save_bundle(model, directory: str | Path, extra: dict[str, Any] | None = Non
             "python": platform.python_version(),
             "task": task,
             "n_features": program.n_features,
-            "classes": model.classes_.tolist() if task == "classification" else None,
-            "target": None
-            if task == "classification"
-            else {
-                "mean": model.y_mean_.tolist(),
-                "scale": model.y_scale_.tolist(),
-                "ndim": model.y_ndim_,
-            },
+            "classes": client["classes"],
+            "target": client["target"],
             "params": {k: _jsonable(v) for k, v in model.get_params(deep=False).items()},
             "fhe_report": model.fhe_report(),
             "sha256": {},
@@ -164,6 +164,28 @@ def save_bundle(model, directory: str | Path, extra: dict[str, Any] | None = Non
             target.rmdir()
         shutil.move(str(work), str(target))
     return target
+
+
+def client_part(model, task: str) -> dict:
+    """What a client needs besides keys: no weight, no table."""
+    program = model.fhe_program_
+    return {
+        "task": task,
+        "n_features": program.n_features,
+        "input_offset": None if program.input_offset is None else program.input_offset.tolist(),
+        "input_norm": None if program.input_norm is None else program.input_norm.tolist(),
+        "input_scale": program.input_scale.tolist(),
+        "input_bits": program.input_bits,
+        "output_scale": program.output_scale.tolist(),
+        "classes": model.classes_.tolist() if task == "classification" else None,
+        "target": None
+        if task == "classification"
+        else {
+            "mean": model.y_mean_.tolist(),
+            "scale": model.y_scale_.tolist(),
+            "ndim": model.y_ndim_,
+        },
+    }
 
 
 def _jsonable(value):
@@ -216,5 +238,5 @@ def read_manifest(directory: str | Path) -> dict:
 def load_program(directory: str | Path) -> tuple[dict, IntegerProgram]:
     """The checked manifest and the integer program of a bundle."""
     manifest = read_manifest(directory)
-    data = json.loads((Path(directory) / "program.json").read_text())
+    data = json.loads((Path(directory) / "server" / "program.json").read_text())
     return manifest, program_from_json(data)

@@ -20,7 +20,7 @@ import torch
 from autofhe.nn.module import QuantMLP
 from autofhe.nn.pruning import input_max_abs, signed_bits, worst_case_accumulator
 
-__all__ = ["IntegerProgram", "ProgramLayer", "build_program"]
+__all__ = ["IntegerProgram", "ProgramLayer", "build_program", "quantize_inputs", "softmax"]
 
 
 #: Widest accumulator whose lookup table is materialized (concrete's TLU limit is 16 bits).
@@ -180,16 +180,9 @@ class IntegerProgram:
 
     def quantize(self, X: np.ndarray) -> np.ndarray:
         """Client side: float features -> signed ``input_bits`` integers."""
-        low, high = -(2 ** (self.input_bits - 1)), 2 ** (self.input_bits - 1) - 1
-        # float32 like the training-time quantizer, so the rounding ties fall the same way.
-        X = np.asarray(X, dtype=np.float32)
-        # (x - offset) / norm / scale in float32, in the training forward pass's order
-        if self.input_offset is not None:
-            X = X - self.input_offset.astype(np.float32)
-        if self.input_norm is not None:
-            X = X / self.input_norm.astype(np.float32)
-        q = np.round(X / self.input_scale.astype(np.float32))
-        return np.clip(q, low, high).astype(np.int64)
+        return quantize_inputs(
+            X, self.input_offset, self.input_norm, self.input_scale, self.input_bits
+        )
 
     def run(self, x):
         """Server side, the integer forward pass (numpy integers or a concrete tracer)."""
@@ -208,6 +201,25 @@ class IntegerProgram:
     def predict_raw(self, X: np.ndarray) -> np.ndarray:
         """The whole computation in the clear, vectorized over rows."""
         return self.dequantize(self.run(self.quantize(X)))
+
+
+def quantize_inputs(X, offset, norm, scale, bits: int) -> np.ndarray:
+    """``round((x - offset) / norm / scale)`` clipped to signed ``bits``, in float32 and in the
+    training forward pass's order so rounding ties fall the same way (client side)."""
+    X = np.asarray(X, dtype=np.float32)
+    if offset is not None:
+        X = X - np.asarray(offset, dtype=np.float32)
+    if norm is not None:
+        X = X / np.asarray(norm, dtype=np.float32)
+    q = np.round(X / np.asarray(scale, dtype=np.float32))
+    return np.clip(q, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1).astype(np.int64)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax (client side post-processing of classifier outputs)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
 
 
 def _is_numpy(value) -> bool:

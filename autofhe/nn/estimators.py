@@ -23,7 +23,7 @@ from autofhe.fhe.compile import (
     inputset,
     run_circuit,
 )
-from autofhe.fhe.program import IntegerProgram, build_program
+from autofhe.fhe.program import IntegerProgram, build_program, softmax
 from autofhe.nn.module import QuantMLP, resolve_activation, validate_module_params
 
 __all__ = ["NeuralNetClassifier", "NeuralNetRegressor"]
@@ -204,6 +204,13 @@ class _QuantNet:
         self._check_compiled("fhe_report")
         return dict(self.fhe_report_)
 
+    def save(self, directory) -> None:
+        """Write the compiled model as a deployable bundle (see :mod:`autofhe.fhe.bundle`)."""
+        from autofhe.fhe.bundle import save_bundle
+
+        self._check_compiled("save")
+        save_bundle(self, directory)
+
     def _check_compiled(self, what: str) -> None:
         self.program  # noqa: B018 -- not-fitted comes first
         if not hasattr(self, "fhe_circuit_"):
@@ -324,10 +331,7 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
         return np.searchsorted(self._fitted_classes, y).astype(np.int64)
 
     def predict_proba(self, X, fhe: str = "disable") -> np.ndarray:
-        logits = self._raw_outputs(X, fhe)
-        logits = logits - logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return softmax(self._raw_outputs(X, fhe))
 
     def predict(self, X, fhe: str = "disable") -> np.ndarray:
         return self.classes_[np.argmax(self._raw_outputs(X, fhe), axis=1)]

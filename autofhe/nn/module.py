@@ -43,32 +43,24 @@ from autofhe.nn.pruning import (
     neuron_keep_mask,
 )
 
-__all__ = ["ACTIVATIONS", "IntegerLayer", "QuantMLP", "hidden_width", "resolve_activation"]
+__all__ = [
+    "ACTIVATIONS",
+    "SEED_ACTIVATIONS",
+    "IntegerLayer",
+    "QuantMLP",
+    "hidden_width",
+    "resolve_activation",
+]
 
-#: Activations offered by name (the search space uses these names).
+#: The activations the seed documents (and the search explores by default).
+SEED_ACTIVATIONS = ("ReLU", "ReLU6", "Sigmoid", "Tanh", "GELU", "SELU", "CELU", "LeakyReLU")
+#: Activations offered by name; any other torch activation class works when passed itself.
 ACTIVATIONS = {
     name: getattr(nn, name)
     for name in (
-        "ReLU",
-        "ReLU6",
-        "Sigmoid",
-        "Tanh",
-        "GELU",
-        "SELU",
-        "CELU",
-        "LeakyReLU",
-        "ELU",
-        "Hardtanh",
-        "Hardsigmoid",
-        "Hardswish",
-        "SiLU",
-        "Mish",
-        "Softplus",
-        "Softsign",
-        "Tanhshrink",
-        "LogSigmoid",
-        "PReLU",
-        "RReLU",
+        *SEED_ACTIVATIONS,
+        *("ELU", "Hardtanh", "Hardsigmoid", "Hardswish", "SiLU", "Mish", "Softplus"),
+        *("Softsign", "Tanhshrink", "LogSigmoid", "PReLU", "RReLU"),
     )
 }
 

@@ -12,22 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from autofhe.errors import ParameterError
-from autofhe.nn.module import ACTIVATIONS
+from autofhe.nn.module import ACTIVATIONS, SEED_ACTIVATIONS
 
 __all__ = ["DEFAULT_SPACE", "SEED_CONFIG", "suggest", "validate_space"]
 
 DEFAULT_SPACE: dict[str, Any] = {
     "module__n_layers": {"low": 1, "high": 4},
-    "module__activation_function": [
-        "ReLU",
-        "ReLU6",
-        "Sigmoid",
-        "Tanh",
-        "GELU",
-        "SELU",
-        "CELU",
-        "LeakyReLU",
-    ],
+    "module__activation_function": list(SEED_ACTIVATIONS),
     "module__n_hidden_neurons_multiplier": {"low": 0.1, "high": 4.0, "log": True},
     "n_w_bits": {"low": 2, "high": 8},
     "n_a_bits": {"low": 2, "high": 8},

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 
 from autofhe.data import Dataset, check_Xy, split_dataset
@@ -45,6 +46,8 @@ OBJECTIVE_NAMES = ["fhe_latency_s"]
 HEARTBEAT_S = int(os.environ.get("AUTOFHE_HEARTBEAT_S", "10"))
 GRACE_S = 3 * HEARTBEAT_S
 MEASURE_ALL_S = 2.0
+#: Validation predictions recorded per front trial, for checking exported models.
+RECORDED_PREDICTIONS = 16
 
 
 def resolve_storage(url: str | None) -> str:
@@ -193,6 +196,9 @@ class SearchSession:
             from autofhe.fhe.bundle import save_bundle
             from autofhe.fhe.latency import measure_latency
 
+            # what the exported model must reproduce (clear program == encrypted circuit)
+            head = model.predict(X_valid[:RECORDED_PREDICTIONS])
+            trial.set_user_attr("valid_predictions_head", np.asarray(head).tolist())
             try:
                 measured = measure_latency(model, X_valid, n=3 if predicted <= MEASURE_ALL_S else 1)
                 trial.set_user_attr("measured_latency_s", measured["latency_s"])

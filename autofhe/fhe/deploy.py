@@ -1,0 +1,166 @@
+"""Use a bundle: the client (keys, encrypt, decrypt) and the server (run on encrypted data).
+
+The data owner holds ``client/`` and a key directory; the server holds ``server/`` and the
+evaluation keys the client sends it. Everything that crosses between them is bytes:
+serialized evaluation keys, serialized encrypted inputs, serialized encrypted outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from autofhe.data import check_X
+from autofhe.fhe.bundle import BundleError, load_program, read_manifest
+from autofhe.fhe.program import quantize_inputs, softmax
+
+__all__ = ["FheClient", "FheServer", "predict_bundle"]
+
+
+def _part(path: str | Path, name: str) -> Path:
+    """``path`` is a bundle (checked against model.json) or one of its parts."""
+    root = Path(path)
+    if (root / "model.json").is_file():
+        read_manifest(root)  # checksums and versions before anything is loaded
+        return root / name
+    if root.is_dir():
+        return root
+    raise BundleError(f"{root} is neither a bundle nor its {name}/ part; pass the export folder.")
+
+
+class FheClient:
+    """The data owner's side: keys, quantization + encryption, decryption + post-processing.
+
+    Parameters
+    ----------
+    client : a bundle directory or its ``client/`` part.
+    key_dir : where the secret and evaluation keys live (created, reused across runs). None:
+        keys in memory only.
+    """
+
+    def __init__(self, client: str | Path, key_dir: str | Path | None = None):
+        from concrete import fhe
+
+        root = _part(client, "client")
+        try:
+            self.info = json.loads((root / "client.json").read_text())
+            specs = fhe.ClientSpecs.deserialize((root / "client.specs.json").read_bytes())
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise BundleError(f"{root} is not a readable client part: {exc}") from None
+        self._client = fhe.Client(specs)
+        self.key_dir = None if key_dir is None else Path(key_dir)
+
+    def keygen(self) -> None:
+        """Generate keys (or load them from ``key_dir`` when they exist there)."""
+        if self.key_dir is None:
+            self._client.keygen()
+            return
+        self.key_dir.mkdir(parents=True, exist_ok=True)
+        self._client.keys.load_if_exists_generate_and_save_otherwise(self.key_dir / "keys.bin")
+
+    def evaluation_keys(self) -> bytes:
+        """Serialized evaluation keys for the server (never the secret key)."""
+        self.keygen()
+        return self._client.evaluation_keys.serialize()
+
+    def quantize(self, X) -> np.ndarray:
+        X = check_X(X, n_features=self.info["n_features"], estimator="this model")
+        i = self.info
+        return quantize_inputs(
+            X, i["input_offset"], i["input_norm"], i["input_scale"], i["input_bits"]
+        )
+
+    def encrypt(self, X) -> list[bytes]:
+        """One serialized encrypted input per row of ``X``."""
+        self.keygen()
+        return [self._client.encrypt(row).serialize() for row in self.quantize(X)]
+
+    def decrypt(self, outputs: list[bytes]) -> np.ndarray:
+        """Real-valued outputs (logits or regression values) of serialized encrypted outputs."""
+        from concrete import fhe
+
+        self.keygen()
+        acc = np.stack([self._client.decrypt(fhe.Value.deserialize(o)) for o in outputs])
+        return self.outputs(acc)
+
+    def outputs(self, acc: np.ndarray) -> np.ndarray:
+        return np.asarray(acc, dtype=np.float64) * np.asarray(self.info["output_scale"])
+
+    def predict_proba(self, real: np.ndarray) -> np.ndarray:
+        if self.info["task"] != "classification":
+            raise BundleError("predict_proba is for classifiers; this bundle is a regressor.")
+        return softmax(real)
+
+    def predict(self, real: np.ndarray) -> np.ndarray:
+        if self.info["task"] == "classification":
+            return np.asarray(self.info["classes"])[np.argmax(real, axis=1)]
+        target = self.info["target"]
+        out = real * np.asarray(target["scale"]) + np.asarray(target["mean"])
+        return out.ravel() if target["ndim"] == 1 else out
+
+
+class FheServer:
+    """The server's side: runs encrypted inputs with a client's evaluation keys."""
+
+    def __init__(self, server: str | Path):
+        from concrete import fhe
+
+        root = _part(server, "server")
+        try:
+            self._server = fhe.Server.load(root / "server.zip")
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise BundleError(f"{root / 'server.zip'} cannot be loaded: {exc}") from None
+
+    def run(self, encrypted_input: bytes, evaluation_keys: bytes) -> bytes:
+        from concrete import fhe
+
+        result = self._server.run(
+            fhe.Value.deserialize(encrypted_input),
+            evaluation_keys=fhe.EvaluationKeys.deserialize(evaluation_keys),
+        )
+        return result.serialize()
+
+
+def predict_bundle(
+    bundle: str | Path, X, fhe: str = "execute", progress: bool = True, key_dir=None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions (and class probabilities, for classifiers) of a bundle on ``X``.
+
+    ``execute``: client and server in this process, keys in ``key_dir`` (default: temporary);
+    ``simulate``: the program recompiled and simulated; ``disable``: the program in the clear.
+    """
+    from autofhe.errors import ParameterError
+
+    if fhe not in ("disable", "simulate", "execute"):
+        raise ParameterError(f"fhe={fhe!r} is not a mode; use 'disable', 'simulate' or 'execute'.")
+    client = FheClient(bundle, key_dir)
+    x_int = client.quantize(X)
+    if fhe == "execute":
+        server = FheServer(bundle)
+        with tempfile.TemporaryDirectory() as tmp:
+            if key_dir is None:
+                client.key_dir = Path(tmp)
+            keys = client.evaluation_keys()
+            rows = range(len(x_int))
+            if progress and len(x_int) > 3:
+                from tqdm.auto import tqdm
+
+                rows = tqdm(rows, desc="FHE execute", unit="sample", leave=False)
+            outputs = [server.run(client._client.encrypt(x_int[i]).serialize(), keys) for i in rows]
+            real = client.decrypt(outputs)
+    else:
+        _, program = load_program(bundle)
+        if fhe == "disable":
+            acc = program.run(x_int)
+        else:
+            from autofhe.fhe.compile import compile_program, inputset
+
+            Xc = check_X(X, n_features=program.n_features, estimator="this model")
+            circuit = compile_program(program, inputset(program, Xc))
+            acc = np.stack([circuit.simulate(row) for row in x_int])
+        real = client.outputs(acc)
+    proba = client.predict_proba(real) if client.info["task"] == "classification" else None
+    return client.predict(real), proba
