@@ -418,6 +418,45 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from autofhe.fhe.serve import make_server
+
+    httpd = make_server(args.model, args.host, args.port)
+    host, port = httpd.server_address[:2]
+    print(
+        f"serving {args.model} on http://{host}:{port} (OpenAPI: /openapi.json); Ctrl-C stops",
+        flush=True,
+    )
+    try:
+        httpd.serve_forever()
+    finally:
+        httpd.server_close()
+    return 0
+
+
+def _cmd_remote_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from autofhe.data import check_X
+    from autofhe.fhe.serve import HttpClient
+
+    try:
+        X = check_X(np.load(args.data, allow_pickle=False))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, AutofheError):
+            raise
+        raise ParameterError(f"cannot read {args.data} as a numeric .npy ({exc}).") from None
+    client = HttpClient(args.url, args.model, args.keys)
+    pred = client.predict(X)
+    if args.out:
+        np.save(args.out, pred, allow_pickle=False)
+        print(f"{len(pred)} encrypted predictions written to {args.out}")
+    else:
+        for value in pred:
+            print(value)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autofhe",
@@ -501,6 +540,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default=None, help="write predictions to this .npy")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)
+
+    serve = sub.add_parser("serve", help="serve a bundle's server part over HTTP")
+    serve.add_argument("--model", required=True, help="bundle directory")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=_cmd_serve)
+
+    remote = sub.add_parser("remote-predict", help="encrypted predictions through `serve`")
+    remote.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000")
+    remote.add_argument("--model", required=True, help="bundle or its client/ part")
+    remote.add_argument("--data", required=True, help="X.npy")
+    remote.add_argument("--keys", default=None, help="key directory (default: keys in memory)")
+    remote.add_argument("--out", default=None)
+    remote.set_defaults(func=_cmd_remote_predict)
     return parser
 
 

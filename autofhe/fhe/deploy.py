@@ -115,13 +115,16 @@ class FheServer:
             raise BundleError(f"{root / 'server.zip'} cannot be loaded: {exc}") from None
 
     def run(self, encrypted_input: bytes, evaluation_keys: bytes) -> bytes:
+        """Serialized encrypted input + serialized evaluation keys -> serialized output."""
         from concrete import fhe
 
-        result = self._server.run(
-            fhe.Value.deserialize(encrypted_input),
-            evaluation_keys=fhe.EvaluationKeys.deserialize(evaluation_keys),
-        )
-        return result.serialize()
+        return self.run_value(
+            fhe.Value.deserialize(encrypted_input), fhe.EvaluationKeys.deserialize(evaluation_keys)
+        ).serialize()
+
+    def run_value(self, value, evaluation_keys):
+        """The same on deserialized concrete objects (a server keeps keys deserialized)."""
+        return self._server.run(value, evaluation_keys=evaluation_keys)
 
 
 def predict_bundle(

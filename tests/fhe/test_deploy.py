@@ -203,3 +203,62 @@ def test_model_save_and_local_predict(wine, tmp_path):
     with pytest.raises(BundleError, match="not an empty directory"):
         model.save(tmp_path / "b")
     assert os.listdir(tmp_path) == ["b"]  # nothing half-written left behind
+
+
+def _post(url, body, headers=None):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.mark.execute
+def test_serve_over_loopback_two_processes(study_dir, bundle):
+    import socket
+    import time
+    import urllib.request
+
+    from autofhe.fhe.serve import HttpClient
+
+    _, _, X_valid = study_dir
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [AUTOFHE, "serve", "--model", str(bundle), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(url + "/openapi.json", timeout=5) as r:
+                    spec = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert "/predict/{key_id}" in spec["paths"]
+        # malformed payloads get 4xx, and the server keeps serving
+        assert _post(url + "/keys", b"not keys")[0] == 400
+        assert _post(url + "/predict/deadbeef", b"x")[0] == 404
+        assert _post(url + "/nowhere", b"x")[0] == 404
+        client = HttpClient(url, bundle / "client")  # the data owner needs only client/
+        key_id = client.register()
+        assert _post(url + f"/predict/{key_id}", b"garbage")[0] == 400
+        status, body = _post(url + f"/predict/{key_id}", b"x" * 10, {"Content-Length": str(10**12)})
+        assert status in (413, 400) or body is not None
+        encrypted = client.predict(X_valid[:3])
+        clear, _ = predict_bundle(bundle, X_valid[:3], fhe="disable")
+        np.testing.assert_array_equal(encrypted, clear)
+        assert proc.poll() is None  # still serving after all of the above
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

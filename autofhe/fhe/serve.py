@@ -1,0 +1,246 @@
+"""Encrypted inference over HTTP: a server holding only the server part, and its client.
+
+Protocol (bodies are raw bytes, ``application/octet-stream``):
+
+- ``POST /keys``: serialized evaluation keys -> ``{"key_id": "<sha256>"}`` (register once);
+- ``POST /predict/<key_id>``: one serialized encrypted input -> the serialized encrypted output;
+- ``GET /info``: model metadata (task, features, versions); ``GET /openapi.json``.
+
+Errors are JSON ``{"error": "..."}`` with a 4xx status for the client's mistakes (malformed
+payload, unknown key, too large) and never stop the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import urllib.error
+import urllib.request
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from autofhe.errors import AutofheError
+from autofhe.fhe.bundle import read_manifest
+from autofhe.fhe.deploy import FheClient, FheServer
+
+__all__ = ["HttpClient", "make_server", "openapi"]
+
+MAX_KEYS_BYTES = 4 * 1024**3
+MAX_INPUT_BYTES = 64 * 1024**2
+MAX_REGISTERED_KEYS = 64
+
+
+def openapi(info: dict) -> dict:
+    octet = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    error = {
+        "application/json": {
+            "schema": {"type": "object", "properties": {"error": {"type": "string"}}}
+        }
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "autofhe encrypted inference", "version": info.get("autofhe", "?")},
+        "paths": {
+            "/info": {
+                "get": {
+                    "summary": "Model metadata",
+                    "responses": {
+                        "200": {
+                            "description": "task, features, versions",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            "/keys": {
+                "post": {
+                    "summary": "Register serialized evaluation keys",
+                    "requestBody": {"required": True, "content": octet},
+                    "responses": {
+                        "200": {
+                            "description": "registered",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {"key_id": {"type": "string"}},
+                                    }
+                                }
+                            },
+                        },
+                        "400": {"description": "malformed keys", "content": error},
+                        "413": {"description": "too large", "content": error},
+                    },
+                }
+            },
+            "/predict/{key_id}": {
+                "post": {
+                    "summary": "Run one serialized encrypted input",
+                    "parameters": [
+                        {
+                            "name": "key_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "requestBody": {"required": True, "content": octet},
+                    "responses": {
+                        "200": {"description": "serialized encrypted output", "content": octet},
+                        "400": {"description": "malformed input", "content": error},
+                        "404": {"description": "unknown key_id", "content": error},
+                        "413": {"description": "too large", "content": error},
+                    },
+                }
+            },
+        },
+    }
+
+
+def make_server(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000):
+    """An HTTP server for a bundle (or its ``server/`` part next to ``model.json``)."""
+    from concrete import fhe
+
+    manifest = read_manifest(bundle)
+    server = FheServer(bundle)
+    public = {k: manifest[k] for k in ("task", "n_features", "concrete_python", "autofhe")}
+    keys: dict[str, object] = {}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "autofhe"
+
+        def log_message(self, fmt, *args):  # quiet: one line per request on stderr is noise
+            return
+
+        def _send(self, status: int, body: bytes, ctype: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, payload: dict) -> None:
+            self._send(status, json.dumps(payload).encode(), "application/json")
+
+        def _body(self, limit: int) -> bytes | None:
+            try:
+                length = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"})
+                return None
+            if length <= 0:
+                self._json(HTTPStatus.BAD_REQUEST, {"error": "empty body"})
+                return None
+            if length > limit:
+                self._json(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    {"error": f"body of {length} bytes is over the {limit}-byte limit"},
+                )
+                return None
+            return self.rfile.read(length)
+
+        def do_GET(self):
+            if self.path == "/info":
+                self._json(HTTPStatus.OK, public)
+            elif self.path == "/openapi.json":
+                self._json(HTTPStatus.OK, openapi(public))
+            else:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
+
+        def do_POST(self):
+            if self.path == "/keys":
+                body = self._body(MAX_KEYS_BYTES)
+                if body is None:
+                    return
+                try:
+                    evaluation_keys = fhe.EvaluationKeys.deserialize(body)
+                except Exception:
+                    self._json(
+                        HTTPStatus.BAD_REQUEST, {"error": "body is not serialized evaluation keys"}
+                    )
+                    return
+                key_id = hashlib.sha256(body).hexdigest()
+                with lock:
+                    if len(keys) >= MAX_REGISTERED_KEYS and key_id not in keys:
+                        keys.pop(next(iter(keys)))  # oldest first
+                    keys[key_id] = evaluation_keys
+                self._json(HTTPStatus.OK, {"key_id": key_id})
+            elif self.path.startswith("/predict/"):
+                key_id = self.path.removeprefix("/predict/")
+                with lock:
+                    evaluation_keys = keys.get(key_id)
+                if evaluation_keys is None:
+                    self._json(
+                        HTTPStatus.NOT_FOUND,
+                        {"error": f"unknown key_id {key_id!r}; POST /keys first"},
+                    )
+                    return
+                body = self._body(MAX_INPUT_BYTES)
+                if body is None:
+                    return
+                try:
+                    value = fhe.Value.deserialize(body)
+                except Exception:
+                    self._json(
+                        HTTPStatus.BAD_REQUEST,
+                        {"error": "body is not a serialized encrypted input"},
+                    )
+                    return
+                try:
+                    result = server.run_value(value, evaluation_keys)
+                except Exception as exc:  # e.g. an input of another circuit's shape
+                    self._json(
+                        HTTPStatus.BAD_REQUEST,
+                        {"error": f"the input does not fit this model: {exc}"},
+                    )
+                    return
+                self._send(HTTPStatus.OK, result.serialize(), "application/octet-stream")
+            else:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+class HttpError(AutofheError, RuntimeError):
+    """The inference server answered with an error."""
+
+
+class HttpClient:
+    """Keys, encryption and decryption here; the model runs on the server at ``url``."""
+
+    def __init__(self, url: str, client: str | Path, key_dir: str | Path | None = None):
+        self.url = url.rstrip("/")
+        self.client = FheClient(client, key_dir)
+        self.key_id: str | None = None
+
+    def _post(self, path: str, body: bytes) -> bytes:
+        request = urllib.request.Request(
+            self.url + path,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=3600) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise HttpError(f"{self.url}{path} answered {exc.code}: {detail}") from None
+        except urllib.error.URLError as exc:
+            raise HttpError(f"cannot reach {self.url}: {exc.reason}") from None
+
+    def register(self) -> str:
+        self.key_id = json.loads(self._post("/keys", self.client.evaluation_keys()))["key_id"]
+        return self.key_id
+
+    def predict(self, X, proba: bool = False) -> np.ndarray:
+        if self.key_id is None:
+            self.register()
+        outputs = [self._post(f"/predict/{self.key_id}", x) for x in self.client.encrypt(X)]
+        real = self.client.decrypt(outputs)
+        return self.client.predict_proba(real) if proba else self.client.predict(real)
