@@ -139,8 +139,22 @@ def open_study(
         study.set_user_attr("autofhe_fingerprint", ds.fingerprint)
         study.set_user_attr("autofhe_task", ds.task)
         study.set_user_attr("autofhe_source", ds.source)
-        study.enqueue_trial({k: v for k, v in SEED_CONFIG.items() if k in spec.space})
+        study.enqueue_trial(seed_params(spec.space))
     return study, store, name
+
+
+def seed_params(space: dict) -> dict:
+    """The seed's configuration as far as ``space`` can hold it.
+
+    A range keeps the seed's value even outside its bounds (Optuna accepts an enqueued value
+    there, so the front shows the seed itself); a choice the list lacks is left to the sampler.
+    """
+    params = {}
+    for name, value in SEED_CONFIG.items():
+        entry = space.get(name)
+        if isinstance(entry, dict) or (isinstance(entry, list) and value in entry):
+            params[name] = value
+    return params
 
 
 @dataclass
@@ -230,7 +244,14 @@ class SearchSession:
         cost_model,
         progress: Callable | None = None,
     ) -> None:
-        """Run trials in this process until ``n_trials`` more are done or ``timeout`` passes."""
+        """Run trials in this process until ``n_trials`` more are done or ``timeout`` passes.
+
+        ``cost_model`` None: this machine's cached latency model (calibrated if missing).
+        """
+        if cost_model is None:
+            from autofhe.fhe.latency import load_cost_model
+
+            cost_model = load_cost_model()
         store = ParetoStore(self.url)
         ctx = self.context(store, cost_model)
         study = optuna.load_study(

@@ -325,3 +325,17 @@ def test_dashboard_serves_trials_objectives_and_attributes(tmp_path, wine_ds, sp
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_seed_config_is_projected_into_the_space():
+    from autofhe.search.study import seed_params
+
+    space = {
+        "n_accum_bits": [5, 6],  # the seed's "none" is not a choice: left to the sampler
+        "module__n_hidden_neurons_multiplier": {"low": 0.1, "high": 0.25},  # kept, out of range
+        "module__activation_function": ["ReLU", "Tanh"],
+    }
+    assert seed_params(space) == {
+        "module__n_hidden_neurons_multiplier": 4.0,
+        "module__activation_function": "ReLU",
+    }
