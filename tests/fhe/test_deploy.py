@@ -262,3 +262,26 @@ def test_serve_over_loopback_two_processes(study_dir, bundle):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_predict_bad_input_one_line_errors(bundle, tmp_path):
+    import shutil
+
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(bundle, incomplete)
+    (incomplete / "server" / "server.zip").unlink()
+    np.save(tmp_path / "five.npy", np.zeros((2, 5)))
+    nan = np.zeros((2, 13))
+    nan[1, 3] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "ok.npy", np.zeros((2, 13)))
+    cases = [
+        (["--model", "missing", "--data", "ok.npy"], "neither a bundle"),
+        (["--model", "incomplete", "--data", "ok.npy"], "server/server.zip is missing"),
+        (["--model", str(bundle), "--data", "five.npy"], "X has 5 features"),
+        (["--model", str(bundle), "--data", "nan.npy"], "NaN"),
+    ]
+    for args, message in cases:
+        result = _cli(["predict", *args, "--fhe", "disable"], tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
