@@ -249,6 +249,9 @@ def _fails_cleanly(result, pattern):
         ("badspec", ["--data", "sklearn:wine", "--spec", "bad.toml"], "not valid TOML"),
         (None, ["--data", "sklearn:wine", "--storage", "redis://x"], "unknown scheme"),
         (None, ["--data", "sklearn:wine", "--trials", "0"], "--trials 0"),
+        ("mismatch", ["--data", "X.npy"], "X has 40 rows but y has 39"),
+        ("oneclass", ["--data", "X.npy"], "single class"),
+        ("fewrows", ["--data", "X.npy"], "too few rows"),
     ],
 )
 def test_cli_bad_input_one_line_and_db_untouched(tmp_path, setup, args, pattern):
@@ -262,6 +265,10 @@ def test_cli_bad_input_one_line_and_db_untouched(tmp_path, setup, args, pattern)
         np.save(tmp_path / "y.npy", np.arange(40) % 2)
     elif setup == "nolabels":
         np.save(tmp_path / "X.npy", X)
+    elif setup in ("mismatch", "oneclass", "fewrows"):
+        y = {"mismatch": np.arange(39) % 2, "oneclass": np.zeros(40), "fewrows": np.arange(40) % 10}
+        np.save(tmp_path / "X.npy", X)
+        np.save(tmp_path / "y.npy", y[setup])
     elif setup == "badspec":
         (tmp_path / "bad.toml").write_text("[study\nmetric=")
     result = _run(["search", *args], tmp_path)
@@ -287,6 +294,25 @@ def test_cli_search_resume_pareto_matches_optuna(tmp_path, spec_file):
     assert len(study.trials) == 4
     ours = json.loads(_run(["pareto", "--study", name, "--format", "json"], tmp_path).stdout)
     assert {r["trial"] for r in ours} == {t.number for t in study.best_trials}
+    # Optuna's own command line reads the same database and lists the same front
+    optuna_cli = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("optuna")),
+            "best-trials",
+            "--storage",
+            f"sqlite:///{tmp_path}/autofhe.db",
+            "--study-name",
+            name,
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert optuna_cli.returncode == 0, optuna_cli.stderr
+    assert {t["number"] for t in json.loads(optuna_cli.stdout)} == {r["trial"] for r in ours}
 
 
 def _free_port() -> int:
