@@ -206,10 +206,8 @@ def _front_values(trial) -> list[tuple[float, float]]:
 
 
 def _enters_front(trial, metric: float, latency: float) -> bool:
-    return not any(
-        m >= metric and lat <= latency and (m > metric or lat < latency)
-        for m, lat in _front_values(trial)
-    )
+    """Strictly better than every front point somewhere (an equal point is already there)."""
+    return not any(m >= metric and lat <= latency for m, lat in _front_values(trial))
 
 
 def _maybe_prune(trial: optuna.Trial, clear: float) -> None:

@@ -67,7 +67,11 @@ class StorageError(AutofheError, RuntimeError):
 
 
 def pareto_front(trials) -> list:
-    """Feasible COMPLETE trials not dominated on (metric max, latency min), by metric."""
+    """Feasible COMPLETE trials not dominated on (metric max, latency min), by metric.
+
+    Trials with exactly the same values are one point: the earliest stands for it (it is the
+    one whose latency was measured and whose model was stored when it entered the front).
+    """
     import optuna
 
     done = [
@@ -86,7 +90,10 @@ def pareto_front(trials) -> list:
         )
         if not dominated:
             front.append(t)
-    return sorted(front, key=lambda t: (-t.values[0], t.values[1], t.number))
+    first: dict[tuple, object] = {}
+    for t in sorted(front, key=lambda t: t.number):
+        first.setdefault(tuple(t.values), t)
+    return sorted(first.values(), key=lambda t: (-t.values[0], t.values[1], t.number))
 
 
 class ParetoStore:
