@@ -13,13 +13,16 @@ __all__ = [
     "AccumulatorBudgetError",
     "AutofheError",
     "AutofheWarning",
+    "BundleError",
     "CompilationError",
     "DataError",
     "DataTypeError",
+    "HttpError",
     "NotCompiledError",
     "NotFittedError",
     "ParameterError",
     "ResourceError",
+    "StorageError",
 ]
 
 
@@ -57,6 +60,18 @@ class CompilationError(AutofheError, RuntimeError):
 
 class ResourceError(AutofheError, RuntimeError):
     """The work would need more memory (or time) than this machine has."""
+
+
+class BundleError(AutofheError, ValueError):
+    """A bundle is missing, incomplete, tampered with, or from an incompatible version."""
+
+
+class StorageError(AutofheError, RuntimeError):
+    """The study database could not be read or written."""
+
+
+class HttpError(AutofheError, RuntimeError):
+    """The encrypted-inference server answered with an error or could not be reached."""
 
 
 class AutofheWarning(UserWarning):

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from autofhe.errors import AutofheError
+from autofhe.errors import BundleError
 from autofhe.fhe.program import IntegerProgram, ProgramLayer
 
 __all__ = ["BundleError", "load_program", "read_manifest", "save_bundle"]
@@ -38,10 +38,6 @@ FILES = (
     "server/server.zip",
     "server/program.json",
 )
-
-
-class BundleError(AutofheError, ValueError):
-    """A bundle is missing, incomplete, tampered with, or from an incompatible version."""
 
 
 def _sha256(path: Path) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autofhe.errors import AutofheError
+from autofhe.errors import HttpError
 from autofhe.fhe.bundle import read_manifest
 from autofhe.fhe.deploy import FheClient, FheServer
 
@@ -204,10 +204,6 @@ def make_server(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000):
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
 
     return ThreadingHTTPServer((host, port), Handler)
-
-
-class HttpError(AutofheError, RuntimeError):
-    """The inference server answered with an error."""
 
 
 class HttpClient:

@@ -20,7 +20,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from autofhe.errors import AutofheError
+from autofhe.errors import StorageError
 
 __all__ = ["ParetoStore", "StorageError", "pareto_front"]
 
@@ -60,10 +60,6 @@ points = sa.Table(
     sa.Column("measured_latency_s", sa.Float, nullable=True),
     sa.Column("artifact_id", sa.String(128), nullable=True),
 )
-
-
-class StorageError(AutofheError, RuntimeError):
-    """The database could not be read or written."""
 
 
 def pareto_front(trials) -> list:
