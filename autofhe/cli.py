@@ -187,11 +187,17 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 
 def _load_study(args):
     import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
+    from autofhe.errors import StorageError
     from autofhe.search.study import resolve_storage
 
     url = resolve_storage(args.storage)
-    names = optuna.get_all_study_names(storage=url)
+    try:
+        names = optuna.get_all_study_names(storage=url)
+    except (SQLAlchemyError, ImportError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StorageError(f"cannot read storage {url!r}: {first}") from None
     if args.study not in names:
         raise ParameterError(
             f"no study {args.study!r} in {url}; studies there: {', '.join(names) or 'none'}."
@@ -284,6 +290,8 @@ def _knee(front):
 
 
 def _choose_trial(study, args):
+    import optuna
+
     from autofhe.search.pareto import pareto_front
 
     trials = study.get_trials(deepcopy=False)
@@ -292,6 +300,11 @@ def _choose_trial(study, args):
         match = [t for t in trials if t.number == args.trial]
         if not match:
             raise ParameterError(f"study {study.study_name!r} has no trial {args.trial}.")
+        if match[0].state != optuna.trial.TrialState.COMPLETE or match[0].values is None:
+            raise ParameterError(
+                f"trial {args.trial} is {match[0].state.name}, not COMPLETE; pick a trial of "
+                "the front (autofhe pareto --study ...)."
+            )
         if not match[0].user_attrs.get("artifact_id"):
             numbers = ", ".join(str(t.number) for t in front) or "none"
             raise ParameterError(
@@ -393,21 +406,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from autofhe.data import load_dataset
+    from autofhe.data import load_features
     from autofhe.fhe.deploy import predict_bundle
 
-    if args.data.endswith(".npy"):
-        from autofhe.data import check_X
-
-        try:
-            X = np.load(args.data, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ParameterError(
-                f"cannot read {args.data} as a numeric .npy ({exc}); pass a float array."
-            ) from None
-        X = check_X(X)
-    else:
-        X = load_dataset(args.data, label_column=args.label_column).X
+    X = load_features(args.data, label_column=args.label_column)
     pred, _ = predict_bundle(args.model, X, fhe=args.fhe, progress=not args.quiet)
     if args.out:
         np.save(args.out, pred, allow_pickle=False)

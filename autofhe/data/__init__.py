@@ -5,7 +5,14 @@ the offending value and says how to fix it. Nothing is coerced in a way that cha
 numbers stored as objects become floats, anything else is refused.
 """
 
-from autofhe.data.loading import TASKS, Dataset, infer_task, load_dataset, split_dataset
+from autofhe.data.loading import (
+    TASKS,
+    Dataset,
+    infer_task,
+    load_dataset,
+    load_features,
+    split_dataset,
+)
 from autofhe.data.validation import check_X, check_Xy, check_y
 
 __all__ = [
@@ -16,5 +23,6 @@ __all__ = [
     "check_y",
     "infer_task",
     "load_dataset",
+    "load_features",
     "split_dataset",
 ]

@@ -18,7 +18,7 @@ from sklearn.model_selection import train_test_split
 from autofhe.data.validation import check_X, check_Xy
 from autofhe.errors import DataError, DataTypeError
 
-__all__ = ["TASKS", "Dataset", "infer_task", "load_dataset", "split_dataset"]
+__all__ = ["TASKS", "Dataset", "infer_task", "load_dataset", "load_features", "split_dataset"]
 
 
 TASKS = ("classification", "regression")
@@ -556,3 +556,40 @@ def split_dataset(
         stratify=y_rest if classification else None,
     )
     return X_train, X_valid, X_test, y_train, y_valid, y_test
+
+
+def load_features(path: str | os.PathLike, *, label_column: str | None = None) -> np.ndarray:
+    """Features only, for prediction: ``.npy``, ``.npz`` (array ``X``) or a ``.csv`` with a
+    header (``label_column``, when given, is dropped). Validated like training features."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p} does not exist; pass the path of the features to predict.")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        return check_X(_load_npy(p))
+    if suffix == ".npz":
+        with np.load(p, allow_pickle=False) as archive:
+            if "X" not in archive.files:
+                raise DataError(f"{p} has no array named 'X'; it holds {sorted(archive.files)}.")
+            return check_X(archive["X"])
+    if suffix != ".csv":
+        raise DataError(f"{p}: use a .npy, .npz or .csv file of features.")
+    with open(p, newline="") as fh:
+        rows = [row for row in csv.reader(fh) if row]
+    if not rows:
+        raise DataError(f"{p} is empty; pass a header row and at least one row of features.")
+    header, body = rows[0], rows[1:]
+    keep = [i for i, name in enumerate(header) if name != label_column]
+    values = np.empty((len(body), len(keep)), dtype=np.float64)
+    for r, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DataError(f"{p}: row {r} has {len(row)} cells, the header has {len(header)}.")
+        for c, i in enumerate(keep):
+            try:
+                values[r - 2, c] = float(row[i])
+            except ValueError:
+                raise DataTypeError(
+                    f"{p}: row {r}, column {header[i]!r} holds {row[i]!r}, not a number; pass "
+                    "numeric features (and --label-column for the label column)."
+                ) from None
+    return check_X(values)

@@ -7,7 +7,9 @@ serialized evaluation keys, serialized encrypted inputs, serialized encrypted ou
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -54,12 +56,22 @@ class FheClient:
         self.key_dir = None if key_dir is None else Path(key_dir)
 
     def keygen(self) -> None:
-        """Generate keys (or load them from ``key_dir`` when they exist there)."""
+        """Generate keys (or load them from ``key_dir`` when they exist there).
+
+        The key file is named after this model's client specs, so one key directory can serve
+        several models without mixing their keys; it holds the secret key, so only its owner
+        may read it.
+        """
         if self.key_dir is None:
             self._client.keygen()
             return
-        self.key_dir.mkdir(parents=True, exist_ok=True)
-        self._client.keys.load_if_exists_generate_and_save_otherwise(self.key_dir / "keys.bin")
+        self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.key_dir, 0o700)
+        specs = hashlib.sha256(self._client.specs.serialize()).hexdigest()[:16]
+        path = self.key_dir / f"keys-{specs}.bin"
+        self._client.keys.load_if_exists_generate_and_save_otherwise(path)
+        if path.exists():
+            os.chmod(path, 0o600)
 
     def evaluation_keys(self) -> bytes:
         """Serialized evaluation keys for the server (never the secret key)."""
@@ -121,6 +133,11 @@ class FheServer:
         return self.run_value(
             fhe.Value.deserialize(encrypted_input), fhe.EvaluationKeys.deserialize(evaluation_keys)
         ).serialize()
+
+    @property
+    def client_specs(self):
+        """The circuit's client specs (what keys for it look like)."""
+        return self._server.client_specs
 
     def run_value(self, value, evaluation_keys):
         """The same on deserialized concrete objects (a server keeps keys deserialized)."""

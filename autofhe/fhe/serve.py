@@ -29,9 +29,10 @@ from autofhe.fhe.deploy import FheClient, FheServer
 
 __all__ = ["HttpClient", "make_server", "openapi"]
 
-MAX_KEYS_BYTES = 4 * 1024**3
 MAX_INPUT_BYTES = 64 * 1024**2
-MAX_REGISTERED_KEYS = 64
+#: Key sets kept in memory (oldest dropped first) and key uploads read at once.
+MAX_REGISTERED_KEYS = 8
+MAX_CONCURRENT_UPLOADS = 2
 
 
 def openapi(info: dict) -> dict:
@@ -101,15 +102,32 @@ def openapi(info: dict) -> dict:
     }
 
 
+def _evaluation_keys_size(server: FheServer, manifest: dict) -> int:
+    """Serialized size of this circuit's evaluation keys (fixed by its crypto parameters),
+    learned from a throwaway key set: keys of any other size belong to another circuit, and
+    concrete aborts the whole process when it runs a circuit with foreign keys."""
+    from concrete import fhe
+
+    from autofhe.fhe.compile import check_key_memory
+
+    check_key_memory(manifest["fhe_report"])
+    probe = fhe.Client(server.client_specs)
+    probe.keygen()
+    return len(probe.evaluation_keys.serialize())
+
+
 def make_server(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000):
-    """An HTTP server for a bundle (or its ``server/`` part next to ``model.json``)."""
+    """An HTTP server for a bundle directory (``model.json`` + ``server/``)."""
     from concrete import fhe
 
     manifest = read_manifest(bundle)
     server = FheServer(bundle)
+    keys_size = _evaluation_keys_size(server, manifest)
     public = {k: manifest[k] for k in ("task", "n_features", "concrete_python", "autofhe")}
+    public["evaluation_keys_bytes"] = keys_size
     keys: dict[str, object] = {}
     lock = threading.Lock()
+    uploads = threading.BoundedSemaphore(MAX_CONCURRENT_UPLOADS)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "autofhe"
@@ -154,8 +172,24 @@ def make_server(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000):
 
         def do_POST(self):
             if self.path == "/keys":
-                body = self._body(MAX_KEYS_BYTES)
+                if not uploads.acquire(blocking=False):
+                    self._json(
+                        HTTPStatus.SERVICE_UNAVAILABLE,
+                        {"error": "too many key uploads at once; retry shortly"},
+                    )
+                    return
+                try:
+                    body = self._body(keys_size)
+                finally:
+                    uploads.release()
                 if body is None:
+                    return
+                if len(body) != keys_size:
+                    message = (
+                        f"evaluation keys of {len(body)} bytes do not belong to this model "
+                        f"({keys_size} bytes); generate keys from this bundle's client part"
+                    )
+                    self._json(HTTPStatus.BAD_REQUEST, {"error": message})
                     return
                 try:
                     evaluation_keys = fhe.EvaluationKeys.deserialize(body)
@@ -203,7 +237,12 @@ def make_server(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000):
             else:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
 
-    return ThreadingHTTPServer((host, port), Handler)
+    try:
+        return ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        raise HttpError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port."
+        ) from None
 
 
 class HttpClient:

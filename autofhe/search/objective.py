@@ -152,7 +152,7 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
     clear = ctx.score(model, ctx.X_valid, ctx.y_valid, "disable")
     trial.set_user_attr("clear_valid", clear)
     trial.set_user_attr("accumulator_bits", model.accumulator_bits_)
-    _maybe_prune(trial, clear)
+    _maybe_prune(trial, clear, ctx.metric)
 
     t0 = time.perf_counter()
     try:
@@ -210,7 +210,9 @@ def _enters_front(trial, metric: float, latency: float) -> bool:
     return not any(m >= metric and lat <= latency for m, lat in _front_values(trial))
 
 
-def _maybe_prune(trial: optuna.Trial, clear: float) -> None:
+def _maybe_prune(trial: optuna.Trial, clear: float, metric: str) -> None:
+    if metric.startswith("neg_"):  # unbounded, in the target's units: no fixed margin fits
+        return
     best = [m for m, _ in _front_values(trial)]
     if best and clear < max(best) - PRUNE_MARGIN:
         _finish(trial, f"pruned: clear validation metric {clear:.3f} far below the front", {})

@@ -35,7 +35,8 @@ studies = sa.Table(
     sa.Column("metric", sa.String(64), nullable=False),
     sa.Column("source", sa.Text, nullable=False),
     sa.Column("spec", sa.Text, nullable=False),
-    sa.Column("dataset", sa.LargeBinary, nullable=False),
+    # 4 GB: MySQL's plain BLOB would stop at 64 KB
+    sa.Column("dataset", sa.LargeBinary(length=2**32 - 1), nullable=False),
     sa.Column("created", sa.Float, nullable=False),
 )
 
@@ -99,6 +100,11 @@ class ParetoStore:
         try:
             self.engine = sa.create_engine(url)
             metadata.create_all(self.engine)
+        except ImportError as exc:
+            raise StorageError(
+                f"storage {url!r} needs a database driver that is not installed ({exc.name}); "
+                "for PostgreSQL: pip install 'autofhe[postgres]'."
+            ) from None
         except SQLAlchemyError as exc:
             raise StorageError(
                 f"cannot open storage {url!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"

@@ -126,6 +126,16 @@ def open_study(
             f"{info['fingerprint'][:12]}, source {info['source']}); this data has "
             f"{ds.fingerprint[:12]}. Use another --study name, or the original data."
         )
+    wanted = {**spec.to_json(), "split_seed": seed}
+    if info is not None:
+        stored = info["spec"]
+        changed = sorted(k for k in wanted if k != "split_seed" and stored.get(k) != wanted[k])
+        if changed:
+            raise ParameterError(
+                f"study {name!r} was created with other settings ({', '.join(changed)} differ); "
+                "resume it with the original --spec / --metric / --max-latency, or start a new "
+                "study with --study NAME."
+            )
     study = optuna.create_study(
         study_name=name,
         storage=_storage(url),
@@ -134,7 +144,7 @@ def open_study(
         load_if_exists=True,
     )
     if info is None:
-        store.register_study(name, ds, metric, spec.to_json())
+        store.register_study(name, ds, metric, wanted)
         study.set_metric_names([metric, *OBJECTIVE_NAMES])
         study.set_user_attr("autofhe_fingerprint", ds.fingerprint)
         study.set_user_attr("autofhe_task", ds.task)
@@ -182,8 +192,9 @@ class SearchSession:
             fingerprint=info["fingerprint"],
             source=info["source"],
         )
-        parts = split_dataset(ds, self.seed)
+        # One split per study, whatever the worker: scores compare, test rows never train.
         spec = info["spec"]
+        parts = split_dataset(ds, spec.get("split_seed", 0))
         return SearchContext(
             info["task"],
             info["metric"],

@@ -225,7 +225,7 @@ def test_serve_over_loopback_two_processes(study_dir, bundle):
 
     from autofhe.fhe.serve import HttpClient
 
-    _, _, X_valid = study_dir
+    work, _, X_valid = study_dir
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -250,6 +250,12 @@ def test_serve_over_loopback_two_processes(study_dir, bundle):
         assert _post(url + "/keys", b"not keys")[0] == 400
         assert _post(url + "/predict/deadbeef", b"x")[0] == 404
         assert _post(url + "/nowhere", b"x")[0] == 404
+        # keys of another model are refused, not run (concrete would abort the server)
+        other = NeuralNetClassifier(module__n_layers=1, max_epochs=1, random_state=0)
+        other.fit(X_valid, np.arange(len(X_valid)) % 3).compile(X_valid)
+        other.save(work / "other")
+        status, body = _post(url + "/keys", FheClient(work / "other").evaluation_keys())
+        assert status == 400 and b"do not belong to this model" in body
         client = HttpClient(url, bundle / "client")  # the data owner needs only client/
         key_id = client.register()
         assert _post(url + f"/predict/{key_id}", b"garbage")[0] == 400
@@ -285,3 +291,39 @@ def test_predict_bad_input_one_line_errors(bundle, tmp_path):
         result = _cli(["predict", *args, "--fhe", "disable"], tmp_path)
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_key_files_are_private_and_per_model(bundle, tmp_path):
+    keys = tmp_path / "keys"
+    client = FheClient(bundle, keys)
+    client.keygen()
+    files = list(keys.iterdir())
+    assert len(files) == 1 and files[0].name.startswith("keys-")
+    assert oct(keys.stat().st_mode & 0o777) == "0o700"
+    assert oct(files[0].stat().st_mode & 0o777) == "0o600"
+    FheClient(bundle, keys).keygen()  # the same model reuses its keys
+    assert list(keys.iterdir()) == files
+
+
+def test_predict_reads_features_only_csv(bundle, study_dir, tmp_path):
+    _, _, X_valid = study_dir
+    header = ",".join(f"f{i}" for i in range(X_valid.shape[1]))
+    rows = "\n".join(",".join(str(v) for v in row) for row in X_valid[:3])
+    (tmp_path / "x.csv").write_text(header + "\n" + rows + "\n")
+    result = _cli(
+        [
+            "predict",
+            "--model",
+            str(bundle),
+            "--data",
+            "x.csv",
+            "--fhe",
+            "disable",
+            "--out",
+            "p.npy",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    clear, _ = predict_bundle(bundle, X_valid[:3], fhe="disable")
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), clear)

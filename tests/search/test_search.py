@@ -16,7 +16,7 @@ import optuna
 import pytest
 
 from autofhe.data import load_dataset, split_dataset
-from autofhe.errors import DataError
+from autofhe.errors import DataError, ParameterError
 from autofhe.fhe.latency import CostModel
 from autofhe.search.objective import SearchContext, objective
 from autofhe.search.pareto import ParetoStore, pareto_front
@@ -137,10 +137,13 @@ def test_study_infeasible_trials_complete_resume_and_front(tmp_path, wine_ds, sp
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert all(t.constraints["latency"] > 0 for t in trials)
     assert optuna.load_study(study_name=name, storage=url).best_trials == []
-    # resuming with the same data continues the same study
-    _, _, name = open_study(wine_ds, load_spec(spec_file), url, "w", seed=0)
+    # resuming with the same data and settings continues the same study ...
+    _, _, name = open_study(wine_ds, spec, url, "w", seed=0)
     run_workers(url, name, 1, 2, None, 0, COST)
     assert len(optuna.load_study(study_name=name, storage=url).trials) == 5
+    # ... other settings are refused instead of being silently ignored
+    with pytest.raises(ParameterError, match="created with other settings \\(max_latency"):
+        open_study(wine_ds, load_spec(spec_file), url, "w", seed=0)
 
 
 def test_resume_with_other_data_is_refused_and_db_untouched(tmp_path, wine_ds, spec_file):
@@ -384,3 +387,14 @@ def test_front_keeps_one_trial_per_point():
         t.number = number
     front = pareto_front(trials)
     assert [t.number for t in front] == [2, 0]
+
+
+def test_every_worker_uses_the_study_split(tmp_path, wine_ds, spec_file):
+    from autofhe.search.study import SearchSession
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    _, store, name = open_study(wine_ds, load_spec(spec_file), url, "w", seed=3)
+    a = SearchSession(url, name, seed=3).context(store, COST)
+    b = SearchSession(url, name, seed=11).context(store, COST)  # another worker's seed
+    np.testing.assert_array_equal(a.X_test, b.X_test)
+    np.testing.assert_array_equal(a.X_test, split_dataset(wine_ds, 3)[2])
