@@ -404,16 +404,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from autofhe.data import load_features
     from autofhe.fhe.deploy import predict_bundle
 
     X = load_features(args.data, label_column=args.label_column)
     pred, _ = predict_bundle(args.model, X, fhe=args.fhe, progress=not args.quiet)
-    if args.out:
-        np.save(args.out, pred, allow_pickle=False)
-        print(f"{len(pred)} predictions ({args.fhe}) written to {args.out}")
+    return _write_predictions(pred, args.out, f"predictions ({args.fhe})")
+
+
+def _write_predictions(pred, out: str | None, what: str) -> int:
+    """To ``out`` (.npy, no pickle) when given, else one per line on stdout."""
+    import numpy as np
+
+    if out:
+        np.save(out, pred, allow_pickle=False)
+        print(f"{len(pred)} {what} written to {out}")
     else:
         for value in pred:
             print(value)
@@ -437,26 +443,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_remote_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from autofhe.data import check_X
+    from autofhe.data import load_features
     from autofhe.fhe.serve import HttpClient
 
-    try:
-        X = check_X(np.load(args.data, allow_pickle=False))
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, AutofheError):
-            raise
-        raise ParameterError(f"cannot read {args.data} as a numeric .npy ({exc}).") from None
-    client = HttpClient(args.url, args.model, args.keys)
-    pred = client.predict(X)
-    if args.out:
-        np.save(args.out, pred, allow_pickle=False)
-        print(f"{len(pred)} encrypted predictions written to {args.out}")
-    else:
-        for value in pred:
-            print(value)
-    return 0
+    X = load_features(args.data, label_column=args.label_column)
+    pred = HttpClient(args.url, args.model, args.keys).predict(X)
+    return _write_predictions(pred, args.out, "encrypted predictions")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -552,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     remote = sub.add_parser("remote-predict", help="encrypted predictions through `serve`")
     remote.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000")
     remote.add_argument("--model", required=True, help="bundle or its client/ part")
-    remote.add_argument("--data", required=True, help="X.npy")
+    remote.add_argument("--data", required=True, help="features: .npy, .npz (X) or .csv")
+    remote.add_argument("--label-column", default=None, help="for a .csv with labels")
     remote.add_argument("--keys", default=None, help="key directory (default: keys in memory)")
     remote.add_argument("--out", default=None)
     remote.set_defaults(func=_cmd_remote_predict)

@@ -88,7 +88,11 @@ class FheClient:
     def encrypt(self, X) -> list[bytes]:
         """One serialized encrypted input per row of ``X``."""
         self.keygen()
-        return [self._client.encrypt(row).serialize() for row in self.quantize(X)]
+        return [self.encrypt_row(row) for row in self.quantize(X)]
+
+    def encrypt_row(self, x_int: np.ndarray) -> bytes:
+        """One already-quantized row, encrypted and serialized (keys must exist)."""
+        return self._client.encrypt(x_int).serialize()
 
     def decrypt(self, outputs: list[bytes]) -> np.ndarray:
         """Real-valued outputs (logits or regression values) of serialized encrypted outputs."""
@@ -169,7 +173,7 @@ def predict_bundle(
                 from tqdm.auto import tqdm
 
                 rows = tqdm(rows, desc="FHE execute", unit="sample", leave=False)
-            outputs = [server.run(client._client.encrypt(x_int[i]).serialize(), keys) for i in rows]
+            outputs = [server.run(client.encrypt_row(x_int[i]), keys) for i in rows]
             real = client.decrypt(outputs)
     else:
         _, program = load_program(bundle)

@@ -146,10 +146,9 @@ class ParetoStore:
         info["spec"] = json.loads(info["spec"])
         return info
 
-    def load_data(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        info = self.study_info(name)
-        if info is None:
-            raise StorageError(f"study {name!r} has no autofhe data; start it with autofhe search.")
+    @staticmethod
+    def decode_data(info: dict) -> tuple[np.ndarray, np.ndarray]:
+        """X and y of a :meth:`study_info` row (stored as npz bytes, never pickle)."""
         with np.load(io.BytesIO(info["dataset"]), allow_pickle=False) as z:
             return z["X"], z["y"]
 

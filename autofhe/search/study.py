@@ -175,14 +175,21 @@ class SearchSession:
     name: str
     seed: int = 0
 
-    def context(self, store: ParetoStore, cost_model) -> SearchContext:
+    def _info(self, store: ParetoStore) -> dict:
+        """The study's row (spec, dataset): read once per worker, it holds the whole dataset."""
         info = store.study_info(self.name)
         if info is None:
             raise ParameterError(
                 f"study {self.name!r} is not an autofhe study in {self.url}; list them with "
                 "`autofhe studies`."
             )
-        X, y = store.load_data(self.name)
+        return info
+
+    def context(self, store: ParetoStore, cost_model) -> SearchContext:
+        return self._context(self._info(store), cost_model)
+
+    def _context(self, info: dict, cost_model) -> SearchContext:
+        X, y = ParetoStore.decode_data(info)
         X, y = check_Xy(X, y, classification=info["task"] == "classification")
         ds = Dataset(
             X=X,
@@ -264,11 +271,12 @@ class SearchSession:
 
             cost_model = load_cost_model()
         store = ParetoStore(self.url)
-        ctx = self.context(store, cost_model)
+        info = self._info(store)
+        ctx = self._context(info, cost_model)
         study = optuna.load_study(
             study_name=self.name,
             storage=_storage(self.url),
-            sampler=_sampler(ctx_sampler(store, self.name), self.seed + os.getpid()),
+            sampler=_sampler(info["spec"].get("sampler", "tpe"), self.seed + os.getpid()),
         )
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -288,11 +296,6 @@ class SearchSession:
             catch=(Exception,),
             gc_after_trial=True,
         )
-
-
-def ctx_sampler(store: ParetoStore, name: str) -> str:
-    info = store.study_info(name)
-    return (info or {}).get("spec", {}).get("sampler", "tpe")
 
 
 def _mkdir(path: Path) -> Path:
