@@ -23,7 +23,7 @@ from autofhe.fhe.latency import CostModel
 from autofhe.nn.estimators import NeuralNetClassifier, NeuralNetRegressor
 from autofhe.nn.module import hidden_width, resolve_activation
 from autofhe.nn.pruning import check_budget, input_max_abs
-from autofhe.search.space import suggest
+from autofhe.search.space import suggest, to_estimator_params
 
 __all__ = ["METRICS", "SearchContext", "evaluate_metric", "objective"]
 
@@ -96,7 +96,16 @@ class SearchContext:
 
     def estimator(self, params: dict[str, Any]):
         cls = NeuralNetClassifier if self.task == "classification" else NeuralNetRegressor
-        return cls(random_state=self.seed, **{**self.fixed, **params})
+        merged = to_estimator_params({**self.fixed, **params})
+        return cls(
+            random_state=self.seed,
+            **{k: v for k, v in merged.items() if k not in COMPILE_PARAMS},
+        )
+
+    def compile_kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``compile__*`` parameters, as keyword arguments of ``model.compile``."""
+        merged = to_estimator_params({**self.fixed, **params})
+        return {k.removeprefix("compile__"): merged[k] for k in COMPILE_PARAMS if k in merged}
 
     def score(self, model, X, y, fhe: str) -> float:
         if self.task == "regression":
@@ -107,6 +116,8 @@ class SearchContext:
 
 
 CONSTRAINTS = ("budget", "compile", "latency", "key_size")
+#: Trial parameters that go to ``model.compile`` rather than to the estimator.
+COMPILE_PARAMS = ("compile__lookup_bits",)
 
 
 def _finish(trial, reason: str | None, violated: dict[str, float]) -> None:
@@ -156,7 +167,7 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
 
     t0 = time.perf_counter()
     try:
-        model.compile(ctx.X_train)
+        model.compile(ctx.X_train, **ctx.compile_kwargs(params))
     except CompilationError as exc:
         _finish(trial, f"compile: {str(exc).splitlines()[0]}", {"compile": 1.0})
         return worst

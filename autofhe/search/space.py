@@ -1,5 +1,6 @@
 """The search space: names are estimator parameters, so ``est.set_params(**trial.params)``
-rebuilds any trial.
+rebuilds any trial, except ``compile__lookup_bits``, which goes to ``est.compile``
+(``"auto"``: the default rounding; an integer: every table lookup at most that many bits).
 
 A space maps a parameter to one of
 - ``{"low": a, "high": b}`` (int when both are ints), optional ``"log": true`` / ``"step"``;
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from autofhe.errors import ParameterError
+from autofhe.nn.estimators import LR_SCHEDULES
 from autofhe.nn.module import ACTIVATIONS, SEED_ACTIVATIONS
 
 __all__ = ["DEFAULT_SPACE", "SEED_CONFIG", "suggest", "validate_space"]
@@ -26,6 +28,9 @@ DEFAULT_SPACE: dict[str, Any] = {
     "power_of_two_scaling": [True, False],
     "lr": {"low": 1e-4, "high": 1e-1, "log": True},
     "max_epochs": {"low": 10, "high": 100, "log": True},
+    "lr_schedule": ["constant", "cosine"],
+    "optimizer__weight_decay": [0.0, 1e-4, 1e-3, 1e-2],
+    "compile__lookup_bits": ["auto", 5, 6],
 }
 
 #: The seed's documented configuration, enqueued as every study's first trial.
@@ -39,6 +44,9 @@ SEED_CONFIG: dict[str, Any] = {
     "power_of_two_scaling": True,
     "lr": 0.001,
     "max_epochs": 10,
+    "lr_schedule": "constant",
+    "optimizer__weight_decay": 0.0,
+    "compile__lookup_bits": "auto",
 }
 
 #: Parameters a space may search, and what each must be.
@@ -53,6 +61,9 @@ _KNOWN = {
     "lr": ("float", 1e-7, 10.0),
     "max_epochs": ("int", 1, 10_000),
     "batch_size": ("int", 1, 1_000_000),
+    "lr_schedule": ("schedule", None, None),
+    "optimizer__weight_decay": ("float", 0.0, 1.0),
+    "compile__lookup_bits": ("lookup", 2, 16),
 }
 
 
@@ -66,13 +77,25 @@ def _check_value(name: str, kind: str, low, high, value) -> None:
         bad = "true or false"
     elif kind == "activation" and value not in ACTIVATIONS:
         bad = f"one of {', '.join(ACTIVATIONS)}"
+    elif kind == "schedule" and value not in LR_SCHEDULES:
+        bad = f"one of {', '.join(LR_SCHEDULES)}"
+    elif (
+        kind == "lookup"
+        and value != "auto"
+        and (isinstance(value, bool) or not isinstance(value, int))
+    ):
+        bad = '"auto" or an integer'
     elif (
         kind == "accum"
         and value != "none"
         and (isinstance(value, bool) or not isinstance(value, int))
     ):
         bad = '"none" or an integer'
-    if bad is None and kind in ("int", "float", "accum") and value != "none":
+    if (
+        bad is None
+        and kind in ("int", "float", "accum", "lookup")
+        and value not in ("none", "auto")
+    ):
         if not low <= value <= high:
             bad = f"within [{low}, {high}]"
     if bad:
@@ -132,8 +155,10 @@ def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_estimator_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Trial parameters -> estimator parameters (only ``n_accum_bits="none"`` changes)."""
+    """Trial parameters -> estimator parameters (``"none"`` / ``"auto"`` become None)."""
     out = dict(params)
     if out.get("n_accum_bits") == "none":
         out["n_accum_bits"] = None
+    if out.get("compile__lookup_bits") == "auto":
+        out["compile__lookup_bits"] = None
     return out

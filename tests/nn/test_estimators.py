@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+import skorch
 import torch
 from scipy import sparse
 from sklearn.base import clone
@@ -298,6 +299,7 @@ def test_empty_data(toy):
             {"module__n_hidden_neurons_multiplier": -1},
             "module__n_hidden_neurons_multiplier=-1 must be a positive finite number",
         ),
+        ({"lr_schedule": "linear"}, "lr_schedule='linear' is not a schedule; use one of"),
     ],
 )
 def test_out_of_range_parameters(toy, params, message):
@@ -341,3 +343,41 @@ def test_raw_features_need_no_scaler(breast_cancer):
     raw = NeuralNetClassifier(random_state=0).fit(Xtr * factor + shift, ytr)
     assert raw.score(Xte * factor + shift, yte) >= scaled - 0.03
     np.testing.assert_allclose(raw.program.input_offset, (Xtr * factor + shift).mean(0), rtol=1e-4)
+
+
+class _EvalLoss(skorch.callbacks.Callback):
+    """Loss of the quantized network in inference mode after every epoch."""
+
+    def __init__(self, X, y):
+        self.X, self.y = torch.from_numpy(X), torch.from_numpy(y)
+
+    def initialize(self):
+        self.losses = []
+        return self
+
+    @torch.no_grad()
+    def on_epoch_end(self, net, **kwargs):
+        net.module_.eval()
+        self.losses.append(float(net.criterion_(net.module_(self.X), self.y)))
+        net.module_.train()
+
+
+def test_training_ends_on_its_best_epoch(toy):
+    X, y = toy
+    record = _EvalLoss(X, y.astype(np.int64))
+    # a high constant rate makes the loss jump around from epoch to epoch
+    model = NeuralNetClassifier(
+        random_state=0, lr=0.2, max_epochs=30, batch_size=8, callbacks=[record]
+    ).fit(X, y)
+    assert min(record.losses) < record.losses[-1]  # the last epoch is not the best one here
+    with torch.no_grad():
+        final = float(model.criterion_(model.module_(record.X), record.y))
+    assert final == pytest.approx(min(record.losses), rel=1e-6)
+
+
+@pytest.mark.parametrize(("schedule", "final_lr"), [("constant", 0.01), ("cosine", 0.0)])
+def test_lr_schedule(toy, schedule, final_lr):
+    X, y = toy
+    model = NeuralNetClassifier(random_state=0, lr=0.01, max_epochs=8, lr_schedule=schedule)
+    model.fit(X, y)
+    assert model.optimizer_.param_groups[0]["lr"] == pytest.approx(final_lr, abs=1e-12)

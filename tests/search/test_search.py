@@ -71,6 +71,9 @@ def test_objective_through_fixed_trial(wine_ds):
         "power_of_two_scaling": True,
         "lr": 0.003,
         "max_epochs": 20,
+        "lr_schedule": "cosine",
+        "optimizer__weight_decay": 1e-4,
+        "compile__lookup_bits": 5,
     }
     trial = optuna.trial.FixedTrial(params)
     metric, latency = objective(trial, ctx)
@@ -79,7 +82,7 @@ def test_objective_through_fixed_trial(wine_ds):
     assert trial.user_attrs["feasible"] is True
     assert trial.user_attrs["simulated_valid"] == metric
     assert trial.user_attrs["lookups_per_layer"] == [6]
-    assert trial.user_attrs["max_lookup_bits"] <= 8
+    assert trial.user_attrs["max_lookup_bits"] == 5  # compile__lookup_bits went to compile
     assert max(trial.user_attrs["accumulator_bits"]) <= 8
     assert all(v == 0 for v in trial.constraints.values())
     assert set(trial.constraints) == {"budget", "compile", "latency", "key_size"}
@@ -98,6 +101,9 @@ def test_impossible_budget_is_infeasible_before_training(wine_ds):
             "power_of_two_scaling": True,
             "lr": 0.01,
             "max_epochs": 5,
+            "lr_schedule": "constant",
+            "optimizer__weight_decay": 0.0,
+            "compile__lookup_bits": "auto",
         }
     )
     objective(trial, ctx)
@@ -119,6 +125,9 @@ def test_latency_over_the_limit_is_a_violated_constraint(wine_ds):
             "power_of_two_scaling": True,
             "lr": 0.01,
             "max_epochs": 5,
+            "lr_schedule": "constant",
+            "optimizer__weight_decay": 0.0,
+            "compile__lookup_bits": "auto",
         }
     )
     objective(trial, ctx)
@@ -398,3 +407,18 @@ def test_every_worker_uses_the_study_split(tmp_path, wine_ds, spec_file):
     b = SearchSession(url, name, seed=11).context(store, COST)  # another worker's seed
     np.testing.assert_array_equal(a.X_test, b.X_test)
     np.testing.assert_array_equal(a.X_test, split_dataset(wine_ds, 3)[2])
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"compile__lookup_bits": ["auto", "fast"]}, "'fast' must be \"auto\" or an integer"),
+        ({"compile__lookup_bits": [5, 40]}, "40 must be within \\[2, 16\\]"),
+        ({"lr_schedule": ["cosine", "step"]}, "'step' must be one of constant, cosine"),
+    ],
+)
+def test_space_values_are_checked(space, message):
+    from autofhe.search.space import validate_space
+
+    with pytest.raises(ParameterError, match=message):
+        validate_space(space)
