@@ -35,6 +35,8 @@ warnings.filterwarnings("ignore")
 ANCHOR_LOOKUP_S = {2: 0.009, 3: 0.009, 4: 0.0115, 5: 0.012, 6: 0.028, 7: 0.062, 8: 0.144}
 E50 = {"max_epochs": 50, "lr": 0.003}
 E100 = {"max_epochs": 100, "lr": 0.01}
+#: Many epochs, cosine-annealed: steady training of tiny hidden layers.
+E300C = {"max_epochs": 300, "lr": 0.02, "lr_schedule": "cosine"}
 CONFIGS = [
     ("breast_cancer", "linear 3/3 bits", {**E50, "module__n_layers": 1}, {}),
     (
@@ -88,6 +90,19 @@ CONFIGS = [
     ),
     (
         "digits",
+        "linear 8/3 bits, cosine, weight decay 1e-3",
+        {
+            **E100,
+            "module__n_layers": 1,
+            "n_w_bits": 8,
+            "n_a_bits": 3,
+            "lr_schedule": "cosine",
+            "optimizer__weight_decay": 1e-3,
+        },
+        {},
+    ),
+    (
+        "digits",
         "16 ReLU, 5-bit lookups",
         {**E100, "module__n_hidden_neurons_multiplier": 0.25},
         {"lookup_bits": 5},
@@ -103,6 +118,18 @@ CONFIGS = [
         "16 ReLU 4/3 bits, 6-bit lookups",
         {**E100, "module__n_hidden_neurons_multiplier": 8, "n_a_bits": 4},
         {"lookup_bits": 6},
+    ),
+    (
+        "circles",
+        "6 ReLU 3/3, acc 6, cosine 300 ep",
+        {**E300C, "module__n_hidden_neurons_multiplier": 3, "n_accum_bits": 6},
+        {},
+    ),
+    (
+        "circles",
+        "8 ReLU 4/3, acc 8, cosine 300 ep, 5-bit lookups",
+        {**E300C, "module__n_hidden_neurons_multiplier": 4, "n_a_bits": 4, "n_accum_bits": 8},
+        {"lookup_bits": 5},
     ),
 ]
 
