@@ -22,7 +22,36 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from autofhe.errors import StorageError
 
-__all__ = ["ParetoStore", "StorageError", "pareto_front"]
+__all__ = ["ParetoStore", "StorageError", "pareto_front", "serialize_sqlite"]
+
+#: Seconds an SQLite writer waits for another worker's transaction before giving up.
+SQLITE_LOCK_TIMEOUT_S = 60
+
+
+def serialize_sqlite(engine: sa.Engine) -> sa.Engine:
+    """Make every transaction on an SQLite ``engine`` take the write lock when it begins.
+
+    SQLite ignores ``SELECT ... FOR UPDATE``, so two workers can both read a WAITING trial
+    (the enqueued seed, a retried one) and both start it; the second then crashes when it
+    reports a trial that is already COMPLETE. ``BEGIN IMMEDIATE`` serializes such read-then-
+    write sequences, which is what PostgreSQL's row locks give Optuna. Other engines are
+    returned unchanged.
+    """
+    if engine.dialect.name != "sqlite":
+        return engine
+
+    @sa.event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # the driver's own BEGIN would be DEFERRED
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_LOCK_TIMEOUT_S * 1000}")
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin_immediate(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners existed are dropped
+    return engine
+
 
 metadata = sa.MetaData()
 
@@ -66,8 +95,9 @@ points = sa.Table(
 def pareto_front(trials) -> list:
     """Feasible COMPLETE trials not dominated on (metric max, latency min), by metric.
 
-    Trials with exactly the same values are one point: the earliest stands for it (it is the
-    one whose latency was measured and whose model was stored when it entered the front).
+    Trials with exactly the same values are one point: the first to complete stands for it.
+    It is the one whose latency was measured and whose model was stored when it entered the
+    front (with several workers, trial numbers do not give the order in which trials finish).
     """
     import optuna
 
@@ -88,9 +118,14 @@ def pareto_front(trials) -> list:
         if not dominated:
             front.append(t)
     first: dict[tuple, object] = {}
-    for t in sorted(front, key=lambda t: t.number):
+    for t in sorted(front, key=_completion_order):
         first.setdefault(tuple(t.values), t)
     return sorted(first.values(), key=lambda t: (-t.values[0], t.values[1], t.number))
+
+
+def _completion_order(trial) -> tuple:
+    done = trial.datetime_complete
+    return (done is None, done.timestamp() if done else 0.0, trial.number)
 
 
 class ParetoStore:
@@ -98,7 +133,7 @@ class ParetoStore:
 
     def __init__(self, url: str):
         try:
-            self.engine = sa.create_engine(url)
+            self.engine = serialize_sqlite(sa.create_engine(url))
             metadata.create_all(self.engine)
         except ImportError as exc:
             raise StorageError(

@@ -23,7 +23,7 @@ import optuna
 from autofhe.data import Dataset, check_Xy, split_dataset
 from autofhe.errors import DataError, ParameterError
 from autofhe.search.objective import METRICS, SearchContext, objective
-from autofhe.search.pareto import ParetoStore, pareto_front
+from autofhe.search.pareto import ParetoStore, pareto_front, serialize_sqlite
 from autofhe.search.space import SEED_CONFIG
 from autofhe.search.spec import Spec
 
@@ -78,7 +78,7 @@ def default_study_name(ds: Dataset, metric: str) -> str:
 
 
 def _storage(url: str) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(
+    storage = optuna.storages.RDBStorage(
         url,
         heartbeat_interval=HEARTBEAT_S,
         grace_period=GRACE_S,
@@ -86,6 +86,8 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
             max_retry=2
         ),
     )
+    serialize_sqlite(storage.engine)  # workers must not both pop the same waiting trial
+    return storage
 
 
 def _sampler(spec_sampler: str, seed: int | None):

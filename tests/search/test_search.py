@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
@@ -305,7 +306,8 @@ def test_cli_search_resume_pareto_matches_optuna(tmp_path, spec_file):
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/autofhe.db")
     assert len(study.trials) == 4
     ours = json.loads(_run(["pareto", "--study", name, "--format", "json"], tmp_path).stdout)
-    # Optuna lists every trial of a tied point; we list each point once, by its first trial
+    # Optuna lists every trial of a tied point; we list each point once, by the first to
+    # complete (one worker here: the lowest number)
     points = {tuple(t.values): t.number for t in sorted(study.best_trials, key=lambda t: -t.number)}
     assert {r["trial"] for r in ours} == set(points.values())
     # Optuna's own command line reads the same database and lists the same front
@@ -396,6 +398,10 @@ def test_front_keeps_one_trial_per_point():
         t.number = number
     front = pareto_front(trials)
     assert [t.number for t in front] == [2, 0]
+    # With several workers a later trial can finish first: the first to complete stands for
+    # the point (it is the one that was measured and stored when it entered the front).
+    trials[1].datetime_complete = trials[0].datetime_complete - datetime.timedelta(seconds=5)
+    assert [t.number for t in pareto_front(trials)] == [2, 1]
 
 
 def test_every_worker_uses_the_study_split(tmp_path, wine_ds, spec_file):
