@@ -143,7 +143,13 @@ def compile_program(
     from concrete import fhe
 
     _check_lookup_bits(program)
-    config = configuration if configuration is not None else fhe.Configuration()
+    # concrete otherwise writes a debug dump (.artifacts/) into the working directory on
+    # failures, which our CompilationError already explains.
+    config = (
+        configuration
+        if configuration is not None
+        else fhe.Configuration(dump_artifacts_on_unexpected_failures=False)
+    )
     kwargs = {}
     if p_error is not None:
         kwargs = {"p_error": p_error, "global_p_error": None}
