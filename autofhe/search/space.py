@@ -65,6 +65,9 @@ _KNOWN = {
     "optimizer__weight_decay": ("float", 0.0, 1.0),
     "compile__lookup_bits": ("lookup", 2, 16),
 }
+#: Integer kinds that also take one word, which the estimator receives as None.
+_WORDS = {"accum": "none", "lookup": "auto"}
+_WORD_PARAMS = {name: _WORDS[kind] for name, (kind, _, _) in _KNOWN.items() if kind in _WORDS}
 
 
 def _check_value(name: str, kind: str, low, high, value) -> None:
@@ -79,23 +82,10 @@ def _check_value(name: str, kind: str, low, high, value) -> None:
         bad = f"one of {', '.join(ACTIVATIONS)}"
     elif kind == "schedule" and value not in LR_SCHEDULES:
         bad = f"one of {', '.join(LR_SCHEDULES)}"
-    elif (
-        kind == "lookup"
-        and value != "auto"
-        and (isinstance(value, bool) or not isinstance(value, int))
-    ):
-        bad = '"auto" or an integer'
-    elif (
-        kind == "accum"
-        and value != "none"
-        and (isinstance(value, bool) or not isinstance(value, int))
-    ):
-        bad = '"none" or an integer'
-    if (
-        bad is None
-        and kind in ("int", "float", "accum", "lookup")
-        and value not in ("none", "auto")
-    ):
+    elif kind in _WORDS and value != _WORDS[kind]:
+        if isinstance(value, bool) or not isinstance(value, int):
+            bad = f'"{_WORDS[kind]}" or an integer'
+    if bad is None and kind in ("int", "float", *_WORDS) and value != _WORDS.get(kind):
         if not low <= value <= high:
             bad = f"within [{low}, {high}]"
     if bad:
@@ -157,8 +147,7 @@ def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
 def to_estimator_params(params: dict[str, Any]) -> dict[str, Any]:
     """Trial parameters -> estimator parameters (``"none"`` / ``"auto"`` become None)."""
     out = dict(params)
-    if out.get("n_accum_bits") == "none":
-        out["n_accum_bits"] = None
-    if out.get("compile__lookup_bits") == "auto":
-        out["compile__lookup_bits"] = None
+    for name, word in _WORD_PARAMS.items():
+        if out.get(name) == word:
+            out[name] = None
     return out
