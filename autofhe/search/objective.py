@@ -1,10 +1,11 @@
 """One trial: fit -> compile -> simulate -> latency -> constraints -> user attributes.
 
 Objectives: the metric of the FHE-simulated predictions on the validation split (maximised)
-and the predicted FHE latency per sample (minimised). A configuration that cannot become a
-usable circuit (impossible accumulator budget, compile failure, latency or keys over the
-limits) ends COMPLETE with a violated constraint and the reason in ``reason``, so the sampler
-learns from it; FAIL is for crashes only.
+and the predicted FHE latency per sample (minimised). A trial entering the Pareto front is
+refit on training + validation rows; that model is the one measured, stored and exported.
+A configuration that cannot become a usable circuit (impossible accumulator budget, compile
+failure, latency or keys over the limits) ends COMPLETE with a violated constraint and the
+reason in ``reason``, so the sampler learns from it; FAIL is for crashes only.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ class SearchContext:
     seed: int = 0
     fixed: dict[str, Any] = field(default_factory=dict)
     #: Called as ``front_hook(trial, model, X_valid, predicted_latency)`` for a trial entering
-    #: the Pareto front
-    #: (the study measures its latency and stores its compiled model there).
+    #: the Pareto front, with the model refit on training + validation rows (the study
+    #: measures its latency and stores it there).
     front_hook: Callable | None = None
 
     def estimator(self, params: dict[str, Any]):
@@ -106,6 +107,17 @@ class SearchContext:
         """``compile__*`` parameters, as keyword arguments of ``model.compile``."""
         merged = to_estimator_params({**self.fixed, **params})
         return {k.removeprefix("compile__"): merged[k] for k in COMPILE_PARAMS if k in merged}
+
+    def refit(self, params: dict[str, Any]):
+        """The trial's configuration trained and compiled on training + validation rows.
+
+        Selection used the validation rows; the model that ships learns from them too (the
+        test rows stay unseen), which matters on small datasets.
+        """
+        X = np.concatenate([self.X_train, self.X_valid])
+        y = np.concatenate([self.y_train, self.y_valid])
+        model = self.estimator(params).fit(X, y)
+        return model.compile(X, **self.compile_kwargs(params))
 
     def score(self, model, X, y, fhe: str) -> float:
         if self.task == "regression":
@@ -203,8 +215,26 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
         reasons.append(f"key_size: {keys / 1e9:.1f} GB > max {ctx.max_key_size / 1e9:.1f} GB")
     _finish(trial, "; ".join(reasons) or None, violated)
     if not violated and ctx.front_hook is not None and _enters_front(trial, simulated, latency):
-        ctx.front_hook(trial, model, ctx.X_valid, latency)
+        ctx.front_hook(trial, _final_model(trial, ctx, params, model), ctx.X_valid, latency)
     return simulated, latency
+
+
+def _final_model(trial, ctx: SearchContext, params: dict[str, Any], model):
+    """The model a front trial ships: refit on training + validation rows when that compiles
+    within the limits, else the one the trial scored."""
+    t0 = time.perf_counter()
+    try:
+        final = ctx.refit(params)
+    except AutofheError as exc:
+        trial.set_user_attr("refit_error", str(exc).splitlines()[0])
+        return model
+    if final.fhe_report()["size_of_evaluation_keys"] > ctx.max_key_size:
+        trial.set_user_attr("refit_error", "refit model's keys are over max_key_size")
+        return model
+    trial.set_user_attr("refit_s", round(time.perf_counter() - t0, 3))
+    trial.set_user_attr("final_clear_test", ctx.score(final, ctx.X_test, ctx.y_test, "disable"))
+    trial.set_user_attr("final_lookup_bits_per_layer", final.fhe_report()["lookup_bits_per_layer"])
+    return final
 
 
 def _front_values(trial) -> list[tuple[float, float]]:
