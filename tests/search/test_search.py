@@ -21,6 +21,7 @@ from autofhe.errors import DataError, ParameterError
 from autofhe.fhe.latency import CostModel
 from autofhe.search.objective import SearchContext, objective
 from autofhe.search.pareto import ParetoStore, pareto_front
+from autofhe.search.space import SEED_CONFIG
 from autofhe.search.spec import load_spec
 from autofhe.search.study import open_study, run_workers
 
@@ -87,6 +88,21 @@ def test_objective_through_fixed_trial(wine_ds):
     assert max(trial.user_attrs["accumulator_bits"]) <= 8
     assert all(v == 0 for v in trial.constraints.values())
     assert set(trial.constraints) == {"budget", "compile", "latency", "key_size"}
+
+
+def test_front_model_is_refit_on_training_and_validation_rows(wine_ds):
+    shipped = []
+    ctx = _context(wine_ds, front_hook=lambda trial, model, X, lat: shipped.append(model))
+    params = {**SEED_CONFIG, "module__n_layers": 1, "n_w_bits": 4, "n_a_bits": 4, "max_epochs": 5}
+    trial = optuna.trial.FixedTrial(params)
+    objective(trial, ctx)  # FixedTrial has no study: its point enters the (empty) front
+    (model,) = shipped
+    # the shipped model standardizes with the mean of every row it learned from
+    seen = np.concatenate([ctx.X_train, ctx.X_valid])
+    np.testing.assert_allclose(model.module_.input_offset.numpy(), seen.mean(axis=0), rtol=1e-4)
+    assert model.fhe_report()["pbs_count"] == 0  # compiled, as the trial's own model
+    test_acc = float(np.mean(model.predict(ctx.X_test) == ctx.y_test))
+    assert trial.user_attrs["final_clear_test"] == pytest.approx(test_acc)
 
 
 def test_impossible_budget_is_infeasible_before_training(wine_ds):
