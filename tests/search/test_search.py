@@ -107,22 +107,8 @@ def test_front_model_is_refit_on_training_and_validation_rows(wine_ds):
 
 def test_impossible_budget_is_infeasible_before_training(wine_ds):
     ctx = _context(wine_ds)
-    trial = optuna.trial.FixedTrial(
-        {
-            "module__n_layers": 2,
-            "module__activation_function": "ReLU",
-            "module__n_hidden_neurons_multiplier": 0.5,
-            "n_w_bits": 6,
-            "n_a_bits": 6,
-            "n_accum_bits": 6,
-            "power_of_two_scaling": True,
-            "lr": 0.01,
-            "max_epochs": 5,
-            "lr_schedule": "constant",
-            "optimizer__weight_decay": 0.0,
-            "compile__lookup_bits": "auto",
-        }
-    )
+    params = {**SEED_CONFIG, "module__n_hidden_neurons_multiplier": 0.5, "max_epochs": 5}
+    trial = optuna.trial.FixedTrial({**params, "n_w_bits": 6, "n_a_bits": 6, "n_accum_bits": 6})
     objective(trial, ctx)
     assert trial.constraints["budget"] > 0
     assert "n_accum_bits=6 is too small" in trial.user_attrs["reason"]
@@ -131,22 +117,7 @@ def test_impossible_budget_is_infeasible_before_training(wine_ds):
 
 def test_latency_over_the_limit_is_a_violated_constraint(wine_ds):
     ctx = _context(wine_ds, max_latency=1e-6)
-    trial = optuna.trial.FixedTrial(
-        {
-            "module__n_layers": 1,
-            "module__activation_function": "ReLU",
-            "module__n_hidden_neurons_multiplier": 1.0,
-            "n_w_bits": 3,
-            "n_a_bits": 3,
-            "n_accum_bits": "none",
-            "power_of_two_scaling": True,
-            "lr": 0.01,
-            "max_epochs": 5,
-            "lr_schedule": "constant",
-            "optimizer__weight_decay": 0.0,
-            "compile__lookup_bits": "auto",
-        }
-    )
+    trial = optuna.trial.FixedTrial({**SEED_CONFIG, "module__n_layers": 1, "max_epochs": 5})
     objective(trial, ctx)
     assert trial.constraints["latency"] > 0
     assert trial.user_attrs["reason"].startswith("latency: predicted")
