@@ -61,17 +61,10 @@ class KeepBestEpoch(Callback):
         self._y = torch.as_tensor(np.asarray(y)[rows])
         self._best = (np.inf, None)
 
-    @torch.no_grad()
     def on_epoch_end(self, net, **kwargs):
-        module = net.module_
-        was_training = module.training
-        module.eval()
-        try:
-            loss = float(net.criterion_(module(self._X), self._y))
-        finally:
-            module.train(was_training)
-        if np.isfinite(loss) and loss < self._best[0]:
-            self._best = (loss, copy.deepcopy(module.state_dict()))
+        loss = net._quantized_loss(self._X, self._y)
+        if loss < self._best[0]:
+            self._best = (loss, copy.deepcopy(net.module_.state_dict()))
 
     def on_train_end(self, net, **kwargs):
         if self._best[1] is not None:
@@ -91,6 +84,7 @@ class _QuantNet:
         n_accum_bits,
         power_of_two_scaling,
         lr_schedule,
+        n_init,
         random_state,
     ):
         for key in _INFERRED:
@@ -111,6 +105,7 @@ class _QuantNet:
         self.n_accum_bits = n_accum_bits
         self.power_of_two_scaling = power_of_two_scaling
         self.lr_schedule = lr_schedule
+        self.n_init = n_init
         self.random_state = random_state
         return kwargs
 
@@ -150,6 +145,7 @@ class _QuantNet:
             self.n_w_bits,
             self.n_a_bits,
             self.n_accum_bits,
+            getattr(self, "module__lookup_bits", None),
         )
         resolve_activation(self.module__activation_function)
         if self.lr_schedule not in LR_SCHEDULES:
@@ -157,26 +153,54 @@ class _QuantNet:
                 f"lr_schedule={self.lr_schedule!r} is not a schedule; use one of "
                 f"{', '.join(map(repr, LR_SCHEDULES))}."
             )
+        if isinstance(self.n_init, bool) or not isinstance(self.n_init, (int, np.integer)):
+            raise ParameterError(f"n_init={self.n_init!r} must be a positive integer.")
+        if self.n_init < 1:
+            raise ParameterError(f"n_init={self.n_init} must be at least 1 (one training run).")
 
     def _fit_quant(self, X, y_train, *, reinit: bool, **fit_params):
         self._check_params()
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        # A private RNG stream: same seed + same data = the same model, and the caller's
-        # global torch RNG is left as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            if reinit or not self.initialized_:
-                self.initialize()
-                rows = torch.randperm(len(X))[:_INIT_ROWS].numpy()
-                self.module_.data_init(
-                    torch.from_numpy(X[rows]), torch.from_numpy(self._init_targets(y_train[rows]))
-                )
-            skorch.NeuralNet.partial_fit(self, X, y_train, **fit_params)
+        random_state = check_random_state(self.random_state)
+        seeds = [int(random_state.randint(np.iinfo(np.int32).max)) for _ in range(self.n_init)]
+        rows = None
+        best = None  # (training loss, module state, history)
+        for seed in seeds if reinit or not self.initialized_ else seeds[:1]:
+            # A private RNG stream: same seed + same data = the same model, and the caller's
+            # global torch RNG is left as it was.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                if reinit or not self.initialized_:
+                    self.initialize()
+                    rows = torch.randperm(len(X))[:_INIT_ROWS].numpy()
+                    self.module_.data_init(
+                        torch.from_numpy(X[rows]),
+                        torch.from_numpy(self._init_targets(y_train[rows])),
+                    )
+                skorch.NeuralNet.partial_fit(self, X, y_train, **fit_params)
+            if len(seeds) > 1 and rows is not None:
+                loss = self._quantized_loss(X[rows], y_train[rows])
+                if best is None or loss < best[0]:
+                    best = (loss, copy.deepcopy(self.module_.state_dict()), self.history_)
+        if best is not None:
+            self.module_.load_state_dict(best[1])
+            self.history_ = best[2]
         for stale in ("fhe_program_", "fhe_circuit_", "fhe_report_"):
             self.__dict__.pop(stale, None)
         self.program_ = build_program(self.module_)
         self.accumulator_bits_ = self.program_.accumulator_bits
         return self
+
+    @torch.no_grad()
+    def _quantized_loss(self, X, y) -> float:
+        """The criterion of the quantized network in inference mode (what predict runs)."""
+        module = self.module_
+        was_training = module.training
+        module.eval()
+        try:
+            loss = float(self.criterion_(module(torch.as_tensor(X)), torch.as_tensor(y)))
+        finally:
+            module.train(was_training)
+        return loss if np.isfinite(loss) else np.inf
 
     def fit(self, X, y, **fit_params):
         """Train from scratch (or continue, with ``warm_start=True``); returns self."""
@@ -236,13 +260,17 @@ class _QuantNet:
         rounding : "auto" (truncate wide accumulators where the outputs on ``X`` barely
             change; bit-exact), "none" (lookups on whole accumulators), or "approximate"
             (concrete's one-PBS approximate rounding: cheaper, not bit-exact).
-        lookup_bits : force every table lookup to at most this many bits.
+        lookup_bits : force every table lookup to at most this many bits. Default: the
+            ``module__lookup_bits`` the model was trained for, if any (then training already
+            saw the truncation this compiles).
 
         After compiling, ``predict(X, fhe="disable")`` runs the compiled integer program (the
         same function the circuit computes, rounding included).
         """
         program = self.program
         X = check_X(X, n_features=program.n_features, estimator=type(self).__name__)
+        if lookup_bits is None and rounding != "none":
+            lookup_bits = self.module_.lookup_bits
         lsbs = choose_lsbs(
             program, program.quantize(X), rounding, lookup_bits, agreement=self._agreement
         )
@@ -303,8 +331,6 @@ class _QuantNet:
 
 
 class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
-    _classification = True
-
     """Quantization-aware MLP classifier that compiles to a TFHE circuit.
 
     Parameters
@@ -319,11 +345,20 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
         Learning rate over the epochs: constant, or cosine-annealed from ``lr`` to 0 (steadier
         for small networks trained many epochs). Either way, training ends on the weights of
         its best epoch (lowest training loss of the quantized network), not its last.
+    n_init : int, default 1
+        Train this many networks from different initialisations and keep the one with the
+        lowest training loss (quantized network, inference mode). Tiny networks depend a lot
+        on their start: on circles, 6 hidden neurons reach 0.84-0.91 test accuracy from one
+        seed to the next.
     module__n_layers : int, default 2
         Number of linear layers (1 = a quantized linear model).
     module__activation_function : torch activation class, default torch.nn.ReLU
     module__n_hidden_neurons_multiplier : float, default 4
         Hidden width = max(1, round(n_features * multiplier)).
+    module__lookup_bits : int or None, default None
+        Train for hidden table lookups of this precision: the circuit drops the low bits of
+        wider accumulators before each lookup, and training sees the same truncation.
+        ``compile`` then uses it as its ``lookup_bits``.
     criterion__weight : array-like, optional
         Class weights, in the order of ``classes_``.
     random_state : int, RandomState or None
@@ -332,6 +367,8 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
     Every other skorch option (``batch_size``, ``optimizer``, ``callbacks``, ``train_split``,
     ``iterator_train__shuffle``, ...) works as in skorch.
     """
+
+    _classification = True
 
     def __init__(
         self,
@@ -348,6 +385,7 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
         n_accum_bits=None,
         power_of_two_scaling=True,
         lr_schedule="constant",
+        n_init=1,
         random_state=None,
         **kwargs,
     ):
@@ -358,6 +396,7 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
             n_accum_bits,
             power_of_two_scaling,
             lr_schedule,
+            n_init,
             random_state,
         )
         super().__init__(
@@ -413,14 +452,14 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
 
 
 class NeuralNetRegressor(_QuantNet, skorch.NeuralNetRegressor):
-    _classification = False
-
     """Quantization-aware MLP regressor that compiles to a TFHE circuit.
 
     Same parameters as :class:`NeuralNetClassifier` (``criterion`` defaults to MSE). Targets
     are standardized for training and restored in the clear after the circuit, so their scale
     costs no precision.
     """
+
+    _classification = False
 
     def __init__(
         self,
@@ -437,6 +476,7 @@ class NeuralNetRegressor(_QuantNet, skorch.NeuralNetRegressor):
         n_accum_bits=None,
         power_of_two_scaling=True,
         lr_schedule="constant",
+        n_init=1,
         random_state=None,
         **kwargs,
     ):
@@ -447,6 +487,7 @@ class NeuralNetRegressor(_QuantNet, skorch.NeuralNetRegressor):
             n_accum_bits,
             power_of_two_scaling,
             lr_schedule,
+            n_init,
             random_state,
         )
         super().__init__(

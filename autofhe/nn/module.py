@@ -41,6 +41,8 @@ from autofhe.nn.pruning import (
     check_budget,
     input_max_abs,
     neuron_keep_mask,
+    signed_bits,
+    worst_case_accumulator,
 )
 
 __all__ = [
@@ -144,6 +146,7 @@ class QuantMLP(nn.Module):
         n_a_bits: int = 3,
         n_accum_bits: int | None = None,
         power_of_two_scaling: bool = True,
+        lookup_bits: int | None = None,
     ):
         super().__init__()
         self._init_kwargs = dict(
@@ -156,13 +159,15 @@ class QuantMLP(nn.Module):
             n_a_bits=n_a_bits,
             n_accum_bits=n_accum_bits,
             power_of_two_scaling=power_of_two_scaling,
+            lookup_bits=lookup_bits,
         )
         validate_module_params(
-            n_layers, n_hidden_neurons_multiplier, n_w_bits, n_a_bits, n_accum_bits
+            n_layers, n_hidden_neurons_multiplier, n_w_bits, n_a_bits, n_accum_bits, lookup_bits
         )
         self.activation_cls = resolve_activation(activation_function)
         self.n_w_bits, self.n_a_bits = int(n_w_bits), int(n_a_bits)
         self.n_accum_bits = None if n_accum_bits is None else int(n_accum_bits)
+        self.lookup_bits = None if lookup_bits is None else int(lookup_bits)
         self.activation = self.activation_cls()
         self.hidden_signed = not _is_nonnegative(self.activation)
         self.input_max_abs = input_max_abs(self.n_a_bits, signed=True)
@@ -245,9 +250,32 @@ class QuantMLP(nn.Module):
             w_mask, room = neuron_keep_mask(
                 v_int, self.input_maxes()[index], budget_limit(self.n_accum_bits)
             )
-            weight = weight * w_mask
+            weight, v_int = weight * w_mask, v_int * w_mask
             b_int = torch.clamp(b_int, -room, room)
-        return F.linear(x / x_scale.reshape(1, -1), weight, b_int * acc_scale)
+        z = F.linear(x / x_scale.reshape(1, -1), weight, b_int * acc_scale)
+        if self.lookup_bits is None or index == len(self.linears) - 1:
+            return z
+        return self._truncate_like_lookup(z, acc_scale, v_int, b_int, self.input_maxes()[index])
+
+    def _truncate_like_lookup(self, z, acc_scale, v_int, b_int, x_max: int) -> torch.Tensor:
+        """What the lookup of a ``lookup_bits`` circuit sees of the accumulator ``z``.
+
+        The compiled circuit drops the low ``k = acc_bits - lookup_bits`` bits of a hidden
+        accumulator (``acc_bits``: the layer's worst case, as :func:`build_program` computes it)
+        and reads the table at the centre of the ``2**k`` bucket. Training through the same
+        bucketing (straight-through gradient) lets the network learn weights that survive it,
+        instead of meeting it only at compile time.
+        """
+        worst = worst_case_accumulator(v_int.detach().numpy(), b_int.detach().numpy(), x_max).max(
+            initial=0
+        )
+        k = signed_bits(int(worst)) - self.lookup_bits
+        if k <= 0:
+            return z
+        step = float(2**k)
+        acc = torch.round(z / acc_scale)
+        centre = torch.floor(acc / step) * step + (step - 1) / 2
+        return z + ((centre - acc) * acc_scale).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = self.input_quant((x - self.input_offset) / self.input_norm)
@@ -351,7 +379,9 @@ class QuantMLP(nn.Module):
             self.train(was_training)
 
 
-def validate_module_params(n_layers, multiplier, n_w_bits, n_a_bits, n_accum_bits) -> None:
+def validate_module_params(
+    n_layers, multiplier, n_w_bits, n_a_bits, n_accum_bits, lookup_bits=None
+) -> None:
     """Range checks shared by the module and the estimators (run before any training)."""
     _check_int("module__n_layers", n_layers, 1, 64)
     if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float, np.number)):
@@ -367,3 +397,5 @@ def validate_module_params(n_layers, multiplier, n_w_bits, n_a_bits, n_accum_bit
     _check_int("n_a_bits", n_a_bits, MIN_BITS, MAX_BITS)
     if n_accum_bits is not None:
         _check_int("n_accum_bits", n_accum_bits, MIN_BITS, MAX_ACCUM_BITS)
+    if lookup_bits is not None:
+        _check_int("module__lookup_bits", lookup_bits, MIN_BITS, MAX_BITS)

@@ -98,15 +98,7 @@ class SearchContext:
     def estimator(self, params: dict[str, Any]):
         cls = NeuralNetClassifier if self.task == "classification" else NeuralNetRegressor
         merged = to_estimator_params({**self.fixed, **params})
-        return cls(
-            random_state=self.seed,
-            **{k: v for k, v in merged.items() if k not in COMPILE_PARAMS},
-        )
-
-    def compile_kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
-        """``compile__*`` parameters, as keyword arguments of ``model.compile``."""
-        merged = to_estimator_params({**self.fixed, **params})
-        return {k.removeprefix("compile__"): merged[k] for k in COMPILE_PARAMS if k in merged}
+        return cls(random_state=self.seed, **merged)
 
     def refit(self, params: dict[str, Any]):
         """The trial's configuration trained and compiled on training + validation rows.
@@ -117,7 +109,7 @@ class SearchContext:
         X = np.concatenate([self.X_train, self.X_valid])
         y = np.concatenate([self.y_train, self.y_valid])
         model = self.estimator(params).fit(X, y)
-        return model.compile(X, **self.compile_kwargs(params))
+        return model.compile(X)
 
     def score(self, model, X, y, fhe: str) -> float:
         if self.task == "regression":
@@ -128,8 +120,6 @@ class SearchContext:
 
 
 CONSTRAINTS = ("budget", "compile", "latency", "key_size")
-#: Trial parameters that go to ``model.compile`` rather than to the estimator.
-COMPILE_PARAMS = ("compile__lookup_bits",)
 
 
 def _finish(trial, reason: str | None, violated: dict[str, float]) -> None:
@@ -179,7 +169,7 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
 
     t0 = time.perf_counter()
     try:
-        model.compile(ctx.X_train, **ctx.compile_kwargs(params))
+        model.compile(ctx.X_train)
     except CompilationError as exc:
         _finish(trial, f"compile: {str(exc).splitlines()[0]}", {"compile": 1.0})
         return worst

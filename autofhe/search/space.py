@@ -1,6 +1,6 @@
 """The search space: names are estimator parameters, so ``est.set_params(**trial.params)``
-rebuilds any trial, except ``compile__lookup_bits``, which goes to ``est.compile``
-(``"auto"``: the default rounding; an integer: every table lookup at most that many bits).
+rebuilds any trial (``"none"`` / ``"auto"`` stand for None: ``n_accum_bits="none"`` is an
+unbounded accumulator, ``module__lookup_bits="auto"`` lets compile choose the lookup precision).
 
 A space maps a parameter to one of
 - ``{"low": a, "high": b}`` (int when both are ints), optional ``"log": true`` / ``"step"``;
@@ -30,7 +30,7 @@ DEFAULT_SPACE: dict[str, Any] = {
     "max_epochs": {"low": 10, "high": 100, "log": True},
     "lr_schedule": ["constant", "cosine"],
     "optimizer__weight_decay": [0.0, 1e-4, 1e-3, 1e-2],
-    "compile__lookup_bits": ["auto", 5, 6],
+    "module__lookup_bits": ["auto", 5, 6],
 }
 
 #: The seed's documented configuration, enqueued as every study's first trial.
@@ -46,7 +46,7 @@ SEED_CONFIG: dict[str, Any] = {
     "max_epochs": 10,
     "lr_schedule": "constant",
     "optimizer__weight_decay": 0.0,
-    "compile__lookup_bits": "auto",
+    "module__lookup_bits": "auto",
 }
 
 #: Parameters a space may search, and what each must be.
@@ -63,7 +63,8 @@ _KNOWN = {
     "batch_size": ("int", 1, 1_000_000),
     "lr_schedule": ("schedule", None, None),
     "optimizer__weight_decay": ("float", 0.0, 1.0),
-    "compile__lookup_bits": ("lookup", 2, 16),
+    "module__lookup_bits": ("lookup", 2, 16),
+    "n_init": ("int", 1, 20),
 }
 #: Integer kinds that also take one word, which the estimator receives as None.
 _WORDS = {"accum": "none", "lookup": "auto"}

@@ -88,6 +88,35 @@ def test_integer_program_matches_training_forward(breast_cancer):
     np.testing.assert_allclose(model.program.predict_raw(Xte), torch_logits, rtol=1e-5, atol=1e-5)
 
 
+def test_training_forward_truncates_accumulators_like_the_lookups(breast_cancer):
+    Xtr, Xte, ytr, _ = breast_cancer
+    model = NeuralNetClassifier(
+        random_state=0, module__n_hidden_neurons_multiplier=0.25, module__lookup_bits=5
+    ).fit(Xtr, ytr)
+    model.compile(Xtr)  # takes its lookup precision from the training
+    report = model.fhe_report()
+    assert report["lookup_bits_per_layer"] == [5]
+    assert report["lsbs_removed_per_layer"][0] >= 3  # 8 neurons x 30 features: wide sums
+    model.module_.eval()
+    with torch.no_grad():
+        torch_logits = model.module_(torch.from_numpy(Xte)).numpy()
+    compiled = model.fhe_program_.predict_raw(Xte)
+    np.testing.assert_allclose(compiled, torch_logits, rtol=1e-5, atol=1e-5)
+    # the untruncated program is another function: training really saw the truncation
+    assert not np.allclose(model.program.predict_raw(Xte), torch_logits, atol=1e-3)
+
+
+def test_n_init_keeps_the_start_with_the_lowest_training_loss(toy):
+    X, y = toy
+    params = dict(random_state=0, lr=0.2, max_epochs=5, batch_size=8)
+    one = NeuralNetClassifier(**params).fit(X, y)
+    best = NeuralNetClassifier(**params, n_init=4).fit(X, y)
+    targets = y.astype(np.int64)
+    # the first start is the n_init=1 model; another one trained to a lower loss
+    assert best._quantized_loss(X, targets) < one._quantized_loss(X, targets)
+    assert len(best.history_) == 5  # the history of the kept start, not of all four
+
+
 def test_predict_proba_rows_sum_to_one(fitted):
     model, X = fitted
     proba = model.predict_proba(X)
@@ -300,6 +329,9 @@ def test_empty_data(toy):
             "module__n_hidden_neurons_multiplier=-1 must be a positive finite number",
         ),
         ({"lr_schedule": "linear"}, "lr_schedule='linear' is not a schedule; use one of"),
+        ({"n_init": 0}, "n_init=0 must be at least 1"),
+        ({"n_init": 2.0}, "n_init=2.0 must be a positive integer"),
+        ({"module__lookup_bits": 1}, "module__lookup_bits=1 is out of range"),
     ],
 )
 def test_out_of_range_parameters(toy, params, message):

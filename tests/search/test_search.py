@@ -75,7 +75,7 @@ def test_objective_through_fixed_trial(wine_ds):
         "max_epochs": 20,
         "lr_schedule": "cosine",
         "optimizer__weight_decay": 1e-4,
-        "compile__lookup_bits": 5,
+        "module__lookup_bits": 5,
     }
     trial = optuna.trial.FixedTrial(params)
     metric, latency = objective(trial, ctx)
@@ -84,7 +84,7 @@ def test_objective_through_fixed_trial(wine_ds):
     assert trial.user_attrs["feasible"] is True
     assert trial.user_attrs["simulated_valid"] == metric
     assert trial.user_attrs["lookups_per_layer"] == [6]
-    assert trial.user_attrs["max_lookup_bits"] == 5  # compile__lookup_bits went to compile
+    assert trial.user_attrs["max_lookup_bits"] == 5  # module__lookup_bits: training + compile
     assert max(trial.user_attrs["accumulator_bits"]) <= 8
     assert all(v == 0 for v in trial.constraints.values())
     assert set(trial.constraints) == {"budget", "compile", "latency", "key_size"}
@@ -405,8 +405,8 @@ def test_every_worker_uses_the_study_split(tmp_path, wine_ds, spec_file):
 @pytest.mark.parametrize(
     ("space", "message"),
     [
-        ({"compile__lookup_bits": ["auto", "fast"]}, "'fast' must be \"auto\" or an integer"),
-        ({"compile__lookup_bits": [5, 40]}, "40 must be within \\[2, 16\\]"),
+        ({"module__lookup_bits": ["auto", "fast"]}, "'fast' must be \"auto\" or an integer"),
+        ({"module__lookup_bits": [5, 40]}, "40 must be within \\[2, 16\\]"),
         ({"lr_schedule": ["cosine", "step"]}, "'step' must be one of constant, cosine"),
     ],
 )
