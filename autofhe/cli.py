@@ -111,7 +111,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from autofhe.data import load_dataset
     from autofhe.fhe.latency import load_cost_model
     from autofhe.search.pareto import pareto_front
-    from autofhe.search.spec import load_spec, parse_duration
+    from autofhe.search.spec import check_folds, load_spec, parse_duration
     from autofhe.search.study import (
         check_search_inputs,
         open_study,
@@ -126,6 +126,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         spec.metric = args.metric
     if args.max_latency is not None:
         spec.max_latency = parse_duration(args.max_latency)
+    if args.folds is not None:
+        spec.folds = check_folds(args.folds)
     timeout = parse_duration(args.timeout) if args.timeout else None
     if args.trials is not None and args.trials < 1:
         raise ParameterError(f"--trials {args.trials}: pass a positive number of trials.")
@@ -488,6 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--spec", default=None, help="study spec (TOML), e.g. studies/wine.toml")
     search.add_argument("--metric", default=None)
     search.add_argument("--max-latency", default=None, help="seconds per sample (constraint)")
+    search.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        help="cross-validate the metric over k folds (default 1: one validation split)",
+    )
     search.add_argument("--workers", type=int, default=1)
     search.add_argument("--seed", type=int, default=0)
     search.set_defaults(func=_cmd_search)

@@ -1,8 +1,12 @@
 """One trial: fit -> compile -> simulate -> latency -> constraints -> user attributes.
 
 Objectives: the metric of the FHE-simulated predictions on the validation split (maximised)
-and the predicted FHE latency per sample (minimised). A trial entering the Pareto front is
-refit on training + validation rows; that model is the one measured, stored and exported.
+and the predicted FHE latency per sample (minimised). With ``folds`` > 1 the validation metric
+is cross-validated instead: k models, each trained on k-1 folds of the training + validation
+rows, and the metric of their simulated predictions on all those rows (out of fold), which is
+less noisy on small data than one validation split of a few dozen rows. A trial entering the
+Pareto front is refit on training + validation rows; that model is the one measured, stored
+and exported.
 A configuration that cannot become a usable circuit (impossible accumulator budget, compile
 failure, latency or keys over the limits) ends COMPLETE with a violated constraint and the
 reason in ``reason``, so the sampler learns from it; FAIL is for crashes only.
@@ -18,6 +22,7 @@ from typing import Any
 import numpy as np
 import optuna
 from sklearn import metrics
+from sklearn.model_selection import KFold, StratifiedKFold
 
 from autofhe.errors import AutofheError, CompilationError, ParameterError
 from autofhe.fhe.latency import CostModel
@@ -90,6 +95,9 @@ class SearchContext:
     max_key_size: float = 4e9
     seed: int = 0
     fixed: dict[str, Any] = field(default_factory=dict)
+    #: 1: score on the validation split; k > 1: k-fold cross-validation over training +
+    #: validation rows (folds drawn with a fixed seed, so every worker scores alike).
+    folds: int = 1
     #: Called as ``front_hook(trial, model, X_valid, predicted_latency)`` for a trial entering
     #: the Pareto front, with the model refit on training + validation rows (the study
     #: measures its latency and stores it there).
@@ -111,12 +119,36 @@ class SearchContext:
         model = self.estimator(params).fit(X, y)
         return model.compile(X)
 
-    def score(self, model, X, y, fhe: str) -> float:
+    def fold_splits(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """``(X_fit, y_fit, X_val, y_val)`` per fold: the validation split when ``folds`` is 1,
+        else k (stratified) folds over training + validation rows; the test rows stay out."""
+        if self.folds <= 1:
+            return [(self.X_train, self.y_train, self.X_valid, self.y_valid)]
+        X = np.concatenate([self.X_train, self.X_valid])
+        y = np.concatenate([self.y_train, self.y_valid])
+        if self.task == "classification":
+            # every class must be in every fold's training rows
+            k = max(2, min(self.folds, int(np.unique(y, return_counts=True)[1].min())))
+            splitter = StratifiedKFold(k, shuffle=True, random_state=0)
+        else:
+            splitter = KFold(min(self.folds, len(y)), shuffle=True, random_state=0)
+        return [(X[fit], y[fit], X[val], y[val]) for fit, val in splitter.split(X, y)]
+
+    def outputs(self, model, X, fhe: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions and (classification) probabilities."""
         if self.task == "regression":
-            return evaluate_metric(self.metric, y, model.predict(X, fhe=fhe))
+            return model.predict(X, fhe=fhe), None
         proba = model.predict_proba(X, fhe=fhe)
-        pred = model.classes_[proba.argmax(axis=1)]
-        return evaluate_metric(self.metric, y, pred, proba, model.classes_)
+        return model.classes_[proba.argmax(axis=1)], proba
+
+    def metric_of(self, y, outputs: list[tuple[np.ndarray, np.ndarray | None]], classes=None):
+        """The metric of several models' outputs on the concatenated rows ``y``."""
+        pred = np.concatenate([o[0] for o in outputs])
+        proba = None if outputs[0][1] is None else np.concatenate([o[1] for o in outputs])
+        return evaluate_metric(self.metric, y, pred, proba, classes)
+
+    def score(self, model, X, y, fhe: str) -> float:
+        return self.metric_of(y, [self.outputs(model, X, fhe)], getattr(model, "classes_", None))
 
 
 CONSTRAINTS = ("budget", "compile", "latency", "key_size")
@@ -159,21 +191,21 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
         _finish(trial, f"budget: {reason}", {"budget": 1.0})
         return worst
 
-    t0 = time.perf_counter()
-    model = ctx.estimator(params).fit(ctx.X_train, ctx.y_train)
-    trial.set_user_attr("train_s", round(time.perf_counter() - t0, 3))
-    clear = ctx.score(model, ctx.X_valid, ctx.y_valid, "disable")
-    trial.set_user_attr("clear_valid", clear)
-    trial.set_user_attr("accumulator_bits", model.accumulator_bits_)
-    _maybe_prune(trial, clear, ctx.metric)
-
-    t0 = time.perf_counter()
-    try:
-        model.compile(ctx.X_train)
-    except CompilationError as exc:
-        _finish(trial, f"compile: {str(exc).splitlines()[0]}", {"compile": 1.0})
+    splits = ctx.fold_splits()
+    folds = _fit_folds(trial, ctx, params, splits)
+    if folds is None:
         return worst
-    trial.set_user_attr("compile_s", round(time.perf_counter() - t0, 3))
+    models, clear, simulated, latencies = folds
+    splits = splits[: len(models)]  # an infeasible first fold stops the others
+    y_val = np.concatenate([fold[3] for fold in splits])
+
+    # The slowest fold's circuit stands for the configuration (latency, keys, report).
+    model = models[int(np.argmax(latencies))]
+    latency = max(latencies)
+    classes = _classes(model)
+    trial.set_user_attr("folds", len(splits))
+    trial.set_user_attr("clear_valid", ctx.metric_of(y_val, clear, classes))
+    trial.set_user_attr("accumulator_bits", model.accumulator_bits_)
     report = model.fhe_report()
     for key in (
         "pbs_count",
@@ -186,15 +218,27 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
         "bit_exact",
     ):
         trial.set_user_attr(key, report[key])
-
-    t0 = time.perf_counter()
-    simulated = ctx.score(model, ctx.X_valid, ctx.y_valid, "simulate")
-    trial.set_user_attr("simulate_s", round(time.perf_counter() - t0, 3))
-    trial.set_user_attr("simulated_valid", simulated)
-    trial.set_user_attr("clear_test", ctx.score(model, ctx.X_test, ctx.y_test, "disable"))
-    latency = ctx.cost_model.predict(report, ctx.X_train.shape[1])
+    simulated_metric = ctx.metric_of(y_val, simulated, classes)
+    trial.set_user_attr("simulated_valid", simulated_metric)
+    if len(splits) > 1:
+        trial.set_user_attr(
+            "simulated_valid_per_fold",
+            [ctx.metric_of(fold[3], [out], classes) for fold, out in zip(splits, simulated)],
+        )
+    test = [ctx.score(m, ctx.X_test, ctx.y_test, "disable") for m in models]
+    trial.set_user_attr("clear_test", float(np.mean(test)))
     trial.set_user_attr("predicted_latency_s", latency)
 
+    violated, reasons = _limits(ctx, report, latency)
+    _finish(trial, "; ".join(reasons) or None, violated)
+    front = not violated and _enters_front(trial, simulated_metric, latency)
+    if front and ctx.front_hook is not None:
+        ctx.front_hook(trial, _final_model(trial, ctx, params, model), ctx.X_valid, latency)
+    return simulated_metric, latency
+
+
+def _limits(ctx: SearchContext, report: dict, latency: float) -> tuple[dict, list[str]]:
+    """Violated latency / key-size constraints (amount over) and their reasons."""
     violated, reasons = {}, []
     if ctx.max_latency is not None and latency > ctx.max_latency:
         violated["latency"] = latency - ctx.max_latency
@@ -203,10 +247,45 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
     if keys > ctx.max_key_size:
         violated["key_size"] = (keys - ctx.max_key_size) / 1e9
         reasons.append(f"key_size: {keys / 1e9:.1f} GB > max {ctx.max_key_size / 1e9:.1f} GB")
-    _finish(trial, "; ".join(reasons) or None, violated)
-    if not violated and ctx.front_hook is not None and _enters_front(trial, simulated, latency):
-        ctx.front_hook(trial, _final_model(trial, ctx, params, model), ctx.X_valid, latency)
-    return simulated, latency
+    return violated, reasons
+
+
+def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits) -> tuple | None:
+    """Train, compile and simulate one model per fold: (models, clear outputs, simulated
+    outputs, predicted latencies), or None when a fold does not compile (trial finished)."""
+    models, clear, simulated, latencies = [], [], [], []
+    seconds = {"train_s": 0.0, "compile_s": 0.0, "simulate_s": 0.0}
+
+    def spent(key: str, t0: float) -> None:  # phase times summed over folds
+        seconds[key] += time.perf_counter() - t0
+        trial.set_user_attr(key, round(seconds[key], 3))
+
+    for i, (X_fit, y_fit, X_val, y_val) in enumerate(splits):
+        t0 = time.perf_counter()
+        model = ctx.estimator(params).fit(X_fit, y_fit)
+        spent("train_s", t0)
+        clear.append(ctx.outputs(model, X_val, "disable"))
+        if i == 0:  # a hopeless configuration stops after its first model
+            _maybe_prune(trial, ctx.metric_of(y_val, clear, _classes(model)), ctx.metric)
+        t0 = time.perf_counter()
+        try:
+            model.compile(X_fit)
+        except CompilationError as exc:
+            _finish(trial, f"compile: {str(exc).splitlines()[0]}", {"compile": 1.0})
+            return None
+        spent("compile_s", t0)
+        t0 = time.perf_counter()
+        simulated.append(ctx.outputs(model, X_val, "simulate"))
+        spent("simulate_s", t0)
+        models.append(model)
+        latencies.append(ctx.cost_model.predict(model.fhe_report(), X_fit.shape[1]))
+        if _limits(ctx, model.fhe_report(), latencies[-1])[0]:
+            break  # infeasible whatever the other folds score
+    return models, clear, simulated, latencies
+
+
+def _classes(model):
+    return getattr(model, "classes_", None)
 
 
 def _final_model(trial, ctx: SearchContext, params: dict[str, Any], model):

@@ -5,6 +5,7 @@ metric = "accuracy"          # see autofhe.search.objective.METRICS
 max_latency = 0.5            # seconds per sample (a constraint)
 max_key_size = "4GB"         # evaluation keys (a constraint; no key generation beyond it)
 sampler = "tpe"              # or "nsga2"
+folds = 5                    # cross-validated metric (default 1: one validation split)
 
 [space]                      # replaces entries of the default space (space.py)
 n_w_bits = { low = 2, high = 4 }
@@ -25,7 +26,7 @@ from typing import Any
 from autofhe.errors import ParameterError
 from autofhe.search.space import DEFAULT_SPACE, validate_space
 
-__all__ = ["Spec", "load_spec", "parse_duration", "parse_size"]
+__all__ = ["Spec", "check_folds", "load_spec", "parse_duration", "parse_size"]
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]?B)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
@@ -60,13 +61,24 @@ class Spec:
     max_latency: float | None = None
     max_key_size: float = 4e9
     sampler: str = "tpe"
+    folds: int = 1
     fixed: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-_STUDY_KEYS = {"metric", "max_latency", "max_key_size", "sampler"}
+_STUDY_KEYS = {"metric", "max_latency", "max_key_size", "sampler", "folds"}
+MAX_FOLDS = 20
+
+
+def check_folds(value) -> int:
+    """The number of cross-validation folds: 1 (one validation split) to MAX_FOLDS."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_FOLDS:
+        raise ParameterError(
+            f"folds {value!r}: pass an integer from 1 (one validation split) to {MAX_FOLDS}."
+        )
+    return value
 
 
 def load_spec(path: str | Path | None) -> Spec:
@@ -108,6 +120,8 @@ def load_spec(path: str | Path | None) -> Spec:
             if study["sampler"] not in ("tpe", "nsga2"):
                 raise ParameterError(f"sampler {study['sampler']!r}: use 'tpe' or 'nsga2'.")
             spec.sampler = study["sampler"]
+        if "folds" in study:
+            spec.folds = check_folds(study["folds"])
         space = dict(DEFAULT_SPACE)
         space.update(data.get("space", {}))
         spec.space = validate_space(space)

@@ -131,7 +131,10 @@ def open_study(
     wanted = {**spec.to_json(), "split_seed": seed}
     if info is not None:
         stored = info["spec"]
-        changed = sorted(k for k in wanted if k != "split_seed" and stored.get(k) != wanted[k])
+        defaults = Spec().to_json()  # settings added since the study was created
+        changed = sorted(
+            k for k in wanted if k != "split_seed" and stored.get(k, defaults.get(k)) != wanted[k]
+        )
         if changed:
             raise ParameterError(
                 f"study {name!r} was created with other settings ({', '.join(changed)} differ); "
@@ -214,6 +217,7 @@ class SearchSession:
             max_key_size=spec["max_key_size"],
             seed=self.seed,
             fixed=spec["fixed"],
+            folds=spec.get("folds", 1),
             front_hook=self._front_hook(),
         )
 

@@ -105,6 +105,42 @@ def test_front_model_is_refit_on_training_and_validation_rows(wine_ds):
     assert trial.user_attrs["final_clear_test"] == pytest.approx(test_acc)
 
 
+def test_cross_validated_metric_scores_every_training_and_validation_row_once(wine_ds):
+    ctx = _context(wine_ds, folds=3)
+    splits = ctx.fold_splits()
+    pool = np.concatenate([ctx.X_train, ctx.X_valid])
+    held_out = np.concatenate([fold[2] for fold in splits])
+    assert len(splits) == 3
+    # each training/validation row is held out exactly once; test rows never take part
+    assert sorted(map(tuple, held_out.tolist())) == sorted(map(tuple, pool.tolist()))
+    for X_fit, _, X_val, _ in splits:
+        assert len(X_fit) + len(X_val) == len(pool)
+        assert not set(map(tuple, X_fit.tolist())) & set(map(tuple, X_val.tolist()))
+    # folds are drawn with a fixed seed: another worker (other estimator seed) scores alike
+    other = _context(wine_ds, folds=3, seed=7).fold_splits()
+    assert all(np.array_equal(a[3], b[3]) for a, b in zip(splits, other))
+
+    trial = optuna.trial.FixedTrial(
+        {**SEED_CONFIG, "module__n_layers": 1, "n_w_bits": 4, "n_a_bits": 4, "max_epochs": 5}
+    )
+    metric, _ = objective(trial, ctx)
+    assert trial.user_attrs["folds"] == 3
+    per_fold = trial.user_attrs["simulated_valid_per_fold"]
+    # pooled out-of-fold accuracy is the fold accuracies weighted by fold size
+    sizes = [len(fold[3]) for fold in splits]
+    assert metric == pytest.approx(np.average(per_fold, weights=sizes))
+    assert 0.8 < metric <= 1.0
+    assert len(set(per_fold)) > 1 or per_fold[0] == 1.0  # three models, three scores
+
+
+def test_an_infeasible_first_fold_stops_the_others(wine_ds):
+    ctx = _context(wine_ds, folds=3, max_latency=1e-6)
+    trial = optuna.trial.FixedTrial({**SEED_CONFIG, "module__n_layers": 1, "max_epochs": 5})
+    objective(trial, ctx)
+    assert trial.constraints["latency"] > 0
+    assert trial.user_attrs["folds"] == 1  # one model trained, not three
+
+
 def test_impossible_budget_is_infeasible_before_training(wine_ds):
     ctx = _context(wine_ds)
     params = {**SEED_CONFIG, "module__n_hidden_neurons_multiplier": 0.5, "max_epochs": 5}
@@ -249,6 +285,8 @@ def _fails_cleanly(result, pattern):
         ("badspec", ["--data", "sklearn:wine", "--spec", "bad.toml"], "not valid TOML"),
         (None, ["--data", "sklearn:wine", "--storage", "redis://x"], "unknown scheme"),
         (None, ["--data", "sklearn:wine", "--trials", "0"], "--trials 0"),
+        (None, ["--data", "sklearn:wine", "--folds", "0"], "folds 0"),
+        ("badfolds", ["--data", "sklearn:wine", "--spec", "bad.toml"], "folds 'five'"),
         ("mismatch", ["--data", "X.npy"], "X has 40 rows but y has 39"),
         ("oneclass", ["--data", "X.npy"], "single class"),
         ("fewrows", ["--data", "X.npy"], "too few rows"),
@@ -271,6 +309,8 @@ def test_cli_bad_input_one_line_and_db_untouched(tmp_path, setup, args, pattern)
         np.save(tmp_path / "y.npy", y[setup])
     elif setup == "badspec":
         (tmp_path / "bad.toml").write_text("[study\nmetric=")
+    elif setup == "badfolds":
+        (tmp_path / "bad.toml").write_text('[study]\nfolds = "five"\n')
     result = _run(["search", *args], tmp_path)
     _fails_cleanly(result, pattern)
     assert not (tmp_path / "autofhe.db").exists()
