@@ -1,6 +1,6 @@
 """Encrypted-inference latency of autofhe models, measured and predicted, side by side.
 
-    python benchmarks/fhe_latency.py [--samples 3] [--only breast_cancer ...]
+    python benchmarks/fhe_latency.py [--samples 5] [--only breast_cancer ...]
                                      [--peer PATH_TO_CONCRETE_ML_PYTHON]
 
 For each configuration (protocol: benchmarks/protocol.py): simulated test accuracy, lookups
@@ -183,7 +183,7 @@ def peer(python: str, dataset: str) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--peer", default=None, help="python of a Concrete ML environment")
     args = parser.parse_args()

@@ -69,7 +69,7 @@ def front_rows(dataset: str, url: str, name: str, Xte, yte) -> list[dict]:
         rows.append(
             {
                 "dataset": dataset,
-                "model": f"trial {t.number}: {t.params.get('module__n_layers', '?')} layers, "
+                "model": f"trial {t.number}: {len(t.user_attrs['lookups_per_layer']) + 1} layers, "
                 f"{t.user_attrs.get('lookups_per_layer')} lookups, "
                 f"w/a {t.params.get('n_w_bits')}/{t.params.get('n_a_bits')} bits",
                 "valid acc": f"{t.values[0]:.3f}",

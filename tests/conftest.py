@@ -79,7 +79,9 @@ def cost_model_cache(tmp_path_factory):
     from autofhe.fhe import latency
 
     cache = tmp_path_factory.mktemp("autofhe-cache")
-    model = latency.CostModel(base=0.003, per_input=4e-5, seconds_per_unit=1e-3, cores=2)
+    model = latency.CostModel(
+        base=0.003, per_byte=1e-8, seconds_per_unit=1e-3, seconds_per_pbs=1e-3, cores=2
+    )
     (cache / f"latency-{latency._machine_key()}.json").write_text(json.dumps(model.to_json()))
     old = os.environ.get("AUTOFHE_CACHE")
     os.environ["AUTOFHE_CACHE"] = str(cache)

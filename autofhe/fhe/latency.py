@@ -3,18 +3,20 @@
 Measured: key generation once, then per sample encrypt / run / decrypt; the per-sample figure
 is the median of encrypt + run + decrypt, key generation excluded.
 
-Predicted: a PBS costs in proportion to the work its crypto parameters imply (blind rotation
-over ``n`` LWE coefficients, each an external product of ``level * (k + 1)`` polynomials of
-size ``N``: ``n * level * (k + 1) * N * (log2 N + k + 1)``), and the independent lookups of
-a layer run in parallel across cores, so
+Predicted: a PBS costs a fixed overhead (key switching, scheduling) plus an amount in
+proportion to the work its crypto parameters imply (blind rotation over ``n`` LWE
+coefficients, each an external product of ``level * (k + 1)`` polynomials of size ``N``:
+``n * level * (k + 1) * N * (log2 N + k + 1)``); the independent lookups of a layer run in
+parallel across cores; encryption and decryption cost in proportion to the ciphertext bytes
+of the inputs and outputs. So
 
-    latency = base + per_input * n_inputs + seconds_per_unit * sum(count * work) / parallelism
+    latency = base + per_byte * (input + output bytes)
+              + (seconds_per_unit * sum(count * work) + seconds_per_pbs * n_pbs) / parallelism
 
-where ``parallelism`` = lookups / sum over layers of ceil(lookups_in_layer / cores). The
-parameters per PBS are known right after compilation. ``base``, ``per_input`` and
-``seconds_per_unit`` are measured on this machine by a short micro-benchmark (about a minute)
-and cached in ``~/.cache/autofhe`` under a key made of concrete-python's version and the CPU,
-so a new version or another CPU recalibrates.
+where ``parallelism`` = lookups / sum over layers of ceil(lookups_in_layer / cores). All of it
+is known right after compilation. The four coefficients are measured on this machine by a
+short micro-benchmark (about a minute) and cached in ``~/.cache/autofhe`` under a key made of
+concrete-python's version and the CPU, so a new version or another CPU recalibrates.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ __all__ = [
     "predict_latency",
 ]
 
+#: Bumped when the cost model's form changes: older caches are recalibrated, not misread.
+COST_MODEL_FORMAT = 2
 CACHE_DIR = Path(os.environ.get("AUTOFHE_CACHE", Path.home() / ".cache" / "autofhe"))
 
 
@@ -118,29 +122,36 @@ class CostModel:
     def __init__(
         self,
         base: float,
-        per_input: float,
+        per_byte: float,
         seconds_per_unit: float,
+        seconds_per_pbs: float,
         cores: int,
         meta: dict | None = None,
     ):
-        self.base, self.per_input = float(base), float(per_input)
-        self.seconds_per_unit = float(seconds_per_unit)
+        self.base, self.per_byte = float(base), float(per_byte)
+        self.seconds_per_unit, self.seconds_per_pbs = (
+            float(seconds_per_unit),
+            float(seconds_per_pbs),
+        )
         self.cores = int(cores)
         self.meta = meta or {}
 
     def lookup_seconds(self, report: dict) -> float:
         """Predicted time of the circuit's table lookups alone."""
         par = parallelism(report["lookups_per_layer"], self.cores)
-        return self.seconds_per_unit * pbs_work(report) / par
+        n_pbs = sum(p["count"] for p in report.get("pbs_params", []))
+        return (self.seconds_per_unit * pbs_work(report) + self.seconds_per_pbs * n_pbs) / par
 
-    def predict(self, report: dict, n_inputs: int) -> float:
-        return float(self.base + self.per_input * n_inputs + self.lookup_seconds(report))
+    def predict(self, report: dict) -> float:
+        """Seconds per sample: encrypt + run + decrypt (key generation excluded)."""
+        return float(self.base + self.per_byte * io_bytes(report) + self.lookup_seconds(report))
 
     def to_json(self) -> dict:
         return {
             "base": self.base,
-            "per_input": self.per_input,
+            "per_byte": self.per_byte,
             "seconds_per_unit": self.seconds_per_unit,
+            "seconds_per_pbs": self.seconds_per_pbs,
             "cores": self.cores,
             "meta": self.meta,
         }
@@ -149,11 +160,33 @@ class CostModel:
     def from_json(cls, data: dict) -> CostModel:
         return cls(
             data["base"],
-            data["per_input"],
+            data["per_byte"],
             data["seconds_per_unit"],
+            data["seconds_per_pbs"],
             data["cores"],
             data.get("meta"),
         )
+
+
+def io_bytes(report: dict) -> int:
+    """Ciphertext bytes the client encrypts and decrypts per sample."""
+    return int(report["size_of_inputs"]) + int(report["size_of_outputs"])
+
+
+def fit_lookup_costs(
+    work: np.ndarray, n_pbs: np.ndarray, seconds: np.ndarray
+) -> tuple[float, float]:
+    """``(seconds_per_unit, seconds_per_pbs)`` minimising the squared relative error of
+    ``a * work + b * n_pbs`` against ``seconds`` (work and counts already divided by the
+    parallelism), both non-negative: a negative one is dropped and the other refit."""
+    columns = np.stack([work / seconds, n_pbs / seconds], axis=1)
+    ones = np.ones(len(seconds))
+    coef = np.linalg.lstsq(columns, ones, rcond=None)[0]
+    if (coef >= 0).all():
+        return float(coef[0]), float(coef[1])
+    single = [float(np.sum(c) / np.sum(c**2)) if np.any(c) else 0.0 for c in columns.T]
+    errors = [np.sum((single[i] * columns[:, i] - 1) ** 2) for i in range(2)]
+    return (single[0], 0.0) if errors[0] <= errors[1] else (0.0, single[1])
 
 
 def _machine_key() -> str:
@@ -172,7 +205,7 @@ def _machine_key() -> str:
         from importlib.metadata import version as dist_version
 
         version = dist_version("concrete-python")
-    raw = f"{version}|{cpu}|{os.cpu_count()}"
+    raw = f"{COST_MODEL_FORMAT}|{version}|{cpu}|{os.cpu_count()}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -235,26 +268,27 @@ def calibrate(n: int = 4, verbose: bool = False) -> CostModel:
     """Measure this machine's costs (about a minute) and cache the model."""
     cores = os.cpu_count() or 1
     say = print if verbose else (lambda *a, **k: None)
-    # Circuits without lookups: encryption / decryption of the inputs and outputs.
-    t_small, _ = _timed(_synthetic(0, 0, 0, 8), n)
-    t_large, _ = _timed(_synthetic(0, 0, 0, 64), n)
-    per_input = max(0.0, (t_large - t_small) / 56)
-    base = max(0.0, t_small - 8 * per_input)
-    say(f"calibration: no lookups: base {base * 1e3:.1f} ms, {per_input * 1e6:.0f} us/input")
-    model = CostModel(base, per_input, 1.0, cores)
-    units, seconds = [], []
+    # Circuits without lookups: encryption / decryption cost per ciphertext byte.
+    (t_small, r_small), (t_large, r_large) = (_timed(_synthetic(0, 0, 0, k), n) for k in (8, 64))
+    per_byte = max(0.0, (t_large - t_small) / (io_bytes(r_large) - io_bytes(r_small)))
+    base = max(0.0, t_small - per_byte * io_bytes(r_small))
+    say(f"calibration: no lookups: base {base * 1e3:.1f} ms, {per_byte * 1e9:.1f} ns/byte")
+    model = CostModel(base, per_byte, 0.0, 0.0, cores)
+    work, n_pbs, seconds = [], [], []
     for n_lookups, bits, lsbs in CALIBRATION:
         program = _synthetic(n_lookups, bits, lsbs, 0)
         t, report = _timed(program, n)
-        units.append(model.lookup_seconds(report))  # in work units while seconds_per_unit = 1
-        seconds.append(max(1e-4, t - base - per_input * program.n_features))
+        par = parallelism(report["lookups_per_layer"], cores)
+        work.append(pbs_work(report) / par)
+        n_pbs.append(report["pbs_count"] / par)
+        seconds.append(max(1e-4, t - base - per_byte * io_bytes(report)))
         say(
             f"calibration: {n_lookups} lookups at {report['lookup_bits_per_layer']} bits "
             f"({lsbs} truncated): {t:.3f} s"
         )
-    u, s = np.array(units), np.array(seconds)
-    # least squares on relative error: minimise sum((c * u / s - 1) ** 2)
-    model.seconds_per_unit = float(np.sum(u / s) / np.sum((u / s) ** 2))
+    model.seconds_per_unit, model.seconds_per_pbs = fit_lookup_costs(
+        np.array(work), np.array(n_pbs), np.array(seconds)
+    )
     model.meta = {"key": _machine_key(), "created": time.time()}
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     (CACHE_DIR / f"latency-{model.meta['key']}.json").write_text(json.dumps(model.to_json()))
@@ -275,4 +309,4 @@ def load_cost_model(calibrate_if_missing: bool = True) -> CostModel | None:
 def predict_latency(model, cost_model: CostModel | None = None) -> float:
     """Predicted seconds per sample of a compiled estimator (no key generation)."""
     cost_model = cost_model or load_cost_model()
-    return cost_model.predict(model.fhe_report(), model.fhe_program_.n_features)
+    return cost_model.predict(model.fhe_report())

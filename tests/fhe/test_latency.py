@@ -14,11 +14,16 @@ from autofhe.fhe.latency import CostModel, measure_latency, predict_latency
 PARAM = {"polynomial_size": 1024, "glwe_dimension": 2, "input_lwe_dimension": 800, "level": 1}
 
 
-def _report(lookups, count):
-    return {"lookups_per_layer": lookups, "pbs_params": [{**PARAM, "count": count}]}
+def _report(lookups, count, io=(4000, 2000)):
+    return {
+        "lookups_per_layer": lookups,
+        "pbs_params": [{**PARAM, "count": count}],
+        "size_of_inputs": io[0],
+        "size_of_outputs": io[1],
+    }
 
 
-MODEL = CostModel(base=0.003, per_input=5e-5, seconds_per_unit=0.5, cores=2)
+MODEL = CostModel(base=0.003, per_byte=1e-7, seconds_per_unit=0.5, seconds_per_pbs=0.002, cores=2)
 
 
 def test_pbs_work_follows_the_crypto_parameters():
@@ -39,20 +44,33 @@ def test_parallelism_counts_rounds_of_cores():
 
 
 def test_prediction_and_json_roundtrip():
-    linear = {"lookups_per_layer": [], "pbs_params": []}
-    assert MODEL.predict(linear, n_inputs=30) == pytest.approx(0.003 + 30 * 5e-5)
+    linear = {"lookups_per_layer": [], "pbs_params": [], "size_of_inputs": 30_000}
+    linear["size_of_outputs"] = 2000
+    assert MODEL.predict(linear) == pytest.approx(0.003 + 32_000 * 1e-7)
     work16 = latency.pbs_work(_report([16], 16))
-    assert MODEL.predict(_report([16], 16), 4) == pytest.approx(0.003 + 4 * 5e-5 + 0.5 * work16 / 2)
-    assert MODEL.predict(_report([16], 16), 4) > MODEL.predict(_report([8], 8), 4)
+    lookups = (0.5 * work16 + 0.002 * 16) / 2  # 16 lookups, 2 at a time
+    assert MODEL.predict(_report([16], 16)) == pytest.approx(0.003 + 6000 * 1e-7 + lookups)
+    assert MODEL.predict(_report([16], 16)) > MODEL.predict(_report([8], 8))
+    assert MODEL.predict(_report([8], 8, io=(8000, 2000))) > MODEL.predict(_report([8], 8))
     back = CostModel.from_json(json.loads(json.dumps(MODEL.to_json())))
-    assert back.predict(_report([16], 16), 4) == MODEL.predict(_report([16], 16), 4)
+    assert back.predict(_report([16], 16)) == MODEL.predict(_report([16], 16))
+
+
+def test_lookup_costs_are_fit_on_relative_error_and_never_negative():
+    work = np.array([0.1, 0.4, 1.0, 2.0, 0.05])
+    n_pbs = np.array([8.0, 8.0, 2.0, 16.0, 1.0])
+    seconds = 0.3 * work + 0.004 * n_pbs
+    assert latency.fit_lookup_costs(work, n_pbs, seconds) == pytest.approx((0.3, 0.004))
+    # timings that only the work explains: no negative per-PBS cost, the work's one refit
+    a, b = latency.fit_lookup_costs(work, n_pbs, 0.3 * work * (1 + 0.01 * n_pbs[::-1]))
+    assert b == 0.0 and a == pytest.approx(0.3, rel=0.2)
 
 
 def test_cache_is_keyed_by_concrete_version_and_cpu(monkeypatch, tmp_path):
     monkeypatch.setattr(latency, "CACHE_DIR", tmp_path)
     key = latency._machine_key()
     path = tmp_path / f"latency-{key}.json"
-    path.write_text(json.dumps(CostModel(1, 2, 3, 2).to_json()))
+    path.write_text(json.dumps(CostModel(1, 2, 3, 4, 2).to_json()))
     assert latency.load_cost_model(calibrate_if_missing=False).base == 1
     from concrete import fhe
 

@@ -26,7 +26,7 @@ from autofhe.search.spec import load_spec
 from autofhe.search.study import open_study, run_workers
 
 AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
-COST = CostModel(base=0.002, per_input=5e-5, seconds_per_unit=1e-3, cores=2)
+COST = CostModel(base=0.002, per_byte=1e-8, seconds_per_unit=1e-3, seconds_per_pbs=1e-3, cores=2)
 FAST_SPEC = """
 [study]
 max_key_size = "2GB"
