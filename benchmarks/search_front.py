@@ -1,13 +1,17 @@
 """What the search finds in a fixed time budget, next to Concrete ML's figures.
 
-    python benchmarks/search_front.py [--budget 20m] [--datasets breast_cancer wine digits circles]
+    python benchmarks/search_front.py [--budget 20m] [--workers 2]
+                                      [--datasets breast_cancer wine digits circles]
 
 Per dataset: the search sees only the protocol's 75% training part (benchmarks/protocol.py;
 it splits that into its own train / validation / test), with the spec studies/<dataset>.toml.
 Every Pareto-front model is then loaded from its stored artifact (no retraining) and scored on
 the protocol's 25% test part: the integer program run in the clear, which the encrypted
 circuit reproduces bit for bit. Latency: measured under real encryption during the search
-(median per sample after key generation; one sample for models predicted over 2 s).
+(median per sample after key generation; one sample for models predicted over 2 s), and
+measured again from the stored bundle after the search, with nothing else running (the
+figure the verdict uses: with --workers 2, the search's own measurements share the cores
+with the other worker's training).
 Concrete ML rows: ../shared/ANCHORS.md (same split, same machine class).
 """
 
@@ -25,6 +29,7 @@ import optuna
 
 from autofhe.data import load_dataset
 from autofhe.fhe.bundle import load_program
+from autofhe.fhe.deploy import measure_bundle
 from autofhe.fhe.latency import load_cost_model
 from autofhe.search.pareto import pareto_front
 from autofhe.search.spec import load_spec, parse_duration
@@ -43,6 +48,9 @@ TARGETS = {
     "digits": (0.97, 0.5, (0.960, 2.2, "hand-tuned: 2 layers, x1, 2 bits")),
     "circles": (0.88, 0.3, (0.892, 1.09, "100 epochs, lr 0.01")),
 }
+#: front models measured slower than this in the search are re-measured on one sample
+SLOW_S = 2.0
+COLUMNS = ["dataset", "model", "valid acc", "test acc", "latency s (search)", "latency s"]
 
 
 def front_rows(dataset: str, url: str, name: str, Xte, yte) -> list[dict]:
@@ -65,7 +73,11 @@ def front_rows(dataset: str, url: str, name: str, Xte, yte) -> list[dict]:
                 classes = np.asarray(manifest["classes"])
                 pred = classes[program.predict_raw(Xte).argmax(axis=1)]
                 test_acc = float(np.mean(pred == yte))
-        measured = t.user_attrs.get("measured_latency_s")
+                in_search = t.user_attrs.get("measured_latency_s")
+                n = 5 if in_search is not None and in_search <= SLOW_S else 1
+                measured = measure_bundle(Path(tmp) / "bundle", Xte, n=n)["latency_s"]
+        else:
+            in_search = measured = None
         rows.append(
             {
                 "dataset": dataset,
@@ -74,6 +86,7 @@ def front_rows(dataset: str, url: str, name: str, Xte, yte) -> list[dict]:
                 f"w/a {t.params.get('n_w_bits')}/{t.params.get('n_a_bits')} bits",
                 "valid acc": f"{t.values[0]:.3f}",
                 "test acc": "-" if test_acc is None else f"{test_acc:.3f}",
+                "latency s (search)": "-" if in_search is None else f"{in_search:.4f}",
                 "latency s": "-" if measured is None else f"{measured:.4f}",
                 "_acc": test_acc,
                 "_lat": measured,
@@ -111,6 +124,9 @@ def main() -> None:
     parser.add_argument("--budget", default="20m", help="search time per dataset")
     parser.add_argument("--datasets", nargs="+", default=list(TARGETS))
     parser.add_argument("--workdir", default=None, help="keep the databases here")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="search processes (training uses one core each)"
+    )
     args = parser.parse_args()
     budget = parse_duration(args.budget)
     cost_model = load_cost_model()
@@ -127,7 +143,7 @@ def main() -> None:
         url = f"sqlite:///{work}/{dataset}.db"
         _, _, name = open_study(ds, spec, url, dataset, seed=0)
         t0 = time.perf_counter()
-        run_workers(url, name, 1, None, budget, 0, cost_model)
+        run_workers(url, name, args.workers, None, budget, 0, cost_model)
         n = len(optuna.load_study(study_name=name, storage=url).trials)
         print(f"{dataset}: {n} trials in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
         found = front_rows(dataset, url, name, Xte, yte)
@@ -135,9 +151,10 @@ def main() -> None:
         cml = {"dataset": dataset, "model": f"Concrete ML {what}", "test acc": f"{cml_acc:.3f}"}
         rows += [*found, {**cml, "latency s": f"{cml_lat}"}]
         verdicts.append(verdict(dataset, found))
+        print(table([*found, {**cml, "latency s": f"{cml_lat}"}], COLUMNS), flush=True)
         print(verdicts[-1], flush=True)
     print()
-    print(table(rows, ["dataset", "model", "valid acc", "test acc", "latency s"]))
+    print(table(rows, COLUMNS))
     print()
     print("\n".join(verdicts))
 

@@ -19,7 +19,7 @@ from autofhe.data import check_X
 from autofhe.fhe.bundle import BundleError, load_program, read_manifest
 from autofhe.fhe.program import quantize_inputs, softmax
 
-__all__ = ["FheClient", "FheServer", "predict_bundle"]
+__all__ = ["FheClient", "FheServer", "measure_bundle", "predict_bundle"]
 
 
 def _part(path: str | Path, name: str) -> Path:
@@ -188,3 +188,37 @@ def predict_bundle(
         real = client.outputs(acc)
     proba = client.predict_proba(real) if client.info["task"] == "classification" else None
     return client.predict(real), proba
+
+
+class _Endpoints:
+    """A bundle's client and server behind a circuit's keygen / encrypt / run / decrypt."""
+
+    def __init__(self, bundle: str | Path):
+        self.client, self.server = FheClient(bundle), FheServer(bundle)
+
+    def keygen(self, force: bool = False) -> None:
+        self.client._client.keygen(force=force)
+        # deserialized once, as a server keeps them
+        self._keys = self.client._client.evaluation_keys
+
+    def encrypt(self, x_int):
+        return self.client._client.encrypt(x_int)
+
+    def run(self, value):
+        return self.server.run_value(value, self._keys)
+
+    def decrypt(self, value):
+        return self.client._client.decrypt(value)
+
+
+def measure_bundle(bundle: str | Path, X, n: int = 3) -> dict:
+    """Measured latency of an exported model on this machine, client and server in one process.
+
+    Same figures as ``measure_latency`` (key generation, then the median encrypt / run / decrypt
+    time per sample over ``n`` rows of ``X``), from the bundle alone: no model, no recompiling.
+    """
+    from autofhe.fhe.latency import measure_circuit
+
+    endpoints = _Endpoints(bundle)
+    x_int = endpoints.client.quantize(X)[: max(1, n)]
+    return measure_circuit(endpoints, list(x_int), n)

@@ -315,6 +315,10 @@ def _worker_main(
     import warnings
 
     warnings.filterwarnings("ignore")
+    import torch
+
+    # Small networks train as fast on one thread: N workers then use N cores, not 2N threads.
+    torch.set_num_threads(1)
     from autofhe.fhe.latency import load_cost_model
 
     SearchSession(url, name, seed).run(n_trials, timeout, load_cost_model())

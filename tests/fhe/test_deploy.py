@@ -16,7 +16,7 @@ import pytest
 from autofhe import NeuralNetClassifier
 from autofhe.data import load_dataset, split_dataset
 from autofhe.fhe.bundle import BundleError, read_manifest
-from autofhe.fhe.deploy import FheClient, FheServer, predict_bundle
+from autofhe.fhe.deploy import FheClient, FheServer, measure_bundle, predict_bundle
 from autofhe.search.spec import load_spec
 from autofhe.search.study import open_study, run_workers
 
@@ -120,6 +120,17 @@ def test_server_part_runs_with_plain_concrete(study_dir, bundle, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert eval(result.stdout.strip()) == list(expected)
+
+
+@pytest.mark.execute
+def test_measure_bundle_times_each_stage_of_the_exported_model(study_dir, bundle):
+    _, _, X_valid = study_dir
+    m = measure_bundle(bundle, X_valid, n=2)
+    assert m["samples"] == 2
+    assert m["keygen_s"] > 0 and m["run_s"] > 0 and m["encrypt_s"] > 0 and m["decrypt_s"] > 0
+    # the per-sample total is the median of sums: at least the largest stage, at most all three
+    assert max(m["encrypt_s"], m["run_s"]) <= m["latency_s"] * 1.5
+    assert m["latency_s"] <= 2 * (m["encrypt_s"] + m["run_s"] + m["decrypt_s"])
 
 
 def test_bundle_has_no_secret_key_and_no_pickle(bundle):
