@@ -148,10 +148,15 @@ def main() -> None:
         print(f"{dataset}: {n} trials in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
         found = front_rows(dataset, url, name, Xte, yte)
         cml_acc, cml_lat, what = TARGETS[dataset][2]
-        cml = {"dataset": dataset, "model": f"Concrete ML {what}", "test acc": f"{cml_acc:.3f}"}
-        rows += [*found, {**cml, "latency s": f"{cml_lat}"}]
+        cml = {
+            "dataset": dataset,
+            "model": f"Concrete ML {what}",
+            "test acc": f"{cml_acc:.3f}",
+            "latency s": f"{cml_lat}",
+        }
+        rows += [*found, cml]
         verdicts.append(verdict(dataset, found))
-        print(table([*found, {**cml, "latency s": f"{cml_lat}"}], COLUMNS), flush=True)
+        print(table([*found, cml], COLUMNS), flush=True)
         print(verdicts[-1], flush=True)
     print()
     print(table(rows, COLUMNS))

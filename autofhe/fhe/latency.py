@@ -116,6 +116,14 @@ def parallelism(lookups_per_layer: list[int], cores: int) -> float:
     return sum(lookups_per_layer) / rounds if rounds else 1.0
 
 
+def lookup_terms(report: dict, cores: int) -> tuple[float, float]:
+    """``(work, pbs count)`` of the circuit's lookups, each divided by their parallelism: what
+    ``seconds_per_unit`` and ``seconds_per_pbs`` multiply (in prediction and calibration)."""
+    par = parallelism(report["lookups_per_layer"], cores)
+    n_pbs = sum(p["count"] for p in report.get("pbs_params", []))
+    return pbs_work(report) / par, n_pbs / par
+
+
 class CostModel:
     """Per-sample latency from the compiled circuit; see the module docstring."""
 
@@ -129,18 +137,15 @@ class CostModel:
         meta: dict | None = None,
     ):
         self.base, self.per_byte = float(base), float(per_byte)
-        self.seconds_per_unit, self.seconds_per_pbs = (
-            float(seconds_per_unit),
-            float(seconds_per_pbs),
-        )
+        self.seconds_per_unit = float(seconds_per_unit)
+        self.seconds_per_pbs = float(seconds_per_pbs)
         self.cores = int(cores)
         self.meta = meta or {}
 
     def lookup_seconds(self, report: dict) -> float:
         """Predicted time of the circuit's table lookups alone."""
-        par = parallelism(report["lookups_per_layer"], self.cores)
-        n_pbs = sum(p["count"] for p in report.get("pbs_params", []))
-        return (self.seconds_per_unit * pbs_work(report) + self.seconds_per_pbs * n_pbs) / par
+        work, n_pbs = lookup_terms(report, self.cores)
+        return self.seconds_per_unit * work + self.seconds_per_pbs * n_pbs
 
     def predict(self, report: dict) -> float:
         """Seconds per sample: encrypt + run + decrypt (key generation excluded)."""
@@ -274,21 +279,17 @@ def calibrate(n: int = 4, verbose: bool = False) -> CostModel:
     base = max(0.0, t_small - per_byte * io_bytes(r_small))
     say(f"calibration: no lookups: base {base * 1e3:.1f} ms, {per_byte * 1e9:.1f} ns/byte")
     model = CostModel(base, per_byte, 0.0, 0.0, cores)
-    work, n_pbs, seconds = [], [], []
+    terms, seconds = [], []
     for n_lookups, bits, lsbs in CALIBRATION:
-        program = _synthetic(n_lookups, bits, lsbs, 0)
-        t, report = _timed(program, n)
-        par = parallelism(report["lookups_per_layer"], cores)
-        work.append(pbs_work(report) / par)
-        n_pbs.append(report["pbs_count"] / par)
+        t, report = _timed(_synthetic(n_lookups, bits, lsbs, 0), n)
+        terms.append(lookup_terms(report, cores))
         seconds.append(max(1e-4, t - base - per_byte * io_bytes(report)))
         say(
             f"calibration: {n_lookups} lookups at {report['lookup_bits_per_layer']} bits "
             f"({lsbs} truncated): {t:.3f} s"
         )
-    model.seconds_per_unit, model.seconds_per_pbs = fit_lookup_costs(
-        np.array(work), np.array(n_pbs), np.array(seconds)
-    )
+    work, n_pbs = np.array(terms).T
+    model.seconds_per_unit, model.seconds_per_pbs = fit_lookup_costs(work, n_pbs, np.array(seconds))
     model.meta = {"key": _machine_key(), "created": time.time()}
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     (CACHE_DIR / f"latency-{model.meta['key']}.json").write_text(json.dumps(model.to_json()))

@@ -278,8 +278,9 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits) -> tup
         simulated.append(ctx.outputs(model, X_val, "simulate"))
         spent("simulate_s", t0)
         models.append(model)
-        latencies.append(ctx.cost_model.predict(model.fhe_report()))
-        if _limits(ctx, model.fhe_report(), latencies[-1])[0]:
+        report = model.fhe_report()
+        latencies.append(ctx.cost_model.predict(report))
+        if _limits(ctx, report, latencies[-1])[0]:
             break  # infeasible whatever the other folds score
     return models, clear, simulated, latencies
 
