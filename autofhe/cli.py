@@ -494,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--folds",
         type=int,
         default=None,
-        help="cross-validate the metric over k folds (default 1: one validation split)",
+        help="cross-validate the metric over k folds (default: 3 under 1,500 rows, else 1)",
     )
     search.add_argument("--workers", type=int, default=1)
     search.add_argument("--seed", type=int, default=0)

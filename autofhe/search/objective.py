@@ -26,10 +26,11 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 from autofhe.errors import AutofheError, CompilationError, ParameterError
 from autofhe.fhe.latency import CostModel
+from autofhe.fhe.program import softmax
 from autofhe.nn.estimators import NeuralNetClassifier, NeuralNetRegressor
-from autofhe.nn.module import hidden_width, resolve_activation
-from autofhe.nn.pruning import check_budget, input_max_abs
-from autofhe.search.space import suggest, to_estimator_params
+from autofhe.search.fidelity import RungStop, clear_outputs, peers_at
+from autofhe.search.pricing import Price, price
+from autofhe.search.space import suggest_raw, to_estimator_params
 
 __all__ = ["METRICS", "SearchContext", "evaluate_metric", "objective"]
 
@@ -47,6 +48,9 @@ METRICS = {
 #: A trial whose clear validation metric is this far below the best feasible one is pruned
 #: before compilation (Optuna has no pruner for multi-objective studies).
 PRUNE_MARGIN = 0.25
+#: Without --max-latency, configurations priced over this many seconds per sample are not
+#: trained (Concrete ML's hand-tuned networks run at 1-11 s; --max-latency raises the cap).
+DEFAULT_PRICE_CAP_S = 5.0
 
 
 def evaluate_metric(name: str, y_true, y_pred=None, proba=None, classes=None) -> float:
@@ -103,10 +107,44 @@ class SearchContext:
     #: measures its latency and stores it there).
     front_hook: Callable | None = None
 
-    def estimator(self, params: dict[str, Any]):
+    def params(self, trial_params: dict[str, Any]) -> dict[str, Any]:
+        """Estimator parameters of a trial: fixed ones, then the drawn ones, resolved."""
+        return to_estimator_params({**self.fixed, **trial_params})
+
+    def estimator(self, params: dict[str, Any], rungs=None):
+        """An unfitted estimator of (resolved) ``params``; ``rungs``: a RungStop callback."""
         cls = NeuralNetClassifier if self.task == "classification" else NeuralNetRegressor
-        merged = to_estimator_params({**self.fixed, **params})
-        return cls(random_state=self.seed, **merged)
+        extra = {} if rungs is None else {"callbacks": [("rungs", rungs)]}
+        return cls(random_state=self.seed, **params, **extra)
+
+    @property
+    def n_outputs(self) -> int:
+        if self.task == "classification":
+            return len(np.unique(np.concatenate([self.y_train, self.y_valid])))
+        return 1 if self.y_train.ndim == 1 else self.y_train.shape[1]
+
+    def price(self, params: dict[str, Any]) -> Price:
+        """The configuration's price before training (pricing.py), with this study's limits;
+        without --max-latency, :data:`DEFAULT_PRICE_CAP_S` stands in."""
+        cap = self.max_latency if self.max_latency is not None else DEFAULT_PRICE_CAP_S
+        return price(
+            params,
+            self.X_train.shape[1],
+            self.n_outputs,
+            self.cost_model,
+            cap,
+            self.max_key_size,
+        )
+
+    def clear_outputs(self, net, X) -> tuple[np.ndarray, np.ndarray | None]:
+        """Outputs of a model still training (no integer program yet): its quantized module
+        in inference mode, which computes what the integer program will."""
+        raw = clear_outputs(net, X)
+        if self.task == "regression":
+            out = raw * net.y_scale_ + net.y_mean_
+            return (out.ravel() if net.y_ndim_ == 1 else out), None
+        proba = softmax(raw)
+        return net.classes_[proba.argmax(axis=1)], proba
 
     def refit(self, params: dict[str, Any]):
         """The trial's configuration trained and compiled on training + validation rows.
@@ -163,38 +201,37 @@ def _finish(trial, reason: str | None, violated: dict[str, float]) -> None:
     trial.set_user_attr("reason", reason or "")
 
 
-def _precheck(params: dict[str, Any], n_features: int) -> str | None:
-    """Cheap checks before training: an impossible budget, a lookup no circuit can hold."""
-    try:
-        activation = resolve_activation(params.get("module__activation_function", "ReLU"))()
-        import torch
-
-        grid = torch.linspace(-100, 100, 2001)
-        signed = bool(activation(grid).min() < 0)
-        n_a, n_layers = params.get("n_a_bits", 3), params.get("module__n_layers", 2)
-        maxes = [input_max_abs(n_a, True)] + [input_max_abs(n_a, signed)] * (n_layers > 1)
-        check_budget(params.get("n_accum_bits"), params.get("n_w_bits", 3), maxes)
-    except AutofheError as exc:
-        return str(exc)
-    width = hidden_width(n_features, params.get("module__n_hidden_neurons_multiplier", 4))
-    if params.get("module__n_layers", 2) > 1 and width > 1024:
-        return f"hidden width {width} is over 1024 lookups per layer; lower the multiplier"
-    return None
+def _reject(trial, quote: Price) -> None:
+    """A configuration that is never trained: its violated limit is recorded as a constraint
+    (so the sampler learns to avoid the region) and the trial ends PRUNED, without values."""
+    kind = quote.reason.split(":", 1)[0]
+    amount = 1.0
+    if kind == "latency" and np.isfinite(quote.latency_s):
+        amount = float(quote.latency_s)  # further over the cap: further from feasible
+    violated = {kind if kind in CONSTRAINTS else "compile": amount}
+    _finish(trial, quote.reason, violated)
+    trial.set_user_attr("fidelity_epochs", 0)
+    trial.set_user_attr("rejected_before_training", True)
+    raise optuna.TrialPruned(quote.reason)
 
 
 def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
-    """Train, compile and score one configuration; returns (metric, predicted latency)."""
-    params = suggest(trial, ctx.space)
-    worst = (-1e9 if ctx.metric.startswith("neg_") else -1.0, 1e6)
-    reason = _precheck({**ctx.fixed, **params}, ctx.X_train.shape[1])
-    if reason:
-        _finish(trial, f"budget: {reason}", {"budget": 1.0})
-        return worst
+    """Price, train (with rungs), compile and score one configuration; returns (metric,
+    latency). Every returned value is real: the simulated metric (the clear one when the
+    circuit does not compile) and the latency predicted from the compiled circuit (the price
+    when it does not compile); ``metric_source`` / ``latency_source`` say which."""
+    params = ctx.params(suggest_raw(trial, ctx.space))
+    trial.set_user_attr("estimator_params", _jsonable(params))
+    quote = ctx.price(params)
+    for key, value in quote.attrs().items():
+        trial.set_user_attr(key, value)
+    if quote.reason:
+        _reject(trial, quote)
 
     splits = ctx.fold_splits()
-    folds = _fit_folds(trial, ctx, params, splits)
-    if folds is None:
-        return worst
+    folds = _fit_folds(trial, ctx, params, splits, quote.latency_s)
+    if isinstance(folds, float):  # did not compile: real clear metric, priced latency
+        return folds, quote.latency_s
     models, clear, simulated, latencies = folds
     splits = splits[: len(models)]  # an infeasible first fold stops the others
     y_val = np.concatenate([fold[3] for fold in splits])
@@ -228,6 +265,10 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
     test = [ctx.score(m, ctx.X_test, ctx.y_test, "disable") for m in models]
     trial.set_user_attr("clear_test", float(np.mean(test)))
     trial.set_user_attr("predicted_latency_s", latency)
+    trial.set_user_attr("metric_source", "simulated")
+    trial.set_user_attr("latency_source", "predicted")
+    if latency > 0:
+        trial.set_user_attr("price_error", round(quote.latency_s / latency - 1, 4))
 
     violated, reasons = _limits(ctx, report, latency)
     _finish(trial, "; ".join(reasons) or None, violated)
@@ -250,9 +291,11 @@ def _limits(ctx: SearchContext, report: dict, latency: float) -> tuple[dict, lis
     return violated, reasons
 
 
-def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits) -> tuple | None:
+def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price: float):
     """Train, compile and simulate one model per fold: (models, clear outputs, simulated
-    outputs, predicted latencies), or None when a fold does not compile (trial finished)."""
+    outputs, predicted latencies); or the clear metric when a fold does not compile (trial
+    finished with the compile constraint violated). The first fold trains with rungs
+    (fidelity.py): a trial its peers beat stops there, PRUNED."""
     models, clear, simulated, latencies = [], [], [], []
     seconds = {"train_s": 0.0, "compile_s": 0.0, "simulate_s": 0.0}
 
@@ -262,8 +305,24 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits) -> tup
 
     for i, (X_fit, y_fit, X_val, y_val) in enumerate(splits):
         t0 = time.perf_counter()
-        model = ctx.estimator(params).fit(X_fit, y_fit)
+        rungs = None
+        if i == 0:
+            rungs = RungStop(
+                trial,
+                price,
+                score_fn=lambda net, X=X_val, y=y_val: ctx.metric_of(
+                    y, [ctx.clear_outputs(net, X)], _classes(net)
+                ),
+                peers_fn=lambda epoch: _peers(trial, epoch),
+            )
+        model = ctx.estimator(params, rungs).fit(X_fit, y_fit)
         spent("train_s", t0)
+        if i == 0:
+            trial.set_user_attr("fidelity_epochs", len(model.history_))
+        if rungs is not None and rungs.stopped:
+            _finish(trial, rungs.stopped, {})
+            trial.set_user_attr("feasible", False)
+            raise optuna.TrialPruned(rungs.stopped)
         clear.append(ctx.outputs(model, X_val, "disable"))
         if i == 0:  # a hopeless configuration stops after its first model
             _maybe_prune(trial, ctx.metric_of(y_val, clear, _classes(model)), ctx.metric)
@@ -272,7 +331,10 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits) -> tup
             model.compile(X_fit)
         except CompilationError as exc:
             _finish(trial, f"compile: {str(exc).splitlines()[0]}", {"compile": 1.0})
-            return None
+            value = ctx.metric_of(y_val, clear[-1:], _classes(model))
+            trial.set_user_attr("metric_source", "clear")
+            trial.set_user_attr("latency_source", "priced")
+            return value
         spent("compile_s", t0)
         t0 = time.perf_counter()
         simulated.append(ctx.outputs(model, X_val, "simulate"))
@@ -283,6 +345,18 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits) -> tup
         if _limits(ctx, report, latencies[-1])[0]:
             break  # infeasible whatever the other folds score
     return models, clear, simulated, latencies
+
+
+def _peers(trial, epoch: int) -> list[tuple[float, float]]:
+    study = getattr(trial, "study", None)  # FixedTrial has none
+    return [] if study is None else peers_at(study, trial.number, epoch)
+
+
+def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: (v if isinstance(v, (bool, int, float, str, type(None))) else str(v))
+        for k, v in params.items()
+    }
 
 
 def _classes(model):

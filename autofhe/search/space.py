@@ -1,6 +1,11 @@
-"""The search space: names are estimator parameters, so ``est.set_params(**trial.params)``
-rebuilds any trial (``"none"`` / ``"auto"`` stand for None: ``n_accum_bits="none"`` is an
-unbounded accumulator, ``module__lookup_bits="auto"`` lets compile choose the lookup precision).
+"""The search space: names are estimator parameters (``"none"`` / ``"auto"`` stand for None:
+``n_accum_bits="none"`` is an unbounded accumulator, ``module__lookup_bits="auto"`` lets
+compile choose the lookup precision), with one exception that keeps every draw feasible:
+``accum_slack``, the accumulator budget in bits *above the smallest one the drawn bit widths
+allow* (``n_accum_bits = min + accum_slack``), so an impossible budget is never sampled.
+:func:`to_estimator_params` turns a trial's parameters into estimator parameters (a trial
+records them as its ``estimator_params`` user attribute, so
+``est.set_params(**trial.user_attrs["estimator_params"])`` rebuilds it).
 
 A space maps a parameter to one of
 - ``{"low": a, "high": b}`` (int when both are ints), optional ``"log": true`` / ``"step"``;
@@ -16,21 +21,32 @@ from autofhe.errors import ParameterError
 from autofhe.nn.estimators import LR_SCHEDULES
 from autofhe.nn.module import ACTIVATIONS, SEED_ACTIVATIONS
 
-__all__ = ["DEFAULT_SPACE", "SEED_CONFIG", "suggest", "validate_space"]
+__all__ = [
+    "DEFAULT_SPACE",
+    "SEED_CONFIG",
+    "suggest",
+    "suggest_raw",
+    "to_estimator_params",
+    "validate_space",
+]
 
 DEFAULT_SPACE: dict[str, Any] = {
-    "module__n_layers": {"low": 1, "high": 4},
+    "module__n_layers": {"low": 1, "high": 3},
     "module__activation_function": list(SEED_ACTIVATIONS),
+    # replaced per study by a range of hidden *widths* (2 to 16-64 neurons, see plan.py), so
+    # a 2-feature input is not capped at 8 neurons nor a 64-feature one forced to 6+
     "module__n_hidden_neurons_multiplier": {"low": 0.1, "high": 4.0, "log": True},
     "n_w_bits": {"low": 2, "high": 8},
-    "n_a_bits": {"low": 2, "high": 8},
-    "n_accum_bits": ["none", 6, 7, 8, 9, 10, 12, 14, 16],
+    "n_a_bits": {"low": 2, "high": 7},
+    "accum_slack": {"low": 0, "high": 8},
+    # always explicit, so the price before training is the price after compilation
+    "module__lookup_bits": {"low": 4, "high": 7},
     "power_of_two_scaling": [True, False],
-    "lr": {"low": 1e-4, "high": 1e-1, "log": True},
-    "max_epochs": {"low": 10, "high": 100, "log": True},
+    "lr": {"low": 1e-3, "high": 1e-1, "log": True},
+    # the fidelity: trials stop early at rungs (fidelity.py) when their peers are better
+    "max_epochs": {"low": 20, "high": 300, "log": True},
     "lr_schedule": ["constant", "cosine"],
-    "optimizer__weight_decay": [0.0, 1e-4, 1e-3, 1e-2],
-    "module__lookup_bits": ["auto", 5, 6],
+    "optimizer__weight_decay": [0.0, 1e-4, 1e-3],
 }
 
 #: The seed's documented configuration, enqueued as every study's first trial.
@@ -57,6 +73,7 @@ _KNOWN = {
     "n_w_bits": ("int", 2, 16),
     "n_a_bits": ("int", 2, 16),
     "n_accum_bits": ("accum", 2, 48),
+    "accum_slack": ("slack", 0, 24),
     "power_of_two_scaling": ("bool", None, None),
     "lr": ("float", 1e-7, 10.0),
     "max_epochs": ("int", 1, 10_000),
@@ -67,7 +84,7 @@ _KNOWN = {
     "n_init": ("int", 1, 20),
 }
 #: Integer kinds that also take one word, which the estimator receives as None.
-_WORDS = {"accum": "none", "lookup": "auto"}
+_WORDS = {"accum": "none", "lookup": "auto", "slack": "none"}
 _WORD_PARAMS = {name: _WORDS[kind] for name, (kind, _, _) in _KNOWN.items() if kind in _WORDS}
 
 
@@ -108,7 +125,7 @@ def validate_space(space: dict[str, Any]) -> dict[str, Any]:
                     f"search space: {name} = {entry!r}; a range needs 'low' and 'high' (and "
                     "optionally 'log' or 'step')."
                 )
-            if kind not in ("int", "float"):
+            if kind not in ("int", "float", *_WORDS):
                 raise ParameterError(f"search space: {name} takes a list of choices, not a range.")
             for bound in (entry["low"], entry["high"]):
                 _check_value(name, kind, low, high, bound)
@@ -128,6 +145,11 @@ def validate_space(space: dict[str, Any]) -> dict[str, Any]:
 
 def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
     """Draw one configuration; returns estimator parameters (``"none"`` becomes None)."""
+    return to_estimator_params(suggest_raw(trial, space))
+
+
+def suggest_raw(trial, space: dict[str, Any]) -> dict[str, Any]:
+    """Draw one configuration; returns the trial's parameters as drawn."""
     params: dict[str, Any] = {}
     for name, entry in space.items():
         if isinstance(entry, dict):
@@ -142,13 +164,28 @@ def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
         else:
             value = entry
         params[name] = value
-    return to_estimator_params(params)
+    return params
 
 
 def to_estimator_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Trial parameters -> estimator parameters (``"none"`` / ``"auto"`` become None)."""
+    """Trial parameters -> estimator parameters (``"none"`` / ``"auto"`` become None, and
+    ``accum_slack`` becomes ``n_accum_bits``: the smallest budget the bit widths, depth and
+    activation allow, plus the slack)."""
     out = dict(params)
     for name, word in _WORD_PARAMS.items():
         if out.get(name) == word:
             out[name] = None
+    if "accum_slack" in out:
+        slack = out.pop("accum_slack")
+        if slack is None:
+            out["n_accum_bits"] = None
+        else:
+            from autofhe.search.pricing import hidden_signed, min_accum_bits
+
+            out["n_accum_bits"] = int(slack) + min_accum_bits(
+                int(out.get("n_w_bits", 3)),
+                int(out.get("n_a_bits", 3)),
+                int(out.get("module__n_layers", 2)),
+                hidden_signed(out.get("module__activation_function", "ReLU")),
+            )
     return out

@@ -24,6 +24,7 @@ from autofhe.data import Dataset, check_Xy, split_dataset
 from autofhe.errors import DataError, ParameterError
 from autofhe.search.objective import METRICS, SearchContext, objective
 from autofhe.search.pareto import ParetoStore, pareto_front, serialize_sqlite
+from autofhe.search.plan import make_plan, project
 from autofhe.search.space import SEED_CONFIG
 from autofhe.search.spec import Spec
 
@@ -149,27 +150,24 @@ def open_study(
         load_if_exists=True,
     )
     if info is None:
+        plan = make_plan(
+            ds.task, metric, split_dataset(ds, seed), spec.space, spec.fixed, spec.folds
+        )
         store.register_study(name, ds, metric, wanted)
         study.set_metric_names([metric, *OBJECTIVE_NAMES])
         study.set_user_attr("autofhe_fingerprint", ds.fingerprint)
         study.set_user_attr("autofhe_task", ds.task)
         study.set_user_attr("autofhe_source", ds.source)
-        study.enqueue_trial(seed_params(spec.space))
+        study.set_user_attr("autofhe_plan", plan)
+        space = {**spec.space, **plan["space"]}
+        for params in plan["seeds"]:
+            study.enqueue_trial(project(params, space))
     return study, store, name
 
 
 def seed_params(space: dict) -> dict:
-    """The seed's configuration as far as ``space`` can hold it.
-
-    A range keeps the seed's value even outside its bounds (Optuna accepts an enqueued value
-    there, so the front shows the seed itself); a choice the list lacks is left to the sampler.
-    """
-    params = {}
-    for name, value in SEED_CONFIG.items():
-        entry = space.get(name)
-        if isinstance(entry, dict) or (isinstance(entry, list) and value in entry):
-            params[name] = value
-    return params
+    """The seed's documented configuration as far as ``space`` can hold it."""
+    return project(SEED_CONFIG, space)
 
 
 @dataclass
@@ -190,10 +188,12 @@ class SearchSession:
             )
         return info
 
-    def context(self, store: ParetoStore, cost_model) -> SearchContext:
-        return self._context(self._info(store), cost_model)
+    def context(self, store: ParetoStore, cost_model, plan: dict | None = None) -> SearchContext:
+        return self._context(self._info(store), cost_model, plan)
 
-    def _context(self, info: dict, cost_model) -> SearchContext:
+    def _context(self, info: dict, cost_model, plan: dict | None = None) -> SearchContext:
+        """The trial context; ``plan``: the study's data-aware plan (plan.py), if it has one."""
+        plan = plan or {}
         X, y = ParetoStore.decode_data(info)
         X, y = check_Xy(X, y, classification=info["task"] == "classification")
         ds = Dataset(
@@ -211,13 +211,13 @@ class SearchSession:
             info["task"],
             info["metric"],
             *parts,
-            space=spec["space"],
+            space={**spec["space"], **plan.get("space", {})},
             cost_model=cost_model,
             max_latency=spec["max_latency"],
             max_key_size=spec["max_key_size"],
             seed=self.seed,
-            fixed=spec["fixed"],
-            folds=spec.get("folds", 1),
+            fixed={**plan.get("fixed", {}), **spec["fixed"]},
+            folds=plan.get("folds", spec.get("folds") or 1),
             front_hook=self._front_hook(),
         )
 
@@ -278,12 +278,12 @@ class SearchSession:
             cost_model = load_cost_model()
         store = ParetoStore(self.url)
         info = self._info(store)
-        ctx = self._context(info, cost_model)
         study = optuna.load_study(
             study_name=self.name,
             storage=_storage(self.url),
             sampler=_sampler(info["spec"].get("sampler", "tpe"), self.seed + os.getpid()),
         )
+        ctx = self._context(info, cost_model, study.user_attrs.get("autofhe_plan"))
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             trials = study.get_trials(deepcopy=False)

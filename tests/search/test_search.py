@@ -69,7 +69,7 @@ def test_objective_through_fixed_trial(wine_ds):
         "module__n_hidden_neurons_multiplier": 0.5,
         "n_w_bits": 3,
         "n_a_bits": 3,
-        "n_accum_bits": 8,
+        "accum_slack": 2,  # 3/3 bits, ReLU: n_accum_bits = 6 + 2
         "power_of_two_scaling": True,
         "lr": 0.003,
         "max_epochs": 20,
@@ -86,6 +86,12 @@ def test_objective_through_fixed_trial(wine_ds):
     assert trial.user_attrs["lookups_per_layer"] == [6]
     assert trial.user_attrs["max_lookup_bits"] == 5  # module__lookup_bits: training + compile
     assert max(trial.user_attrs["accumulator_bits"]) <= 8
+    assert trial.user_attrs["estimator_params"]["n_accum_bits"] == 8
+    assert "accum_slack" not in trial.user_attrs["estimator_params"]
+    # priced before training, within 25% of the prediction after compilation
+    assert trial.user_attrs["priced_latency_s"] == pytest.approx(latency, rel=0.25)
+    assert trial.user_attrs["metric_source"] == "simulated"
+    assert trial.user_attrs["fidelity_epochs"] == 20
     assert all(v == 0 for v in trial.constraints.values())
     assert set(trial.constraints) == {"budget", "compile", "latency", "key_size"}
 
@@ -94,7 +100,7 @@ def test_front_model_is_refit_on_training_and_validation_rows(wine_ds):
     shipped = []
     ctx = _context(wine_ds, front_hook=lambda trial, model, X, lat: shipped.append(model))
     params = {**SEED_CONFIG, "module__n_layers": 1, "n_w_bits": 4, "n_a_bits": 4, "max_epochs": 5}
-    trial = optuna.trial.FixedTrial(params)
+    trial = optuna.trial.FixedTrial({**params, "accum_slack": 4, "module__lookup_bits": 5})
     objective(trial, ctx)  # FixedTrial has no study: its point enters the (empty) front
     (model,) = shipped
     # the shipped model standardizes with the mean of every row it learned from
@@ -120,9 +126,7 @@ def test_cross_validated_metric_scores_every_training_and_validation_row_once(wi
     other = _context(wine_ds, folds=3, seed=7).fold_splits()
     assert all(np.array_equal(a[3], b[3]) for a, b in zip(splits, other))
 
-    trial = optuna.trial.FixedTrial(
-        {**SEED_CONFIG, "module__n_layers": 1, "n_w_bits": 4, "n_a_bits": 4, "max_epochs": 5}
-    )
+    trial = optuna.trial.FixedTrial(_linear_params())
     metric, _ = objective(trial, ctx)
     assert trial.user_attrs["folds"] == 3
     per_fold = trial.user_attrs["simulated_valid_per_fold"]
@@ -134,40 +138,84 @@ def test_cross_validated_metric_scores_every_training_and_validation_row_once(wi
 
 
 def test_an_infeasible_first_fold_stops_the_others(wine_ds):
+    from autofhe.search.pricing import Price
+
     ctx = _context(wine_ds, folds=3, max_latency=1e-6)
-    trial = optuna.trial.FixedTrial({**SEED_CONFIG, "module__n_layers": 1, "max_epochs": 5})
-    objective(trial, ctx)
+    ctx.price = lambda params: Price(None, latency_s=1e-7)  # priced under, compiled over
+    trial = optuna.trial.FixedTrial(_linear_params())
+    metric, latency = objective(trial, ctx)
     assert trial.constraints["latency"] > 0
+    assert trial.user_attrs["reason"].startswith("latency: predicted")
     assert trial.user_attrs["folds"] == 1  # one model trained, not three
+    assert 0 < metric <= 1 and latency > 1e-6  # real values, no sentinels
 
 
-def test_impossible_budget_is_infeasible_before_training(wine_ds):
+def _linear_params(**extra):
+    return {
+        **SEED_CONFIG,
+        "module__n_layers": 1,
+        "n_w_bits": 4,
+        "n_a_bits": 4,
+        "max_epochs": 5,
+        "accum_slack": 4,
+        "module__lookup_bits": 5,
+        **extra,
+    }
+
+
+def test_impossible_budget_is_rejected_before_training(wine_ds):
+    from autofhe.search.space import validate_space
+
+    space = validate_space({**load_spec(None).space, "n_accum_bits": [6, 8]})
+    space.pop("accum_slack")
     ctx = _context(wine_ds)
+    ctx.space = space
     params = {**SEED_CONFIG, "module__n_hidden_neurons_multiplier": 0.5, "max_epochs": 5}
-    trial = optuna.trial.FixedTrial({**params, "n_w_bits": 6, "n_a_bits": 6, "n_accum_bits": 6})
-    objective(trial, ctx)
+    trial = optuna.trial.FixedTrial(
+        {**params, "n_w_bits": 6, "n_a_bits": 6, "n_accum_bits": 6, "module__lookup_bits": 5}
+    )
+    with pytest.raises(optuna.TrialPruned, match="n_accum_bits=6 is too small"):
+        objective(trial, ctx)
     assert trial.constraints["budget"] > 0
-    assert "n_accum_bits=6 is too small" in trial.user_attrs["reason"]
+    assert trial.user_attrs["rejected_before_training"] is True
     assert "train_s" not in trial.user_attrs  # nothing was trained
 
 
-def test_latency_over_the_limit_is_a_violated_constraint(wine_ds):
+def test_default_space_never_draws_an_impossible_budget(wine_ds):
+    ctx = _context(wine_ds)
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    from autofhe.search.pricing import shape_of
+    from autofhe.search.space import suggest_raw
+
+    for _ in range(200):
+        trial = study.ask()
+        params = ctx.params(suggest_raw(trial, ctx.space))
+        shape_of(params, 13, 3)  # raises for an impossible budget
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+
+
+def test_latency_over_the_limit_is_never_trained(wine_ds):
     ctx = _context(wine_ds, max_latency=1e-6)
-    trial = optuna.trial.FixedTrial({**SEED_CONFIG, "module__n_layers": 1, "max_epochs": 5})
-    objective(trial, ctx)
+    trial = optuna.trial.FixedTrial(_linear_params())
+    with pytest.raises(optuna.TrialPruned, match="latency: priced"):
+        objective(trial, ctx)
     assert trial.constraints["latency"] > 0
-    assert trial.user_attrs["reason"].startswith("latency: predicted")
+    assert trial.user_attrs["priced_latency_s"] > 1e-6
+    assert "train_s" not in trial.user_attrs
 
 
-def test_study_infeasible_trials_complete_resume_and_front(tmp_path, wine_ds, spec_file):
+def test_study_infeasible_trials_rejected_resume_and_front(tmp_path, wine_ds, spec_file):
     url = f"sqlite:///{tmp_path}/s.db"
     spec = load_spec(spec_file)
-    spec.max_latency = 1e-6  # every trial violates it: all COMPLETE, none on the front
+    spec.max_latency = 1e-6  # every trial is priced over it: none trained, none on the front
     _, _, name = open_study(wine_ds, spec, url, "w", seed=0)
     run_workers(url, name, 1, 3, None, 0, COST)
     trials = optuna.load_study(study_name=name, storage=url).get_trials()
     assert len(trials) == 3
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in trials)
+    assert all(t.values is None for t in trials)  # no sentinel values
     assert all(t.constraints["latency"] > 0 for t in trials)
     assert optuna.load_study(study_name=name, storage=url).best_trials == []
     # resuming with the same data and settings continues the same study ...

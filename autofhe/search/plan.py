@@ -1,0 +1,154 @@
+"""The data-aware start of a study: what this data needs, measured in seconds.
+
+Before its first trial a study fits two float models on its own training rows and scores them
+on its validation rows: a linear model (logistic / ridge regression) and a one-hidden-layer
+MLP. Their gap says how much a nonlinear boundary is worth here, and the study acts on it:
+
+- the first trials (enqueued seeds) are hidden-layer networks of a few widths when the MLP
+  wins by more than :data:`NONLINEAR_GAIN`, quantized linear models first otherwise (the
+  other family always gets one seed too: the front needs both ends);
+- hidden widths are searched as widths (2 to 16-64 neurons, more for wider inputs), not as
+  multiples of the input width, so a 2-feature problem can have 16 neurons;
+- the batch size gives every epoch about 8 optimizer steps, whatever the number of rows;
+- small data is cross-validated (3 folds under 1,500 rows), where one validation split would
+  be too noisy to rank configurations.
+
+The plan is stored with the study (user attribute ``autofhe_plan``), so every worker applies
+the same one, and a user reads the probe in optuna-dashboard or ``autofhe studies``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+from autofhe.search.space import DEFAULT_SPACE
+
+__all__ = ["NONLINEAR_GAIN", "make_plan", "probe", "seed_trials"]
+
+#: The float MLP must beat the float linear model by this much (metric units) for the study
+#: to start from hidden-layer networks.
+NONLINEAR_GAIN = 0.015
+#: Cross-validate when the training + validation rows are fewer than this.
+CV_ROWS = 1500
+CV_FOLDS = 3
+STEPS_PER_EPOCH = 8
+
+
+def probe(task: str, metric: str, X_fit, y_fit, X_val, y_val) -> dict[str, float]:
+    """Validation metric of a float linear model and a float MLP (seconds of work)."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from autofhe.search.objective import evaluate_metric
+
+    t0 = time.perf_counter()
+    if task == "classification":
+        linear = LogisticRegression(max_iter=2000)
+        mlp = MLPClassifier(hidden_layer_sizes=(32,), max_iter=600, random_state=0)
+    else:
+        linear = Ridge(alpha=1.0)
+        mlp = MLPRegressor(hidden_layer_sizes=(32,), max_iter=1000, random_state=0)
+    scores = {}
+    for name, model in (("float_linear", linear), ("float_mlp", mlp)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe = make_pipeline(StandardScaler(), model).fit(X_fit, y_fit)
+        pred = pipe.predict(X_val)
+        proba = pipe.predict_proba(X_val) if task == "classification" else None
+        classes = pipe.classes_ if task == "classification" else None
+        scores[name] = round(evaluate_metric(metric, y_val, pred, proba, classes), 6)
+    scores["gain"] = round(scores["float_mlp"] - scores["float_linear"], 6)
+    scores["probe_s"] = round(time.perf_counter() - t0, 3)
+    return scores
+
+
+def _width_range(n_features: int) -> tuple[int, int]:
+    return 2, int(np.clip(2 * n_features, 16, 64))
+
+
+def seed_trials(nonlinear: bool, n_features: int) -> list[dict[str, Any]]:
+    """The study's first configurations (trial parameters), most promising family first."""
+    common = {
+        "power_of_two_scaling": True,
+        "lr_schedule": "cosine",
+        "optimizer__weight_decay": 0.0,
+        "module__activation_function": "ReLU",
+    }
+    linear = [
+        {
+            **common,
+            "module__n_layers": 1,
+            "n_w_bits": w,
+            "n_a_bits": a,
+            "accum_slack": 4,
+            "module__lookup_bits": 5,
+            "lr": 0.02,
+            "max_epochs": 100,
+        }
+        for w, a in ((6, 4), (4, 3))
+    ]
+    hidden = [
+        {
+            **common,
+            "module__n_layers": 2,
+            "module__n_hidden_neurons_multiplier": w / n_features,
+            "n_w_bits": 3,
+            "n_a_bits": 4,
+            "accum_slack": 2,
+            "module__lookup_bits": 5,
+            "lr": 0.02,
+            "max_epochs": 200,
+        }
+        for w in (8, 16, 4)
+    ]
+    return hidden + linear[:1] if nonlinear else linear + hidden[:1]
+
+
+def make_plan(
+    task: str,
+    metric: str,
+    parts: tuple,
+    space: dict[str, Any],
+    fixed: dict[str, Any],
+    folds: int | None,
+) -> dict[str, Any]:
+    """The plan of a new study from its split ``parts`` (X_train, X_valid, X_test, y_...)."""
+    X_train, X_valid, _, y_train, y_valid, _ = parts
+    scores = probe(task, metric, X_train, y_train, X_valid, y_valid)
+    nonlinear = scores["gain"] > NONLINEAR_GAIN
+    n_features, n_rows = X_train.shape[1], len(X_train) + len(X_valid)
+    overrides: dict[str, Any] = {}
+    name = "module__n_hidden_neurons_multiplier"
+    if space.get(name) == DEFAULT_SPACE[name]:  # the user did not choose widths
+        low, high = _width_range(n_features)
+        overrides[name] = {"low": low / n_features, "high": high / n_features, "log": True}
+    plan_fixed = {}
+    if "batch_size" not in fixed and "batch_size" not in space:
+        plan_fixed["batch_size"] = int(np.clip(len(X_train) // STEPS_PER_EPOCH, 16, 1024))
+    if folds is None:
+        folds = CV_FOLDS if n_rows < CV_ROWS else 1
+    return {
+        "probe": scores,
+        "nonlinear": bool(nonlinear),
+        "space": overrides,
+        "fixed": plan_fixed,
+        "folds": int(folds),
+        "seeds": seed_trials(nonlinear, n_features),
+    }
+
+
+def project(params: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``params`` a space can hold (a range takes any value, as Optuna accepts an
+    enqueued value outside it; a list only its choices)."""
+    out = {}
+    for key, value in params.items():
+        entry = space.get(key)
+        if isinstance(entry, dict) or (isinstance(entry, list) and value in entry):
+            out[key] = value
+    return out

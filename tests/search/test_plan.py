@@ -1,0 +1,54 @@
+"""The data-aware start: the float probe decides seeds, widths, batch size and folds."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.datasets import make_circles
+
+from autofhe.search.plan import make_plan, project
+from autofhe.search.space import DEFAULT_SPACE
+
+
+def _parts(X, y):
+    n = len(X)
+    a, b = int(0.6 * n), int(0.8 * n)
+    return X[:a], X[a:b], X[b:], y[:a], y[a:b], y[b:]
+
+
+def test_nonlinear_data_starts_from_hidden_layers_and_wide_enough_widths():
+    X, y = make_circles(600, noise=0.1, factor=0.5, random_state=0)
+    plan = make_plan("classification", "accuracy", _parts(X, y), dict(DEFAULT_SPACE), {}, None)
+    assert plan["probe"]["gain"] > 0.2  # a linear model cannot separate circles
+    assert plan["nonlinear"] is True
+    assert plan["seeds"][0]["module__n_layers"] == 2
+    widths = plan["space"]["module__n_hidden_neurons_multiplier"]
+    assert widths["low"] * 2 == 2 and widths["high"] * 2 == 16  # 2 to 16 neurons
+    assert plan["folds"] == 3  # 480 rows: cross-validated
+    assert plan["fixed"]["batch_size"] == 360 // 8
+
+
+def test_linear_data_starts_from_linear_models_and_respects_user_choices():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 10))
+    y = (X @ rng.normal(size=10) > 0).astype(int)  # a linear boundary
+    space = {**DEFAULT_SPACE, "module__n_hidden_neurons_multiplier": {"low": 0.5, "high": 1}}
+    plan = make_plan("classification", "accuracy", _parts(X, y), space, {"batch_size": 64}, 1)
+    assert plan["nonlinear"] is False
+    assert plan["seeds"][0]["module__n_layers"] == 1
+    assert plan["space"] == {} and plan["fixed"] == {} and plan["folds"] == 1
+
+
+def test_regression_probe_uses_the_metric():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=400)
+    plan = make_plan("regression", "r2", _parts(X, y), dict(DEFAULT_SPACE), {}, None)
+    assert plan["probe"]["float_linear"] > 0.95
+    assert plan["nonlinear"] is False
+
+
+def test_seeds_are_projected_into_the_space():
+    space = {"module__n_layers": {"low": 1, "high": 2}, "lr_schedule": ["constant"]}
+    assert project({"module__n_layers": 3, "lr_schedule": "cosine", "x": 1}, space) == {
+        "module__n_layers": 3
+    }
