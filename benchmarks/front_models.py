@@ -1,0 +1,33 @@
+"""The front models of a study, from their stored artifacts (no retraining)."""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+
+from autofhe.fhe.bundle import load_program
+from autofhe.search.pareto import pareto_front
+from autofhe.search.study import artifact_dir
+
+
+def front_bundles(url: str, study_name: str, trials) -> Iterator[tuple]:
+    """``(trial, manifest, program, bundle directory)`` per front trial with an artifact."""
+    store = optuna.artifacts.FileSystemArtifactStore(str(artifact_dir(url)))
+    for t in pareto_front(trials):
+        if not t.user_attrs.get("artifact_id"):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(tmp) / "model.zip"
+            optuna.artifacts.download_artifact(
+                artifact_store=store,
+                file_path=str(archive),
+                artifact_id=t.user_attrs["artifact_id"],
+            )
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(Path(tmp) / "bundle")
+            manifest, program = load_program(Path(tmp) / "bundle")
+            yield t, manifest, program, Path(tmp) / "bundle"
