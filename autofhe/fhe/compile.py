@@ -103,7 +103,8 @@ def choose_lsbs(
         # Above MAX_AUTO_LOOKUP_BITS a lookup costs seconds and GBs of keys: when no precision
         # keeps the decisions, take the widest one allowed.
         lsbs[i] = max(0, layer.acc_bits - MAX_AUTO_LOOKUP_BITS)
-        for k in range(layer.acc_bits - DEFAULT_LOOKUP_BITS, 0, -1):
+        # narrowest first, down to (not past) the widest lookup allowed
+        for k in range(layer.acc_bits - DEFAULT_LOOKUP_BITS, lsbs[i], -1):
             trial = [*lsbs[:i], k, *lsbs[i + 1 :]]
             candidate = program.with_rounding(trial, mode).run(x_int)
             if agreement(reference, candidate) >= min_agreement:

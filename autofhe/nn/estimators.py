@@ -13,7 +13,7 @@ import numpy as np
 import skorch
 import torch
 from sklearn.utils import check_random_state
-from skorch.callbacks import Callback, LRScheduler
+from skorch.callbacks import Callback, LRScheduler, PrintLog
 from torch import nn
 
 from autofhe.data import check_X, check_Xy
@@ -60,17 +60,53 @@ class KeepBestEpoch(Callback):
         self._X = torch.as_tensor(np.asarray(X)[rows])
         self._y = torch.as_tensor(np.asarray(y)[rows])
         self._best = (np.inf, None)
+        # The state's tensors keep their identity while training (the optimizer and the
+        # quantizers update them in place): list them once, copy their values per new best.
+        self._state = net.module_.state_dict(keep_vars=True)
 
     def on_epoch_end(self, net, **kwargs):
         loss = net._quantized_loss(self._X, self._y)
         if loss < self._best[0]:
-            self._best = (loss, copy.deepcopy(net.module_.state_dict()))
+            self._best = (loss, [t.detach().clone() for t in self._state.values()])
 
     def on_train_end(self, net, **kwargs):
         if self._best[1] is not None:
-            net.module_.load_state_dict(self._best[1])
-        self._X = self._y = None
+            net.module_.load_state_dict(dict(zip(self._state, self._best[1])))
+        self._X = self._y = self._state = None
         self._best = (np.inf, None)
+
+
+class _QuietPrintLog(PrintLog):
+    """skorch's PrintLog, which skips formatting its table when it would print nothing.
+
+    PrintLog tabulates every epoch, even with ``verbose=False``: a millisecond per epoch.
+    """
+
+    def on_epoch_end(self, net, **kwargs):
+        if self.sink is print and not net.verbose:
+            return
+        super().on_epoch_end(net, **kwargs)
+
+
+class _TensorBatches:
+    """Mini-batches ``(X[rows], y[rows])`` of two tensors, reshuffled at every pass."""
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool):
+        self.X, self.y, self.batch_size, self.shuffle = X, y, batch_size, shuffle
+
+    def __len__(self) -> int:
+        return -(-len(self.X) // self.batch_size)
+
+    def __iter__(self):
+        n, size = len(self.X), self.batch_size
+        if not self.shuffle:
+            for start in range(0, n, size):
+                yield self.X[start : start + size], self.y[start : start + size]
+            return
+        order = torch.randperm(n)
+        for start in range(0, n, size):
+            rows = order[start : start + size]
+            yield self.X[rows], self.y[rows]
 
 
 class _QuantNet:
@@ -110,7 +146,10 @@ class _QuantNet:
         return kwargs
 
     def get_default_callbacks(self):
-        callbacks = list(super().get_default_callbacks())
+        callbacks = [
+            (name, _QuietPrintLog() if name == "print_log" else cb)
+            for name, cb in super().get_default_callbacks()
+        ]
         callbacks.append(("best_epoch", KeepBestEpoch()))
         if self.lr_schedule == "cosine":
             scheduler = LRScheduler(
@@ -164,6 +203,7 @@ class _QuantNet:
         seeds = [int(random_state.randint(np.iinfo(np.int32).max)) for _ in range(self.n_init)]
         rows = None
         best = None  # (training loss, module state, history)
+        self._interrupted = False
         for seed in seeds if reinit or not self.initialized_ else seeds[:1]:
             # A private RNG stream: same seed + same data = the same model, and the caller's
             # global torch RNG is left as it was.
@@ -181,6 +221,8 @@ class _QuantNet:
                 loss = self._quantized_loss(X[rows], y_train[rows])
                 if best is None or loss < best[0]:
                     best = (loss, copy.deepcopy(self.module_.state_dict()), self.history_)
+            if self._interrupted:  # a callback stopped training: start no other run
+                break
         if best is not None:
             self.module_.load_state_dict(best[1])
             self.history_ = best[2]
@@ -190,17 +232,57 @@ class _QuantNet:
         self.accumulator_bits_ = self.program_.accumulator_bits
         return self
 
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        # skorch ends training quietly when a callback raises KeyboardInterrupt (on_train_end
+        # still runs, so the best epoch is restored); remember it so n_init stops too.
+        try:
+            return super().fit_loop(X, y, epochs, **fit_params)
+        except KeyboardInterrupt:
+            self._interrupted = True
+            raise
+
     @torch.no_grad()
     def _quantized_loss(self, X, y) -> float:
-        """The criterion of the quantized network in inference mode (what predict runs)."""
-        module = self.module_
-        was_training = module.training
-        module.eval()
-        try:
-            loss = float(self.criterion_(module(torch.as_tensor(X)), torch.as_tensor(y)))
-        finally:
-            module.train(was_training)
+        """The criterion of the quantized network in inference mode (what predict runs).
+
+        Once the quantizers are calibrated (``data_init``) the module computes the same
+        function in training and inference mode, so this leaves its mode alone: switching a
+        brevitas module's mode walks its ~160 submodules (a millisecond, twice per epoch).
+        """
+        loss = float(self.criterion_(self.module_(torch.as_tensor(X)), torch.as_tensor(y)))
         return loss if np.isfinite(loss) else np.inf
+
+    def _set_training(self, training=True):
+        # skorch sets the mode before every batch; only switch when it changes (see above).
+        for name in self._modules + self._criteria:
+            module = getattr(self, name + "_")
+            if isinstance(module, nn.Module) and module.training != training:
+                module.train(training)
+
+    def get_iterator(self, dataset, training=False):
+        """skorch's iterator, or for training on in-memory arrays, plain tensor slices.
+
+        A ``DataLoader`` fetches and collates rows one by one: on small data that costs as
+        much as the training step. Slices of the whole tensors give the same batches (the
+        rows shuffled from the torch RNG, the last batch short) at a fraction of the cost.
+        """
+        kwargs = self.get_params_for("iterator_train") if training else {}
+        if (
+            training
+            and self.iterator_train is torch.utils.data.DataLoader
+            and type(dataset) is skorch.dataset.Dataset
+            and isinstance(dataset.X, np.ndarray)
+            and isinstance(dataset.y, np.ndarray)
+            and set(kwargs) <= {"batch_size", "shuffle"}
+        ):
+            batch_size = kwargs.get("batch_size", self.batch_size)
+            return _TensorBatches(
+                torch.from_numpy(dataset.X),
+                torch.from_numpy(dataset.y),
+                len(dataset) if batch_size == -1 else int(batch_size),
+                bool(kwargs.get("shuffle", False)),
+            )
+        return super().get_iterator(dataset, training)
 
     def fit(self, X, y, **fit_params):
         """Train from scratch (or continue, with ``warm_start=True``); returns self."""
@@ -365,7 +447,10 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
         Seeds initialisation and batch shuffling.
 
     Every other skorch option (``batch_size``, ``optimizer``, ``callbacks``, ``train_split``,
-    ``iterator_train__shuffle``, ...) works as in skorch.
+    ``iterator_train__shuffle``, ...) works as in skorch. A callback that raises
+    ``KeyboardInterrupt`` in ``on_epoch_end`` ends training there, as in skorch
+    (``on_train_end`` runs and the best epoch so far is kept); with ``n_init > 1`` no further
+    start begins.
     """
 
     _classification = True

@@ -42,7 +42,6 @@ from autofhe.nn.pruning import (
     input_max_abs,
     neuron_keep_mask,
     signed_bits,
-    worst_case_accumulator,
 )
 
 __all__ = [
@@ -116,6 +115,18 @@ def _is_nonnegative(activation: nn.Module) -> bool:
     grid = torch.linspace(-100.0, 100.0, 20001)
     with torch.no_grad():
         return bool(activation(grid).min() >= 0)
+
+
+def _quantize(proxy: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(quantized values, scale)`` of a brevitas weight or activation quant proxy.
+
+    Calls the proxy's tensor quantizer itself: the same brevitas computation without the
+    layer and proxy wrappers and the QuantTensor built around the result, which cost a tenth
+    of every quantizer call in training.
+    """
+    quant = getattr(proxy, "fused_activation_quant_proxy", None)
+    out = (proxy if quant is None else quant).tensor_quant(x)
+    return out[0], out[1]
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -199,6 +210,7 @@ class QuantMLP(nn.Module):
             for d_in, d_out in itertools.pairwise(dims)
         )
         self.act_quants = nn.ModuleList(self._act_quant(hidden_act) for _ in dims[1:-1])
+        self._input_maxes = (self.input_max_abs,) + (self.hidden_max_abs,) * (n_layers - 1)
 
     def _act_quant(self, quant, per_feature: int | None = None) -> nn.Module:
         # A high percentile (not the max) sets the initial range: at 2-4 bits a few outliers
@@ -230,7 +242,7 @@ class QuantMLP(nn.Module):
 
     def input_maxes(self) -> list[int]:
         """Largest |x_int| entering each linear layer."""
-        return [self.input_max_abs] + [self.hidden_max_abs] * (len(self.linears) - 1)
+        return list(self._input_maxes)
 
     def _quantized_linear(self, index: int, x: torch.Tensor, x_scale: torch.Tensor):
         """Integer matmul + bias of layer ``index``, returned in real units.
@@ -241,21 +253,25 @@ class QuantMLP(nn.Module):
         at no cost under encryption.
         """
         layer = self.linears[index]
-        qv = layer.weight_quant(layer.weight * x_scale.reshape(1, -1))
-        acc_scale = qv.scale.reshape(-1)
-        v_int = torch.round(qv.value / qv.scale).detach()
+        weight, w_scale = _quantize(layer.weight_quant, layer.weight * x_scale.reshape(1, -1))
+        acc_scale = w_scale.reshape(-1)
         b_int = _round_ste(layer.bias / acc_scale)
-        weight = qv.value
+        hidden = index < len(self.linears) - 1
+        if self.n_accum_bits is None and (self.lookup_bits is None or not hidden):
+            return F.linear(x / x_scale.reshape(1, -1), weight, b_int * acc_scale)
+        x_max = self._input_maxes[index]
+        with torch.no_grad():  # the integer weights only steer pruning and truncation
+            v_int = torch.round(weight / w_scale)
+            if self.n_accum_bits is not None:
+                w_mask, room = neuron_keep_mask(v_int, x_max, budget_limit(self.n_accum_bits))
+                v_int = v_int * w_mask
         if self.n_accum_bits is not None:
-            w_mask, room = neuron_keep_mask(
-                v_int, self.input_maxes()[index], budget_limit(self.n_accum_bits)
-            )
-            weight, v_int = weight * w_mask, v_int * w_mask
+            weight = weight * w_mask
             b_int = torch.clamp(b_int, -room, room)
         z = F.linear(x / x_scale.reshape(1, -1), weight, b_int * acc_scale)
-        if self.lookup_bits is None or index == len(self.linears) - 1:
+        if self.lookup_bits is None or not hidden:
             return z
-        return self._truncate_like_lookup(z, acc_scale, v_int, b_int, self.input_maxes()[index])
+        return self._truncate_like_lookup(z, acc_scale, v_int, b_int, x_max)
 
     def _truncate_like_lookup(self, z, acc_scale, v_int, b_int, x_max: int) -> torch.Tensor:
         """What the lookup of a ``lookup_bits`` circuit sees of the accumulator ``z``.
@@ -266,10 +282,10 @@ class QuantMLP(nn.Module):
         bucketing (straight-through gradient) lets the network learn weights that survive it,
         instead of meeting it only at compile time.
         """
-        worst = worst_case_accumulator(v_int.detach().numpy(), b_int.detach().numpy(), x_max).max(
-            initial=0
-        )
-        k = signed_bits(int(worst)) - self.lookup_bits
+        with torch.no_grad():
+            # worst_case_accumulator, in torch (float64 holds these integers exactly)
+            worst = v_int.double().abs().sum(dim=1) * x_max + b_int.detach().double().abs()
+            k = signed_bits(int(worst.max())) - self.lookup_bits
         if k <= 0:
             return z
         step = float(2**k)
@@ -278,24 +294,21 @@ class QuantMLP(nn.Module):
         return z + ((centre - acc) * acc_scale).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = self.input_quant((x - self.input_offset) / self.input_norm)
-        h, scale = q.value, q.scale
+        h, scale = _quantize(self.input_quant.act_quant, (x - self.input_offset) / self.input_norm)
         last = len(self.linears) - 1
         for i in range(len(self.linears)):
             z = self._quantized_linear(i, h, scale)
             if i == last:
                 return z
-            q = self.act_quants[i](self.activation(z))
-            h, scale = q.value, q.scale
+            h, scale = _quantize(self.act_quants[i].act_quant, self.activation(z))
         raise AssertionError("unreachable")
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """Quantized input of the last linear layer (real values)."""
-        q = self.input_quant((x - self.input_offset) / self.input_norm)
-        h, scale = q.value, q.scale
+        h, scale = _quantize(self.input_quant.act_quant, (x - self.input_offset) / self.input_norm)
         for i in range(len(self.linears) - 1):
-            q = self.act_quants[i](self.activation(self._quantized_linear(i, h, scale)))
-            h, scale = q.value, q.scale
+            z = self._quantized_linear(i, h, scale)
+            h, scale = _quantize(self.act_quants[i].act_quant, self.activation(z))
         return h
 
     @torch.no_grad()
@@ -358,7 +371,7 @@ class QuantMLP(nn.Module):
                 b_int = torch.round(layer.bias / acc_scale)
                 if self.n_accum_bits is not None:
                     w_mask, room = neuron_keep_mask(
-                        v_int, self.input_maxes()[i], budget_limit(self.n_accum_bits)
+                        v_int, self._input_maxes[i], budget_limit(self.n_accum_bits)
                     )
                     v_int, b_int = v_int * w_mask, torch.clamp(b_int, -room, room)
                 layers.append(
@@ -366,7 +379,7 @@ class QuantMLP(nn.Module):
                         weight=v_int.numpy().astype(np.int64),
                         bias=b_int.numpy().astype(np.int64),
                         acc_scale=acc_scale.double().numpy(),
-                        input_max=self.input_maxes()[i],
+                        input_max=self._input_maxes[i],
                     )
                 )
             return (

@@ -1,0 +1,162 @@
+"""Cost of an epoch of quantization-aware training next to a plain float torch MLP.
+
+    python benchmarks/qat_speed.py [--epochs 20] [--repeats 3] [--profile SHAPE]
+
+For each shape (issue 13): circles 750 x 2 -> 2-8-2, breast_cancer 426 x 30 -> 30-16-2,
+digits 1347 x 64 -> 64-32-10 (75% training splits of benchmarks/protocol.py), it trains
+
+* our ``NeuralNetClassifier`` (2 layers, ReLU, 3/3 bits, Adam, skorch's batch size 128),
+  plain, with ``n_accum_bits`` set, and with ``module__lookup_bits=5``;
+* a plain float torch MLP of the same shape: ``nn.Sequential(Linear, ReLU, Linear)``, Adam
+  at the same learning rate, same batch size, rows shuffled each epoch through a
+  ``DataLoader`` over a ``TensorDataset`` (the textbook torch loop), cross-entropy. "ratio"
+  is against this loop (the one issue 13 measured 11x against). "ratio to lean" is against
+  the same loop fed slices of a shuffled tensor instead (no per-row collation): what the
+  quantizers themselves cost.
+
+An epoch's cost is the median gap between the starts of consecutive epochs, so it holds
+everything an epoch does (batches, optimizer steps, every callback's ``on_epoch_end``, such as
+keeping the best epoch) and nothing done once per fit (data init, building the program). Both
+run in this process, one torch thread each (a search worker trains with one thread), one after
+the other, ``--repeats`` times; the ratio is taken per repeat and its median printed. Times are
+this process's CPU time, not wall time: on a machine shared with other jobs, wall time counts
+the waits for a core, CPU time only the work (the work still slows somewhat under load, as
+caches are shared, so compare ratios, not milliseconds). Target (issue 13): ratio <= 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+import warnings
+
+import numpy as np
+import torch
+from skorch.callbacks import Callback
+from torch import nn
+
+from autofhe import NeuralNetClassifier
+
+from protocol import split, table
+
+warnings.filterwarnings("ignore")
+
+#: name -> (dataset, hidden-width multiplier, n_accum_bits that prunes but stays feasible)
+SHAPES = {
+    "2-8-2": ("circles", 4, 7),
+    "30-16-2": ("breast_cancer", 16 / 30, 8),
+    "64-32-10": ("digits", 0.5, 8),
+}
+BATCH, LR = 128, 1e-3
+
+
+class EpochClock(Callback):
+    """Records the time at the start of every epoch."""
+
+    def on_train_begin(self, net, **kwargs):
+        self.starts = []
+
+    def on_epoch_begin(self, net, **kwargs):
+        self.starts.append(time.process_time())
+
+
+def qat_epoch_ms(X, y, multiplier, epochs, **params) -> float:
+    clock = EpochClock()
+    NeuralNetClassifier(
+        max_epochs=epochs,
+        lr=LR,
+        batch_size=BATCH,
+        random_state=0,
+        module__n_hidden_neurons_multiplier=multiplier,
+        callbacks=[("clock", clock)],
+        **params,
+    ).fit(X, y)
+    return 1e3 * float(np.median(np.diff(clock.starts)))
+
+
+def float_epoch_ms(X, y, width, epochs, lean=False) -> float:
+    """The float loop; ``lean``: slices of shuffled tensors instead of the ``DataLoader``."""
+    torch.manual_seed(0)
+    X_t, y_t = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
+    n_classes = int(y.max()) + 1
+    model = nn.Sequential(nn.Linear(X.shape[1], width), nn.ReLU(), nn.Linear(width, n_classes))
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    loss_fn = nn.CrossEntropyLoss()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(X_t, y_t), batch_size=BATCH, shuffle=True
+    )
+    starts = []
+    for _ in range(epochs):
+        starts.append(time.process_time())
+        if lean:
+            order = torch.randperm(len(X_t))
+            batches = ((X_t[r], y_t[r]) for r in order.split(BATCH))
+        else:
+            batches = loader
+        for xb, yb in batches:
+            optimizer.zero_grad()
+            loss_fn(model(xb), yb).backward()
+            optimizer.step()
+    starts.append(time.process_time())
+    return 1e3 * float(np.median(np.diff(starts)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument(
+        "--profile", choices=list(SHAPES), help="cProfile one plain QAT fit of this shape"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.profile:
+        name, mult, _ = SHAPES[args.profile]
+        Xtr, _, ytr, _ = split(name)
+        with cProfile.Profile() as prof:
+            qat_epoch_ms(Xtr, ytr, mult, args.epochs)
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
+        return
+    rows = []
+    for shape in args.shapes:
+        name, mult, accum = SHAPES[shape]
+        Xtr, _, ytr, _ = split(name)
+        width = int(shape.split("-")[1])
+        variants = {
+            "plain": {},
+            f"n_accum_bits={accum}": {"n_accum_bits": accum},
+            "lookup_bits=5": {"module__lookup_bits": 5},
+        }
+        ms = {key: [] for key in ["float", "lean", *variants]}
+        qat_epoch_ms(Xtr, ytr, mult, 2)  # warm up (first calls, lazy imports), untimed
+        float_epoch_ms(Xtr, ytr, width, 2)
+        for _ in range(args.repeats):
+            ms["float"].append(float_epoch_ms(Xtr, ytr, width, args.epochs))
+            ms["lean"].append(float_epoch_ms(Xtr, ytr, width, args.epochs, lean=True))
+            for key, params in variants.items():
+                ms[key].append(qat_epoch_ms(Xtr, ytr, mult, args.epochs, **params))
+        flt, lean = np.asarray(ms["float"]), np.asarray(ms["lean"])
+        for key in variants:
+            ratios, lean_ratios = np.asarray(ms[key]) / flt, np.asarray(ms[key]) / lean
+            rows.append(
+                {
+                    "shape": f"{shape} on {len(Xtr)} rows",
+                    "QAT": key,
+                    "float ms/epoch": f"{np.median(flt):.2f}",
+                    "QAT ms/epoch": f"{np.median(ms[key]):.2f}",
+                    "ratio": f"{np.median(ratios):.2f} [{ratios.min():.2f}-{ratios.max():.2f}]",
+                    "lean float ms": f"{np.median(lean):.2f}",
+                    "ratio to lean": f"{np.median(lean_ratios):.2f}",
+                }
+            )
+            print(rows[-1], flush=True)
+    print()
+    columns = ["shape", "QAT", "float ms/epoch", "QAT ms/epoch", "ratio"]
+    print(table(rows, [*columns, "lean float ms", "ratio to lean"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The training loop: its fast paths compute what skorch's would, and callbacks can stop it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skorch
+import torch
+from sklearn.datasets import make_classification
+
+from autofhe import NeuralNetClassifier
+from autofhe.nn.estimators import _TensorBatches
+
+
+@pytest.fixture(scope="module")
+def toy():
+    X, y = make_classification(
+        n_samples=150, n_features=4, n_informative=3, n_redundant=1, random_state=0
+    )
+    return X.astype(np.float32), y
+
+
+class _Recorder(skorch.callbacks.Callback):
+    """Per epoch: the history length and the inference-mode loss; also counts train ends."""
+
+    def __init__(self, X, y, stop_at=None):
+        self.X, self.y, self.stop_at = torch.from_numpy(X), torch.from_numpy(y), stop_at
+
+    def initialize(self):
+        self.epochs, self.losses, self.begins, self.ends = [], [], 0, 0
+        return self
+
+    def on_train_begin(self, net, **kwargs):
+        self.begins += 1
+
+    @torch.no_grad()
+    def on_epoch_end(self, net, **kwargs):
+        self.epochs.append((len(net.history), net.history[-1, "train_loss"]))
+        net.module_.eval()
+        self.losses.append(float(net.criterion_(net.module_(self.X), self.y)))
+        net.module_.train()
+        if self.stop_at is not None and len(net.history) == self.stop_at:
+            raise KeyboardInterrupt
+
+    def on_train_end(self, net, **kwargs):
+        self.ends += 1
+
+
+@pytest.mark.parametrize("n_init", [1, 3])
+def test_a_callback_stops_training_at_an_intermediate_epoch(toy, n_init):
+    X, y = toy
+    record = _Recorder(X, y.astype(np.int64), stop_at=4)
+    # a high constant rate makes the loss jump around: the best epoch is often not the last
+    model = NeuralNetClassifier(
+        random_state=0, lr=0.2, max_epochs=30, batch_size=16, n_init=n_init, callbacks=[record]
+    ).fit(X, y)
+    # the history grows by one epoch before each on_epoch_end, with that epoch's train loss
+    assert [e for e, _ in record.epochs] == [1, 2, 3, 4]
+    assert all(np.isfinite(loss) for _, loss in record.epochs)
+    assert len(model.history_) == 4
+    # one run, ended cleanly: on_train_end ran, no further start began
+    assert record.begins == record.ends == 1
+    # ...and training ended on its best epoch among the four it ran
+    with torch.no_grad():
+        final = float(model.criterion_(model.module_(record.X), record.y))
+    assert final == pytest.approx(min(record.losses), rel=1e-6)
+    assert (model.predict(X) == y).mean() > 0.7
+
+
+@pytest.mark.parametrize("params", [{}, {"n_accum_bits": 7}, {"module__lookup_bits": 4}], ids=str)
+def test_training_and_inference_mode_compute_the_same_function(toy, params):
+    """The fit loop never switches modes after data_init: that is only right if this holds."""
+    X, y = toy
+    model = NeuralNetClassifier(random_state=0, max_epochs=3, **params).fit(X, y)
+    module, x = model.module_, torch.from_numpy(X)
+    with torch.no_grad():
+        module.train()
+        trained = module(x)
+        module.eval()
+        inferred = module(x)
+    assert torch.equal(trained, inferred)
+    if "module__lookup_bits" not in params:  # else the program truncates only once compiled
+        np.testing.assert_allclose(model.program.predict_raw(X), inferred.numpy(), atol=1e-5)
+
+
+def test_tensor_batches_cover_every_row_once_per_epoch():
+    X, y = torch.arange(10.0).reshape(10, 1), torch.arange(10)
+    batches = _TensorBatches(X, y, batch_size=4, shuffle=True)
+    assert len(batches) == 3
+    orders = []
+    for _ in range(2):
+        parts = list(batches)
+        assert [len(xb) for xb, _ in parts] == [4, 4, 2]
+        rows = torch.cat([yb for _, yb in parts])
+        assert torch.equal(torch.cat([xb for xb, _ in parts]).ravel(), rows.float())
+        assert sorted(rows.tolist()) == list(range(10))
+        orders.append(rows.tolist())
+    assert orders[0] != orders[1]  # reshuffled every epoch (fixed torch seed of the session)
+    in_order = _TensorBatches(X, y, batch_size=4, shuffle=False)
+    assert torch.cat([yb for _, yb in in_order]).tolist() == list(range(10))
+
+
+def test_iterator_options_beyond_batch_size_and_shuffle_use_skorchs_loader(toy):
+    X, y = toy
+    fast = NeuralNetClassifier(random_state=0, max_epochs=2, batch_size=64).fit(X, y)
+    assert fast.history_[-1, "batches", -1, "train_batch_size"] == len(X) - 128
+    dropped = NeuralNetClassifier(
+        random_state=0, max_epochs=2, batch_size=64, iterator_train__drop_last=True
+    ).fit(X, y)
+    assert [b["train_batch_size"] for b in dropped.history_[-1, "batches"]] == [64, 64]
+    full = NeuralNetClassifier(random_state=0, max_epochs=2, batch_size=-1).fit(X, y)
+    assert full.history_[-1, "train_batch_count"] == 1
