@@ -34,12 +34,15 @@ def circuit_of(program: dict):
                 acc = fhe.truncate_bit_pattern(acc, lsbs_to_remove=layer["lsbs_to_remove"])
             h = fhe.LookupTable([fhe.LookupTable(row) for row in layer["table"]])[acc]
 
-    # the inputs the server compiles with: the two extremes of the input range
+    # the data-free inputs autofhe compiles with: the two extreme rows, then uniform rows
     bits, n = program["input_bits"], len(layers[0]["weight"][0])
-    inputset = [np.full(n, -(2 ** (bits - 1))), np.full(n, 2 ** (bits - 1) - 1)]
-    settings = program.get("compile") or {}
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    settings = program["compile"]
+    rng = np.random.default_rng(settings["inputset"]["seed"])
+    rows = rng.integers(low, high, endpoint=True, size=(settings["inputset"]["random_rows"], n))
+    inputset = [np.full(n, low), np.full(n, high), *rows]
     config = fhe.Configuration(
-        p_error=settings.get("p_error"), global_p_error=settings.get("global_p_error")
+        p_error=settings["p_error"], global_p_error=settings["global_p_error"]
     )
     return fhe.Compiler(run, {"x": "encrypted"}).compile(inputset, config)
 

@@ -11,7 +11,7 @@ Layout (hand ``client/`` to the data owner, ``server/`` to the server)::
     server/client.specs.json   the client specs the server's circuit must have
 
 The server never loads a compiled circuit: it compiles ``server/program.json`` itself (with
-data-independent inputs, :func:`server_inputset`) and refuses to run when the client specs
+the data-free inputs of ``compile.synthetic_inputset``) and refuses to run when the client specs
 of its circuit differ from ``server/client.specs.json`` (keys of another circuit would abort
 it). So loading a bundle decodes no pickle or jsonpickle and loads no shared library that
 came with it. Checksums in ``model.json`` catch accidents; :func:`bundle_digest`, pinned by
@@ -37,6 +37,7 @@ import numpy as np
 
 from autofhe.errors import BundleError
 from autofhe.fhe.codec import program_from_json, program_to_json
+from autofhe.fhe.compile import SYNTHETIC_ROWS, SYNTHETIC_SEED
 
 __all__ = [
     "BundleError",
@@ -50,7 +51,6 @@ __all__ = [
     "read_part",
     "save_archive",
     "save_bundle",
-    "server_inputset",
     "unpack_bundle",
 ]
 
@@ -129,21 +129,11 @@ def read_json(path: Path) -> Any:
         raise BundleError(f"{path} is not readable JSON ({exc}); re-export the bundle.") from None
 
 
-def server_inputset(program) -> list[np.ndarray]:
-    """The inputs the server compiles with: the two extreme rows of the input range.
-
-    Every intermediate width is fixed by hints (worst-case accumulators), so these give the
-    circuit compiled from training rows; :func:`save_bundle` checks that they do.
-    """
-    low, high = -(2 ** (program.input_bits - 1)), 2 ** (program.input_bits - 1) - 1
-    return [np.full(program.n_features, v, dtype=np.int64) for v in (low, high)]
-
-
 def compile_server(data: dict):
     """``server/program.json`` -> the ``concrete.fhe.Circuit`` the server runs."""
     from concrete import fhe
 
-    from autofhe.fhe.compile import compile_program
+    from autofhe.fhe.compile import compile_program, synthetic_inputset
 
     program = program_from_json(data)
     settings = data.get("compile") or {}
@@ -152,7 +142,7 @@ def compile_server(data: dict):
         p_error=settings.get("p_error"),
         global_p_error=settings.get("global_p_error"),
     )
-    return compile_program(program, server_inputset(program), configuration=config)
+    return compile_program(program, synthetic_inputset(program), configuration=config)
 
 
 def check_specs(circuit, expected: dict, where: Path) -> None:
@@ -182,7 +172,11 @@ def save_bundle(model, directory: str | Path, extra: dict[str, Any] | None = Non
     config = circuit.configuration
     server = {
         **program_to_json(program),
-        "compile": {"p_error": config.p_error, "global_p_error": config.global_p_error},
+        "compile": {
+            "p_error": config.p_error,
+            "global_p_error": config.global_p_error,
+            "inputset": {"seed": SYNTHETIC_SEED, "random_rows": SYNTHETIC_ROWS},
+        },
     }
     with tempfile.TemporaryDirectory(dir=target.parent if target.parent.exists() else None) as tmp:
         work = Path(tmp) / "bundle"

@@ -161,7 +161,7 @@ def test_bundle_is_json_data_without_secret_key(bundle):
     for name in files:  # data only: every file is plain JSON (no pickle, archive or library)
         json.loads((bundle / name).read_text())
     program = json.loads((bundle / "server" / "program.json").read_text())
-    assert program["compile"].keys() == {"p_error", "global_p_error"}
+    assert program["compile"].keys() == {"p_error", "global_p_error", "inputset"}
     assert all(len(layer["table"]) == len(layer["weight"]) for layer in program["layers"][:-1])
     specs = json.loads((bundle / "client" / "client.specs.json").read_text())
     assert specs == json.loads((bundle / "server" / "client.specs.json").read_text())
