@@ -123,6 +123,9 @@ def test_cross_validated_metric_scores_every_training_and_validation_row_once(wi
     trial = optuna.trial.FixedTrial(
         {**SEED_CONFIG, "module__n_layers": 1, "n_w_bits": 4, "n_a_bits": 4, "max_epochs": 5}
     )
+    built = []
+    make = ctx.estimator
+    ctx.estimator = lambda params: built.append(make(params)) or built[-1]
     metric, _ = objective(trial, ctx)
     assert trial.user_attrs["folds"] == 3
     per_fold = trial.user_attrs["simulated_valid_per_fold"]
@@ -130,7 +133,14 @@ def test_cross_validated_metric_scores_every_training_and_validation_row_once(wi
     sizes = [len(fold[3]) for fold in splits]
     assert metric == pytest.approx(np.average(per_fold, weights=sizes))
     assert 0.8 < metric <= 1.0
-    assert len(set(per_fold)) > 1 or per_fold[0] == 1.0  # three models, three scores
+    # three models, each trained on its own fold (it standardizes with that fold's mean) ...
+    assert len(built) == 3
+    for model, (X_fit, _, _, _) in zip(built, splits):
+        offset = model.module_.input_offset.numpy()
+        np.testing.assert_allclose(offset, X_fit.mean(axis=0), rtol=1e-4, atol=1e-6)
+    # ... and each scored on its own held-out rows: a count of right answers over that fold
+    for score, size in zip(per_fold, sizes):
+        assert score * size == pytest.approx(round(score * size))
 
 
 def test_an_infeasible_first_fold_stops_the_others(wine_ds):
