@@ -315,3 +315,29 @@ def test_symlink_in_bundle_is_refused(good, tmp_path):
     (copy / "client" / "client.json").symlink_to(good / "client" / "client.json")
     with pytest.raises(BundleError, match="symbolic link"):
         read_manifest(copy)
+
+
+@pytest.mark.parametrize(
+    "dataset, params, compile_args",
+    [
+        ("wine", {"module__n_layers": 3, "n_w_bits": 3, "n_a_bits": 2}, {"lookup_bits": 5}),
+        ("breast_cancer", {"module__n_layers": 2, "n_a_bits": 3}, {"rounding": "approximate"}),
+        ("diabetes", {"module__n_layers": 2, "n_w_bits": 2, "n_a_bits": 2}, {}),
+    ],
+)
+def test_server_compiles_the_models_own_circuit(dataset, params, compile_args, request, tmp_path):
+    """Truncated, approximate and regression circuits: the server, which has no data, gets
+    the very circuit the model was compiled to (same client specs) and the same outputs."""
+    from autofhe import NeuralNetRegressor
+
+    Xtr, Xte, ytr, _ = request.getfixturevalue(dataset)
+    cls = NeuralNetRegressor if dataset == "diabetes" else NeuralNetClassifier
+    model = cls(
+        random_state=1, module__n_hidden_neurons_multiplier=0.15, max_epochs=3, **params
+    ).fit(Xtr, ytr)
+    model.compile(Xtr, **compile_args)
+    model.save(tmp_path / "b")  # raises unless the server's circuit has the model's specs
+    server = FheServer(tmp_path / "b")
+    assert server.client_specs.serialize() == model.fhe_circuit.client.specs.serialize()
+    pred, _ = predict_bundle(tmp_path / "b", Xte[:20], fhe="simulate")
+    np.testing.assert_array_equal(pred, model.predict(Xte[:20], fhe="simulate"))
