@@ -307,11 +307,11 @@ def _check_replaceable(out, url: str) -> None:
     if target.parent == target:
         raise ParameterError(f"--out {out} is a filesystem root; refusing to delete it.")
     for what, path in protected.items():
-        inside = what == "the artifact store" and target.is_relative_to(path)
-        if path.is_relative_to(target) or inside:
+        holds = path.is_relative_to(target)
+        if holds or (what == "the artifact store" and target.is_relative_to(path)):
             raise ParameterError(
-                f"--out {out} is or holds {what} ({path}); refusing to delete it: pick a new "
-                "folder for the bundle."
+                f"--out {out} {'is or holds' if holds else 'lies inside'} {what} ({path}); "
+                "refusing to delete it: pick a new folder for the bundle."
             )
     if not is_bundle(target):
         raise ParameterError(

@@ -242,6 +242,8 @@ def test_export_force_deletes_only_a_bundle(study_dir, tmp_path, monkeypatch, ca
     shutil.copytree(work, db_folder, ignore=shutil.ignore_patterns("model", "m*"))
     db_url = f"sqlite:///{db_folder}/autofhe.db"
     inside_store = tmp_path / "db" / "autofhe.db.artifacts"
+    (inside_store / "sub").mkdir()
+    (inside_store / "sub" / "model.json").write_text(json.dumps({"autofhe": "0", "format": 2}))
     not_a_bundle = tmp_path / "photos"
     not_a_bundle.mkdir()
     (not_a_bundle / "model.json").write_text(json.dumps({"autofhe": "0", "format": 2}))
@@ -260,6 +262,7 @@ def test_export_force_deletes_only_a_bundle(study_dir, tmp_path, monkeypatch, ca
         (str(tmp_path), url, "is or holds the working directory"),  # a parent of it
         (str(db_folder), db_url, "is or holds the study database"),
         (str(inside_store), db_url, "is or holds the artifact store"),
+        (str(inside_store / "sub"), db_url, "lies inside the artifact store"),
         (str(not_a_bundle), url, "is not an autofhe bundle"),
     ]
     before = {path: _tree(Path(path)) for path, _, _ in cases[1:]}
