@@ -272,90 +272,52 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 # -- deployment ---------------------------------------------------------------------------------
 
 
-def _latency(t) -> float:
-    return t.user_attrs.get("measured_latency_s") or t.values[1]
-
-
-def _knee(front):
-    """The front point farthest from the line joining its extremes (metric vs log latency)."""
-    import math
-
-    if len(front) <= 2:
-        return front[0]
-    pts = [(t.values[0], math.log10(max(_latency(t), 1e-6))) for t in front]
-    (m0, l0), (m1, l1) = max(pts), min(pts, key=lambda p: p[1])
-    span_m, span_l = (m0 - m1) or 1.0, (l0 - l1) or 1.0
-
-    def dist(p):
-        x, y = (p[0] - m1) / span_m, (p[1] - l1) / span_l
-        return abs(x - y)  # distance to the diagonal of the normalized box
-
-    return front[max(range(len(front)), key=lambda i: dist(pts[i]))]
-
-
 def _choose_trial(study, args):
-    import optuna
-
     from autofhe.search.pareto import pareto_front
+    from autofhe.search.select import choose
 
     trials = study.get_trials(deepcopy=False)
-    front = [t for t in pareto_front(trials) if t.user_attrs.get("artifact_id")]
-    if args.trial is not None:
-        match = [t for t in trials if t.number == args.trial]
-        if not match:
-            raise ParameterError(f"study {study.study_name!r} has no trial {args.trial}.")
-        if match[0].state != optuna.trial.TrialState.COMPLETE or match[0].values is None:
-            raise ParameterError(
-                f"trial {args.trial} is {match[0].state.name}, not COMPLETE; pick a trial of "
-                "the front (autofhe pareto --study ...)."
-            )
-        if not match[0].user_attrs.get("artifact_id"):
-            numbers = ", ".join(str(t.number) for t in front) or "none"
-            raise ParameterError(
-                f"trial {args.trial} has no stored model (only Pareto-front trials get one); "
-                f"trials with a model: {numbers}."
-            )
-        return match[0]
-    if not front:
-        raise ParameterError(
-            f"study {study.study_name!r} has no feasible trial with a stored model yet; run "
-            "more trials with `autofhe search` or `autofhe worker`."
-        )
-    if args.min_accuracy is not None or args.max_latency is not None:
-        ok = [
-            t
-            for t in front
-            if (args.min_accuracy is None or t.values[0] >= args.min_accuracy)
-            and (args.max_latency is None or _latency(t) <= args.max_latency)
-        ]
-        if not ok:
-            raise ParameterError(
-                "no front model meets --min-accuracy / --max-latency; the front is "
-                + ", ".join(f"{t.values[0]:.3f} at {_latency(t):.3g} s" for t in front)
-                + "."
-            )
-        return min(ok, key=_latency)
-    if args.pick == "accuracy":
-        return max(front, key=lambda t: (t.values[0], -_latency(t)))
-    if args.pick == "latency":
-        return min(front, key=lambda t: (_latency(t), -t.values[0]))
-    return _knee(front)
+    return choose(
+        trials,
+        pareto_front(trials),
+        number=args.trial,
+        pick=args.pick,
+        min_accuracy=args.min_accuracy,
+        max_latency=args.max_latency,
+        study=f"study {study.study_name!r}",
+    )
 
 
-def _safe_extract(archive: str, target) -> None:
-    """Unzip without trusting member paths: nothing may land outside ``target``."""
-    import zipfile
+def _check_replaceable(out, url: str) -> None:
+    """``export --force`` deletes ``out`` only when it is a bundle and nothing else: never a
+    root, the home or working directory (or a folder holding them), the study database or
+    its artifacts."""
     from pathlib import Path
 
-    from autofhe.fhe.bundle import BundleError
+    from autofhe.fhe.bundle import is_bundle
+    from autofhe.search.study import artifact_dir
 
-    root = Path(target).resolve()
-    with zipfile.ZipFile(archive) as z:
-        for member in z.infolist():
-            dest = (root / member.filename).resolve()
-            if member.filename.startswith("/") or not dest.is_relative_to(root):
-                raise BundleError(f"artifact member {member.filename!r} escapes the bundle.")
-        z.extractall(root)
+    if out.is_symlink():
+        raise ParameterError(f"--out {out} is a symbolic link; refusing to replace it.")
+    target = out.resolve()
+    protected = {"the working directory": Path.cwd().resolve(), "$HOME": Path.home().resolve()}
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        protected["the study database"] = Path(url[len("sqlite:///") :]).resolve()
+    protected["the artifact store"] = artifact_dir(url).resolve()
+    if target.parent == target:
+        raise ParameterError(f"--out {out} is a filesystem root; refusing to delete it.")
+    for what, path in protected.items():
+        holds = path.is_relative_to(target)
+        if holds or (what == "the artifact store" and target.is_relative_to(path)):
+            raise ParameterError(
+                f"--out {out} {'is or holds' if holds else 'lies inside'} {what} ({path}); "
+                "refusing to delete it: pick a new folder for the bundle."
+            )
+    if not is_bundle(target):
+        raise ParameterError(
+            f"--out {out} is not an autofhe bundle (model.json with bundle files only); "
+            "refusing to delete it: pick a new or empty folder."
+        )
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -365,17 +327,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     import optuna
 
-    from autofhe.fhe.bundle import read_manifest
+    from autofhe.fhe.bundle import bundle_digest, unpack_bundle
     from autofhe.search.study import artifact_dir, resolve_storage
 
     out = Path(args.out)
+    url = resolve_storage(args.storage)
     if out.exists() and not out.is_dir():
         raise ParameterError(f"--out {out} is a file; pass a directory path.")
-    if out.exists() and any(out.iterdir()) and not args.force:
+    replace = out.exists() and any(out.iterdir())
+    if replace and not args.force:
         raise ParameterError(f"--out {out} is not empty; pass --force to replace it.")
+    if replace:
+        _check_replaceable(out, url)
     study = _load_study(args)
     trial = _choose_trial(study, args)
-    url = resolve_storage(args.storage)
     store = optuna.artifacts.FileSystemArtifactStore(str(artifact_dir(url)))
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "model.zip"
@@ -391,10 +356,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 f"{artifact_dir(url)} ({exc}); set $AUTOFHE_ARTIFACTS to where it is."
             ) from None
         staged = Path(tmp) / "bundle"
-        _safe_extract(str(archive), staged)
-        read_manifest(staged)  # checksums and versions before anything reaches --out
-        if out.exists():
+        unpack_bundle(archive, staged)  # path-checked, then checksums and versions
+        if replace:
             shutil.rmtree(out)
+        elif out.exists():
+            out.rmdir()
         shutil.move(str(staged), str(out))
     measured = trial.user_attrs.get("measured_latency_s")
     metric = (study.metric_names or ["metric"])[0]
@@ -403,17 +369,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"{trial.values[0]:.4f} (validation, simulated), latency "
         + (f"{measured:.4g} s measured" if measured else f"{trial.values[1]:.4g} s predicted")
     )
-    print(f"predict:  autofhe predict --model {out} --data X.npy --fhe execute")
+    digest = bundle_digest(out)
+    print(f"digest:   {digest}")
+    print(f"          client/ {bundle_digest(out / 'client')}")
+    print(f"          server/ {bundle_digest(out / 'server')}")
+    print(f"predict:  autofhe predict --model {out} --data X.npy --fhe execute --digest {digest}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-
     from autofhe.data import load_features
     from autofhe.fhe.deploy import predict_bundle
 
     X = load_features(args.data, label_column=args.label_column)
-    pred, _ = predict_bundle(args.model, X, fhe=args.fhe, progress=not args.quiet)
+    pred, _ = predict_bundle(
+        args.model, X, fhe=args.fhe, progress=not args.quiet, digest=args.digest
+    )
     return _write_predictions(pred, args.out, f"predictions ({args.fhe})")
 
 
@@ -433,7 +404,7 @@ def _write_predictions(pred, out: str | None, what: str) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from autofhe.fhe.serve import make_server
 
-    httpd = make_server(args.model, args.host, args.port)
+    httpd = make_server(args.model, args.host, args.port, digest=args.digest)
     host, port = httpd.server_address[:2]
     print(
         f"serving {args.model} on http://{host}:{port} (OpenAPI: /openapi.json); Ctrl-C stops",
@@ -451,7 +422,7 @@ def _cmd_remote_predict(args: argparse.Namespace) -> int:
     from autofhe.fhe.serve import HttpClient
 
     X = load_features(args.data, label_column=args.label_column)
-    pred = HttpClient(args.url, args.model, args.keys).predict(X)
+    pred = HttpClient(args.url, args.model, args.keys, digest=args.digest).predict(X)
     return _write_predictions(pred, args.out, "encrypted predictions")
 
 
@@ -530,10 +501,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="bundle directory to write")
     choose = export.add_mutually_exclusive_group()
     choose.add_argument("--trial", type=int, default=None)
-    choose.add_argument("--pick", choices=("accuracy", "latency", "knee"), default="knee")
+    choose.add_argument(
+        "--pick",
+        choices=("accuracy", "latency", "knee"),
+        default=None,
+        help="default: knee; with --min-accuracy the fastest, with --max-latency the most "
+        "accurate model that meets it",
+    )
     export.add_argument("--min-accuracy", type=float, default=None)
     export.add_argument("--max-latency", type=float, default=None, help="seconds per sample")
-    export.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    export.add_argument(
+        "--force", action="store_true", help="replace --out when it holds a bundle (only)"
+    )
     export.set_defaults(func=_cmd_export)
 
     predict = sub.add_parser("predict", help="predict with an exported bundle")
@@ -543,12 +522,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--fhe", choices=("execute", "simulate", "disable"), default="execute")
     predict.add_argument("--out", default=None, help="write predictions to this .npy")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.add_argument(
+        "--digest",
+        default=None,
+        help="refuse the bundle unless its digest (printed by export) is this",
+    )
     predict.set_defaults(func=_cmd_predict)
 
     serve = sub.add_parser("serve", help="serve a bundle's server part over HTTP")
     serve.add_argument("--model", required=True, help="bundle directory")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--digest",
+        default=None,
+        help="refuse the bundle unless its digest (printed by export) is this",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     remote = sub.add_parser("remote-predict", help="encrypted predictions through `serve`")
@@ -558,6 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_argument("--label-column", default=None, help="for a .csv with labels")
     remote.add_argument("--keys", default=None, help="key directory (default: keys in memory)")
     remote.add_argument("--out", default=None)
+    remote.add_argument(
+        "--digest",
+        default=None,
+        help="refuse --model unless its digest (bundle or client/) is this",
+    )
     remote.set_defaults(func=_cmd_remote_predict)
     return parser
 

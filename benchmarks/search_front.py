@@ -21,17 +21,17 @@ import argparse
 import tempfile
 import time
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import optuna
 
 from autofhe.data import load_dataset
-from autofhe.fhe.bundle import load_program
+from autofhe.fhe.bundle import load_program, unpack_bundle
 from autofhe.fhe.deploy import measure_bundle
 from autofhe.fhe.latency import load_cost_model
 from autofhe.search.pareto import pareto_front
+from autofhe.search.select import choose
 from autofhe.search.spec import load_spec, parse_duration
 from autofhe.search.study import artifact_dir, open_study, run_workers
 
@@ -57,7 +57,15 @@ def front_rows(dataset: str, url: str, name: str, Xte, yte) -> list[dict]:
     study = optuna.load_study(study_name=name, storage=url)
     store = optuna.artifacts.FileSystemArtifactStore(str(artifact_dir(url)))
     rows = []
-    for t in pareto_front(study.get_trials(deepcopy=False)):
+    trials = study.get_trials(deepcopy=False)
+    front = pareto_front(trials)
+    # what `autofhe export` ships by default (None: no front model has a stored model yet)
+    knee = (
+        choose(trials, front).number
+        if any(t.user_attrs.get("artifact_id") for t in front)
+        else None
+    )
+    for t in front:
         test_acc = None
         if t.user_attrs.get("artifact_id"):
             with tempfile.TemporaryDirectory() as tmp:
@@ -67,8 +75,7 @@ def front_rows(dataset: str, url: str, name: str, Xte, yte) -> list[dict]:
                     file_path=str(archive),
                     artifact_id=t.user_attrs["artifact_id"],
                 )
-                with zipfile.ZipFile(archive) as z:
-                    z.extractall(Path(tmp) / "bundle")
+                unpack_bundle(archive, Path(tmp) / "bundle")  # path-checked, then checksums
                 manifest, program = load_program(Path(tmp) / "bundle")
                 classes = np.asarray(manifest["classes"])
                 pred = classes[program.predict_raw(Xte).argmax(axis=1)]
@@ -81,7 +88,8 @@ def front_rows(dataset: str, url: str, name: str, Xte, yte) -> list[dict]:
         rows.append(
             {
                 "dataset": dataset,
-                "model": f"trial {t.number}: {len(t.user_attrs['lookups_per_layer']) + 1} layers, "
+                "model": f"trial {t.number}{' (knee)' if t.number == knee else ''}: "
+                f"{len(t.user_attrs['lookups_per_layer']) + 1} layers, "
                 f"{t.user_attrs.get('lookups_per_layer')} lookups, "
                 f"w/a {t.params.get('n_w_bits')}/{t.params.get('n_a_bits')} bits",
                 "valid acc": f"{t.values[0]:.3f}",

@@ -1,4 +1,4 @@
-"""Save / load a compiled model as a directory. No pickle anywhere; no secret key.
+"""Save / load a compiled model as a directory of data: JSON only, no code, no secret key.
 
 Layout (hand ``client/`` to the data owner, ``server/`` to the server)::
 
@@ -6,20 +6,29 @@ Layout (hand ``client/`` to the data owner, ``server/`` to the server)::
                                sha256 of every other file
     client/client.json         quantization of inputs, de-quantization of outputs, classes
     client/client.specs.json   concrete client specs (what a client needs to generate keys)
-    server/server.zip          the compiled circuit (``concrete.fhe.Server.load`` reads it)
-    server/program.json        the integer program (weights, biases, rounding, lookup tables),
-                               for clear and simulated runs next to the server
+    server/program.json        the integer program (integer weights, biases, rounding,
+                               materialized lookup tables) and the compilation settings
+    server/client.specs.json   the client specs the server's circuit must have
 
-Loading checks every checksum and the concrete-python version before reading anything else.
+The server never loads a compiled circuit: it compiles ``server/program.json`` itself (with
+the data-free inputs of ``compile.synthetic_inputset``) and refuses to run when the client specs
+of its circuit differ from ``server/client.specs.json`` (keys of another circuit would abort
+it). So loading a bundle decodes no pickle or jsonpickle and loads no shared library that
+came with it. Checksums in ``model.json`` catch accidents; :func:`bundle_digest`, pinned by
+the user, catches tampering. Archives (:func:`pack_bundle` / :func:`unpack_bundle`) hold
+exactly these files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import shutil
+import stat
 import tempfile
+import zipfile
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
@@ -27,17 +36,33 @@ from typing import Any
 import numpy as np
 
 from autofhe.errors import BundleError
-from autofhe.fhe.program import IntegerProgram, ProgramLayer
+from autofhe.fhe.codec import program_from_json, program_to_json
+from autofhe.fhe.compile import SYNTHETIC_ROWS, SYNTHETIC_SEED
 
-__all__ = ["BundleError", "load_program", "read_manifest", "save_bundle"]
+__all__ = [
+    "BundleError",
+    "bundle_digest",
+    "check_specs",
+    "compile_server",
+    "load_program",
+    "pack_bundle",
+    "read_json",
+    "read_manifest",
+    "read_part",
+    "save_archive",
+    "save_bundle",
+    "unpack_bundle",
+]
 
-FORMAT = 1
-FILES = (
-    "client/client.json",
-    "client/client.specs.json",
-    "server/server.zip",
-    "server/program.json",
-)
+FORMAT = 2
+PARTS = {
+    "client": ("client.json", "client.specs.json"),
+    "server": ("program.json", "client.specs.json"),
+}
+FILES = tuple(f"{part}/{name}" for part, names in PARTS.items() for name in names)
+#: A bundle file larger than this is refused unread (a 16-bit lookup table of 64 neurons is
+#: about 40 MB of JSON).
+MAX_FILE_BYTES = 256 * 1024**2
 
 
 def _sha256(path: Path) -> str:
@@ -48,95 +73,119 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def program_to_json(program: IntegerProgram) -> dict:
-    layers = []
-    for layer in program.layers:
-        entry = {
-            "weight": layer.weight.tolist(),
-            "bias": layer.bias.tolist(),
-            "acc_bits": layer.acc_bits,
-            "lsbs_to_remove": layer.lsbs_to_remove,
-            "rounding": layer.rounding,
-        }
-        if layer.activation is not None:
-            entry.update(
-                table=layer.table.tolist(),
-                out_bits=layer.out_bits,
-                out_signed=layer.out_signed,
-            )
-        layers.append(entry)
-    return {
-        "input_scale": program.input_scale.tolist(),
-        "input_offset": None if program.input_offset is None else program.input_offset.tolist(),
-        "input_norm": None if program.input_norm is None else program.input_norm.tolist(),
-        "input_bits": program.input_bits,
-        "output_scale": program.output_scale.tolist(),
-        "layers": layers,
-    }
-
-
-class _TableActivation:
-    """Stand-in activation of a loaded layer: its table is the whole function."""
-
-
-def program_from_json(data: dict) -> IntegerProgram:
-    layers = []
-    for entry in data["layers"]:
-        layer = ProgramLayer(
-            weight=np.asarray(entry["weight"], dtype=np.int64),
-            bias=np.asarray(entry["bias"], dtype=np.int64),
-            acc_bits=int(entry["acc_bits"]),
-            lsbs_to_remove=int(entry["lsbs_to_remove"]),
-            rounding=entry["rounding"],
-        )
-        if "table" in entry:
-            layer.activation = _TableActivation()
-            layer.out_bits, layer.out_signed = int(entry["out_bits"]), bool(entry["out_signed"])
-            table = np.asarray(entry["table"], dtype=np.int64)
-            if table.shape != (layer.weight.shape[0], 2**layer.acc_bits):
+def _listing(root: Path) -> list[str]:
+    """Relative paths of every file under ``root``; a symbolic link is refused."""
+    names = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
                 raise BundleError(
-                    f"program.json: a table has shape {table.shape}, expected "
-                    f"{(layer.weight.shape[0], 2**layer.acc_bits)}; the bundle is corrupt."
+                    f"{path} is a symbolic link; a bundle holds only regular files. Re-export it."
                 )
-            layer._table = table
-        layers.append(layer)
-    return IntegerProgram(
-        input_scale=np.asarray(data["input_scale"], dtype=np.float64),
-        input_bits=int(data["input_bits"]),
-        layers=layers,
-        output_scale=np.asarray(data["output_scale"], dtype=np.float64),
-        input_offset=None
-        if data.get("input_offset") is None
-        else np.asarray(data["input_offset"], dtype=np.float64),
-        input_norm=None
-        if data.get("input_norm") is None
-        else np.asarray(data["input_norm"], dtype=np.float64),
+        names += [(Path(dirpath) / name).relative_to(root).as_posix() for name in filenames]
+    return sorted(names)
+
+
+def bundle_digest(path: str | Path) -> str:
+    """sha256 over the sorted listing of every file under ``path`` and its content.
+
+    Pin it (``autofhe predict --digest``, ``FheServer(..., digest=...)``): any added, removed,
+    renamed or modified file changes it. Works on a bundle and on its ``client/`` or
+    ``server/`` part alone (each has its own digest).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"{root} is not a directory; pass a bundle (the export folder).")
+    h = hashlib.sha256()
+    for name in _listing(root):
+        h.update(f"{name}\0{_sha256(root / name)}\n".encode())
+    return h.hexdigest()
+
+
+def _check_digest(root: Path, digest: str | None) -> None:
+    if digest is None:
+        return
+    expected = digest.strip().lower().removeprefix("sha256:")
+    actual = bundle_digest(root)
+    if actual != expected:
+        raise BundleError(
+            f"{root} has digest {actual}, not the pinned {expected}: it is not the bundle that "
+            "was exported (modified or replaced); use the exported bundle or pin its digest."
+        )
+
+
+def read_json(path: Path) -> Any:
+    """A bundle file as JSON, refusing huge files and non-standard numbers (NaN, Infinity)."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not a JSON number")
+
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise BundleError(f"{path} is over {MAX_FILE_BYTES} bytes; the bundle is corrupt.")
+        return json.loads(path.read_bytes(), parse_constant=refuse)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path} is not readable JSON ({exc}); re-export the bundle.") from None
+
+
+def compile_server(data: dict):
+    """``server/program.json`` -> the ``concrete.fhe.Circuit`` the server runs."""
+    from concrete import fhe
+
+    from autofhe.fhe.compile import compile_program, synthetic_inputset
+
+    program = program_from_json(data)
+    settings = data.get("compile") or {}
+    config = fhe.Configuration(
+        dump_artifacts_on_unexpected_failures=False,
+        p_error=settings.get("p_error"),
+        global_p_error=settings.get("global_p_error"),
     )
+    return compile_program(program, synthetic_inputset(program), configuration=config)
+
+
+def check_specs(circuit, expected: dict, where: Path) -> None:
+    """Refuse a circuit whose client specs differ from the bundle's."""
+    if json.loads(circuit.client.specs.serialize()) != expected:
+        raise BundleError(
+            f"the circuit compiled from {where / 'program.json'} does not match "
+            f"{where / 'client.specs.json'} (its keys would differ); the bundle was modified or "
+            "comes from another concrete-python: re-export it."
+        )
 
 
 def save_bundle(model, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write a compiled estimator to ``directory`` (created; must not exist or be empty).
 
-    The bundle is written to a temporary directory first and moved into place, so a failure
-    never leaves a half-written bundle behind.
+    The server part is compiled again the way a server will compile it, and the bundle is
+    refused unless that gives the model's circuit. Everything is written to a temporary
+    directory first and moved into place, so a failure never leaves a half-written bundle.
     """
     import autofhe
 
     target = Path(directory)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise BundleError(f"{target} exists and is not an empty directory; choose another path.")
-    program = model.fhe_program_
-    circuit = model.fhe_circuit
+    program, circuit = model.fhe_program_, model.fhe_circuit
+    specs = json.loads(circuit.client.specs.serialize())
+    config = circuit.configuration
+    server = {
+        **program_to_json(program),
+        "compile": {
+            "p_error": config.p_error,
+            "global_p_error": config.global_p_error,
+            "inputset": {"seed": SYNTHETIC_SEED, "random_rows": SYNTHETIC_ROWS},
+        },
+    }
     with tempfile.TemporaryDirectory(dir=target.parent if target.parent.exists() else None) as tmp:
         work = Path(tmp) / "bundle"
-        (work / "client").mkdir(parents=True)
-        (work / "server").mkdir()
-        (work / "server" / "program.json").write_text(json.dumps(program_to_json(program)))
-        circuit.server.save(str(work / "server" / "server.zip"))
-        specs = circuit.client.specs.serialize()
-        (work / "client" / "client.specs.json").write_bytes(
-            specs if isinstance(specs, bytes) else specs.encode()
-        )
+        for part in PARTS:
+            (work / part).mkdir(parents=True)
+        (work / "server" / "program.json").write_text(json.dumps(server))
+        check_specs(compile_server(server), specs, work / "server")
+        for part in PARTS:
+            (work / part / "client.specs.json").write_text(json.dumps(specs))
         task = "classification" if model._classification else "regression"
         client = client_part(model, task)
         (work / "client" / "client.json").write_text(json.dumps(client))
@@ -198,41 +247,153 @@ def _jsonable(value):
     return repr(value)
 
 
-def read_manifest(directory: str | Path) -> dict:
-    """``model.json`` after checking that every file is present and unmodified."""
+def _check_listing(root: Path, expected: list[str]) -> None:
+    """Exactly the expected files: anything else (a server.zip, a library) is refused."""
+    found = _listing(root)
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise BundleError(
+            f"{root} holds {extra[0]!r}, which is not part of an autofhe bundle (format "
+            f"{FORMAT}: {', '.join(expected)}); remove it or re-export the model."
+        )
+    for name in expected:
+        if name not in found:
+            raise BundleError(f"bundle {root} is incomplete: {name} is missing; re-export it.")
+
+
+def read_manifest(directory: str | Path, digest: str | None = None) -> dict:
+    """``model.json`` after checking the pinned digest, the file listing, every checksum and
+    the concrete-python version, in that order, before anything else is read."""
     root = Path(directory)
     if not (root / "model.json").is_file():
         raise BundleError(f"{root} is not an autofhe bundle: model.json is missing.")
-    try:
-        manifest = json.loads((root / "model.json").read_text())
-    except ValueError as exc:
-        raise BundleError(f"{root / 'model.json'} is not valid JSON ({exc}).") from None
-    if manifest.get("format") != FORMAT:
+    _check_digest(root, digest)
+    manifest = read_json(root / "model.json")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
         raise BundleError(
-            f"bundle format {manifest.get('format')!r} is not supported (this autofhe reads "
-            f"format {FORMAT}); re-export the model with this version."
+            f"bundle format {found!r} is not supported (this autofhe reads format {FORMAT}, "
+            "which carries no compiled code); re-export the model with this version."
         )
+    _check_listing(root, ["model.json", *FILES])
+    checksums = manifest.get("sha256") if isinstance(manifest.get("sha256"), dict) else {}
     for name in FILES:
-        path = root / name
-        if not path.is_file():
-            raise BundleError(f"bundle {root} is incomplete: {name} is missing; re-export it.")
-        if _sha256(path) != manifest["sha256"].get(name):
+        if _sha256(root / name) != checksums.get(name):
             raise BundleError(
                 f"bundle {root}: {name} does not match its checksum in model.json (modified "
                 "or corrupted); re-export the model."
             )
     installed = dist_version("concrete-python")
-    if manifest["concrete_python"].split(".")[:2] != installed.split(".")[:2]:
+    shipped = str(manifest.get("concrete_python"))
+    if shipped.split(".")[:2] != installed.split(".")[:2]:
         raise BundleError(
-            f"bundle {root} was compiled with concrete-python {manifest['concrete_python']}, "
-            f"this environment has {installed}; install concrete-python=="
-            f"{manifest['concrete_python']} or re-export the model."
+            f"bundle {root} was compiled with concrete-python {shipped}, this environment has "
+            f"{installed}; install concrete-python=={shipped} or re-export the model."
         )
     return manifest
 
 
-def load_program(directory: str | Path) -> tuple[dict, IntegerProgram]:
+def read_part(path: str | Path, part: str, digest: str | None = None) -> Path:
+    """``path`` is a bundle (checked with :func:`read_manifest`) or its ``part`` alone
+    (checked against ``digest`` and for its files); returns the part's directory."""
+    root = Path(path)
+    if (root / "model.json").is_file():
+        read_manifest(root, digest)
+        return root / part
+    if root.is_dir():
+        _check_digest(root, digest)
+        _check_listing(root, list(PARTS[part]))
+        return root
+    raise BundleError(f"{root} is neither a bundle nor its {part}/ part; pass the export folder.")
+
+
+def load_program(directory: str | Path, digest: str | None = None) -> tuple[dict, Any]:
     """The checked manifest and the integer program of a bundle."""
-    manifest = read_manifest(directory)
-    data = json.loads((Path(directory) / "server" / "program.json").read_text())
-    return manifest, program_from_json(data)
+    manifest = read_manifest(directory, digest)
+    return manifest, program_from_json(read_json(Path(directory) / "server" / "program.json"))
+
+
+# -- archives (how a study stores its front models) ---------------------------------------------
+
+
+def pack_bundle(directory: str | Path, archive: str | Path) -> Path:
+    """Zip a checked bundle: exactly its files, fixed order and timestamps."""
+    root = Path(directory)
+    read_manifest(root)
+    archive = Path(archive)
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in ["model.json", *FILES]:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            z.writestr(info, (root / name).read_bytes(), zipfile.ZIP_DEFLATED)
+    return archive
+
+
+def save_archive(model, archive: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """A compiled estimator as a bundle archive (:func:`save_bundle` + :func:`pack_bundle`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return pack_bundle(save_bundle(model, Path(tmp) / "bundle", extra), archive)
+
+
+def unpack_bundle(archive: str | Path, target: str | Path) -> dict:
+    """Extract a bundle archive into ``target`` (must not exist) and check it; the manifest.
+
+    Only the bundle's own file names are accepted (no absolute path, no ``..``, no symbolic
+    link, no other file), each at most :data:`MAX_FILE_BYTES` however its header lies.
+    Nothing reaches ``target`` unless the whole bundle checks out.
+    """
+    target = Path(target)
+    if target.exists():
+        raise BundleError(f"{target} already exists; unpack into a new directory.")
+    allowed = {"model.json", *FILES}
+    try:
+        z = zipfile.ZipFile(archive)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"{archive} is not a bundle archive ({exc}).") from None
+    with z, tempfile.TemporaryDirectory(dir=target.parent if target.parent.exists() else None) as t:
+        staged = Path(t) / "bundle"
+        for member in z.infolist():
+            if member.is_dir() and member.filename.rstrip("/") in PARTS:
+                continue
+            if member.filename not in allowed:
+                raise BundleError(
+                    f"archive member {member.filename!r} is not a file of an autofhe bundle "
+                    f"(format {FORMAT}); re-export the model with this version."
+                )
+            if stat.S_ISLNK(member.external_attr >> 16):
+                raise BundleError(f"archive member {member.filename!r} is a symbolic link.")
+            dest = staged / member.filename
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with z.open(member) as src, open(dest, "wb") as out:
+                data = src.read(MAX_FILE_BYTES + 1)
+                if len(data) > MAX_FILE_BYTES:
+                    raise BundleError(
+                        f"archive member {member.filename!r} is over {MAX_FILE_BYTES} bytes."
+                    )
+                out.write(data)
+        manifest = read_manifest(staged)
+        shutil.move(str(staged), str(target))
+    return manifest
+
+
+# -- what `export --force` may delete ------------------------------------------------------------
+
+
+def is_bundle(directory: str | Path) -> bool:
+    """True when ``directory`` holds an autofhe ``model.json`` and only bundle files (of this
+    format or the previous one): what ``export --force`` may replace."""
+    root = Path(directory)
+    if root.is_symlink() or not (root / "model.json").is_file():
+        return False
+    try:
+        files = _listing(root)
+        manifest = read_json(root / "model.json")
+    except BundleError:
+        return False
+    allowed = {"model.json", *FILES, "server/server.zip"}  # format 1 had a server.zip
+    return (
+        isinstance(manifest, dict)
+        and "autofhe" in manifest
+        and "format" in manifest
+        and set(files) <= allowed
+    )

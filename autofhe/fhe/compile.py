@@ -50,13 +50,28 @@ INPUTSET_ROWS = 256
 
 
 def inputset(program: IntegerProgram, X: np.ndarray) -> list[np.ndarray]:
-    """Quantized rows for concrete, plus the two extreme inputs of the input range."""
+    """Quantized rows for concrete, plus the data-free rows of :func:`synthetic_inputset`."""
     x_int = program.quantize(X)
     if len(x_int) > INPUTSET_ROWS:
         x_int = x_int[np.random.default_rng(0).choice(len(x_int), INPUTSET_ROWS, replace=False)]
+    return [*x_int, *synthetic_inputset(program)]
+
+
+#: Uniform random rows (numpy's default_rng(SYNTHETIC_SEED)) of every inputset.
+SYNTHETIC_ROWS = 512
+SYNTHETIC_SEED = 0
+
+
+def synthetic_inputset(program: IntegerProgram) -> list[np.ndarray]:
+    """Data-free inputs: the two extreme rows of the input range, then SYNTHETIC_ROWS uniform
+    rows. Not every width is fixed by a hint (a truncated accumulator's is measured), and
+    uniform rows reach wider values than training rows; a bundle's server, which has no
+    data, compiles with these alone and gets the same circuit (the bundle checks it does)."""
     low, high = -(2 ** (program.input_bits - 1)), 2 ** (program.input_bits - 1) - 1
+    rng = np.random.default_rng(SYNTHETIC_SEED)
+    rows = rng.integers(low, high, endpoint=True, size=(SYNTHETIC_ROWS, program.n_features))
     extremes = np.array([[low] * program.n_features, [high] * program.n_features])
-    return [row for row in np.concatenate([x_int, extremes])]
+    return [*extremes, *rows]
 
 
 def argmax_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:

@@ -16,21 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from autofhe.data import check_X
-from autofhe.fhe.bundle import BundleError, load_program, read_manifest
+from autofhe.fhe.bundle import (
+    BundleError,
+    check_specs,
+    compile_server,
+    load_program,
+    read_json,
+    read_part,
+)
 from autofhe.fhe.program import quantize_inputs, softmax
 
 __all__ = ["FheClient", "FheServer", "measure_bundle", "predict_bundle"]
-
-
-def _part(path: str | Path, name: str) -> Path:
-    """``path`` is a bundle (checked against model.json) or one of its parts."""
-    root = Path(path)
-    if (root / "model.json").is_file():
-        read_manifest(root)  # checksums and versions before anything is loaded
-        return root / name
-    if root.is_dir():
-        return root
-    raise BundleError(f"{root} is neither a bundle nor its {name}/ part; pass the export folder.")
 
 
 class FheClient:
@@ -41,16 +37,21 @@ class FheClient:
     client : a bundle directory or its ``client/`` part.
     key_dir : where the secret and evaluation keys live (created, reused across runs). None:
         keys in memory only.
+    digest : the pinned :func:`~autofhe.fhe.bundle.bundle_digest` of ``client`` (the bundle
+        or the part, whichever is passed); anything else is refused.
     """
 
-    def __init__(self, client: str | Path, key_dir: str | Path | None = None):
+    def __init__(
+        self, client: str | Path, key_dir: str | Path | None = None, digest: str | None = None
+    ):
         from concrete import fhe
 
-        root = _part(client, "client")
+        root = read_part(client, "client", digest)
+        self.info = read_json(root / "client.json")
+        specs = read_json(root / "client.specs.json")
         try:
-            self.info = json.loads((root / "client.json").read_text())
-            specs = fhe.ClientSpecs.deserialize((root / "client.specs.json").read_bytes())
-        except (OSError, ValueError, RuntimeError) as exc:
+            specs = fhe.ClientSpecs.deserialize(json.dumps(specs).encode())
+        except (ValueError, RuntimeError, TypeError, KeyError) as exc:
             raise BundleError(f"{root} is not a readable client part: {exc}") from None
         self._client = fhe.Client(specs)
         self.key_dir = None if key_dir is None else Path(key_dir)
@@ -119,16 +120,23 @@ class FheClient:
 
 
 class FheServer:
-    """The server's side: runs encrypted inputs with a client's evaluation keys."""
+    """The server's side: runs encrypted inputs with a client's evaluation keys.
 
-    def __init__(self, server: str | Path):
-        from concrete import fhe
+    It compiles its circuit from ``server/program.json`` (no compiled code is ever loaded from
+    a bundle) and refuses to run when that circuit's client specs differ from the bundle's.
 
-        root = _part(server, "server")
-        try:
-            self._server = fhe.Server.load(root / "server.zip")
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise BundleError(f"{root / 'server.zip'} cannot be loaded: {exc}") from None
+    Parameters
+    ----------
+    server : a bundle directory or its ``server/`` part.
+    digest : the pinned digest of ``server`` (bundle or part); anything else is refused.
+    """
+
+    def __init__(self, server: str | Path, digest: str | None = None):
+        root = read_part(server, "server", digest)
+        data, specs = read_json(root / "program.json"), read_json(root / "client.specs.json")
+        circuit = compile_server(data)
+        check_specs(circuit, specs, root)
+        self._server = circuit.server
 
     def run(self, encrypted_input: bytes, evaluation_keys: bytes) -> bytes:
         """Serialized encrypted input + serialized evaluation keys -> serialized output."""
@@ -149,21 +157,27 @@ class FheServer:
 
 
 def predict_bundle(
-    bundle: str | Path, X, fhe: str = "execute", progress: bool = True, key_dir=None
+    bundle: str | Path,
+    X,
+    fhe: str = "execute",
+    progress: bool = True,
+    key_dir=None,
+    digest: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Predictions (and class probabilities, for classifiers) of a bundle on ``X``.
 
     ``execute``: client and server in this process, keys in ``key_dir`` (default: temporary);
-    ``simulate``: the program recompiled and simulated; ``disable``: the program in the clear.
+    ``simulate``: the server's circuit, simulated; ``disable``: the program in the clear.
+    ``digest``: the bundle's pinned digest (anything else is refused).
     """
     from autofhe.errors import ParameterError
 
     if fhe not in ("disable", "simulate", "execute"):
         raise ParameterError(f"fhe={fhe!r} is not a mode; use 'disable', 'simulate' or 'execute'.")
-    client = FheClient(bundle, key_dir)
+    client = FheClient(bundle, key_dir, digest)
     x_int = client.quantize(X)
     if fhe == "execute":
-        server = FheServer(bundle)
+        server = FheServer(bundle, digest)
         with tempfile.TemporaryDirectory() as tmp:
             if key_dir is None:
                 client.key_dir = Path(tmp)
@@ -176,14 +190,11 @@ def predict_bundle(
             outputs = [server.run(client.encrypt_row(x_int[i]), keys) for i in rows]
             real = client.decrypt(outputs)
     else:
-        _, program = load_program(bundle)
+        _, program = load_program(bundle, digest)
         if fhe == "disable":
             acc = program.run(x_int)
         else:
-            from autofhe.fhe.compile import compile_program, inputset
-
-            Xc = check_X(X, n_features=program.n_features, estimator="this model")
-            circuit = compile_program(program, inputset(program, Xc))
+            circuit = compile_server(read_json(Path(bundle) / "server" / "program.json"))
             acc = np.stack([circuit.simulate(row) for row in x_int])
         real = client.outputs(acc)
     proba = client.predict_proba(real) if client.info["task"] == "classification" else None
@@ -193,8 +204,9 @@ def predict_bundle(
 class _Endpoints:
     """A bundle's client and server behind a circuit's keygen / encrypt / run / decrypt."""
 
-    def __init__(self, bundle: str | Path):
-        self.client, self.server = FheClient(bundle), FheServer(bundle)
+    def __init__(self, bundle: str | Path, digest: str | None = None):
+        self.client = FheClient(bundle, digest=digest)
+        self.server = FheServer(bundle, digest)
 
     def keygen(self, force: bool = False) -> None:
         self.client._client.keygen(force=force)
@@ -211,7 +223,7 @@ class _Endpoints:
         return self.client._client.decrypt(value)
 
 
-def measure_bundle(bundle: str | Path, X, n: int = 3) -> dict:
+def measure_bundle(bundle: str | Path, X, n: int = 3, digest: str | None = None) -> dict:
     """Measured latency of an exported model on this machine, client and server in one process.
 
     Same figures as ``measure_latency`` (key generation, then the median encrypt / run / decrypt
@@ -219,6 +231,6 @@ def measure_bundle(bundle: str | Path, X, n: int = 3) -> dict:
     """
     from autofhe.fhe.latency import measure_circuit
 
-    endpoints = _Endpoints(bundle)
+    endpoints = _Endpoints(bundle, digest)
     x_int = endpoints.client.quantize(X)[: max(1, n)]
     return measure_circuit(endpoints, list(x_int), n)

@@ -116,12 +116,18 @@ def _evaluation_keys_size(server: FheServer, manifest: dict) -> int:
     return len(probe.evaluation_keys.serialize())
 
 
-def make_server(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000):
-    """An HTTP server for a bundle directory (``model.json`` + ``server/``)."""
+def make_server(
+    bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, digest: str | None = None
+):
+    """An HTTP server for a bundle directory (``model.json`` + ``server/``).
+
+    ``digest``: the bundle's pinned digest; any other bundle is refused before it is read.
+    The circuit is compiled from the bundle's integer program (see :class:`FheServer`).
+    """
     from concrete import fhe
 
-    manifest = read_manifest(bundle)
-    server = FheServer(bundle)
+    manifest = read_manifest(bundle, digest)
+    server = FheServer(bundle, digest)
     keys_size = _evaluation_keys_size(server, manifest)
     public = {k: manifest[k] for k in ("task", "n_features", "concrete_python", "autofhe")}
     public["evaluation_keys_bytes"] = keys_size
@@ -248,9 +254,15 @@ def make_server(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000):
 class HttpClient:
     """Keys, encryption and decryption here; the model runs on the server at ``url``."""
 
-    def __init__(self, url: str, client: str | Path, key_dir: str | Path | None = None):
+    def __init__(
+        self,
+        url: str,
+        client: str | Path,
+        key_dir: str | Path | None = None,
+        digest: str | None = None,
+    ):
         self.url = url.rstrip("/")
-        self.client = FheClient(client, key_dir)
+        self.client = FheClient(client, key_dir, digest)
         self.key_id: str | None = None
 
     def _post(self, path: str, body: bytes) -> bytes:

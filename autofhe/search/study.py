@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -231,7 +230,7 @@ class SearchSession:
             generation plus three samples of a 20 s model would stall the search.
             """
             from autofhe.errors import ResourceError
-            from autofhe.fhe.bundle import save_bundle
+            from autofhe.fhe.bundle import save_archive
             from autofhe.fhe.latency import measure_latency
 
             # what the exported model must reproduce (clear program == encrypted circuit)
@@ -245,15 +244,11 @@ class SearchSession:
                 trial.set_user_attr("measure_error", str(exc))
             store = optuna.artifacts.FileSystemArtifactStore(str(_mkdir(artifact_dir(url))))
             with tempfile.TemporaryDirectory() as tmp:
-                bundle = save_bundle(
-                    model, Path(tmp) / "bundle", {"study": name, "trial": trial.number}
-                )
-                archive = shutil.make_archive(
-                    str(Path(tmp) / f"trial-{trial.number}"), "zip", bundle
-                )
+                provenance = {"study": name, "trial": trial.number}
+                archive = save_archive(model, Path(tmp) / f"trial-{trial.number}.zip", provenance)
                 artifact_id = optuna.artifacts.upload_artifact(
                     artifact_store=store,
-                    file_path=archive,
+                    file_path=str(archive),
                     study_or_trial=trial,
                     mimetype="application/zip",
                 )

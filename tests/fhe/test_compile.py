@@ -8,7 +8,13 @@ from torch import nn
 
 from autofhe import NeuralNetClassifier, NeuralNetRegressor
 from autofhe.errors import CompilationError, NotCompiledError, ParameterError, ResourceError
-from autofhe.fhe.compile import MAX_LOOKUP_BITS, check_key_memory, choose_lsbs
+from autofhe.fhe.compile import (
+    MAX_AUTO_LOOKUP_BITS,
+    MAX_LOOKUP_BITS,
+    MIN_AGREEMENT,
+    check_key_memory,
+    choose_lsbs,
+)
 
 
 def _compiled(split, **params):
@@ -107,9 +113,18 @@ def test_auto_rounding_keeps_decisions(breast_cancer):
     x_int = model.program.quantize(Xtr)
     lsbs = choose_lsbs(model.program, x_int)
     assert lsbs[0] > 0 and lsbs[-1] == 0
-    rounded = model.program.with_rounding(lsbs)
-    same = np.mean(model.program.run(x_int).argmax(1) == rounded.run(x_int).argmax(1))
-    assert same >= 0.99 or rounded.layers[0].lookup_bits == 7
+
+    def agreement(k: int) -> float:
+        rounded = model.program.with_rounding([k, *lsbs[1:]])
+        return np.mean(model.program.run(x_int).argmax(1) == rounded.run(x_int).argmax(1))
+
+    # decisions kept, at the narrowest precision that keeps them (one bit less does not)
+    assert agreement(lsbs[0]) >= MIN_AGREEMENT
+    assert agreement(lsbs[0] + 1) < MIN_AGREEMENT
+    # when no precision keeps them, the widest lookup "auto" allows
+    capped = choose_lsbs(model.program, x_int, min_agreement=1.01)
+    acc_bits = model.program.layers[0].acc_bits
+    assert acc_bits - capped[0] == MAX_AUTO_LOOKUP_BITS
 
 
 def test_approximate_rounding_is_opt_in_and_flagged(wine):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import pytest
 
 from autofhe import NeuralNetClassifier
 from autofhe.data import load_dataset, split_dataset
-from autofhe.fhe.bundle import BundleError, read_manifest
+from autofhe.fhe.bundle import BundleError, bundle_digest, load_program, read_manifest
 from autofhe.fhe.deploy import FheClient, FheServer, measure_bundle, predict_bundle
 from autofhe.search.spec import load_spec
 from autofhe.search.study import open_study, run_workers
@@ -92,34 +92,50 @@ def test_export_then_predict_execute_equals_disable_equals_recorded(study_dir, b
     np.testing.assert_array_equal(outs["disable"], np.asarray(recorded))
 
 
+#: Run a script with autofhe made unimportable: proof that it never needs autofhe.
+NO_AUTOFHE = """
+import runpy, sys
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "autofhe":
+            raise ImportError("autofhe is blocked in this process")
+
+sys.meta_path.insert(0, Block())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 @pytest.mark.execute
 def test_server_part_runs_with_plain_concrete(study_dir, bundle, tmp_path):
+    """examples/plain_concrete_server.py rebuilds the circuit from server/ (concrete-python,
+    numpy and json only), checks its client specs and runs an encrypted row."""
     _, _, X_valid = study_dir
-    client = FheClient(bundle)
-    x_int = client.quantize(X_valid[:1])[0]
-    _, program = __import__("autofhe.fhe.bundle", fromlist=["x"]).load_program(bundle)
+    x_int = FheClient(bundle).quantize(X_valid[:1])[0]
+    _, program = load_program(bundle)
     expected = program.run(x_int[None, :])[0]
-    script = textwrap.dedent(
-        f"""
-        import sys
-        import numpy as np
-        from concrete import fhe
-        assert "autofhe" not in sys.modules
-        server = fhe.Server.load("{bundle}/server/server.zip")
-        specs = fhe.ClientSpecs.deserialize(open("{bundle}/client/client.specs.json", "rb").read())
-        client = fhe.Client(specs)
-        client.keygen()
-        x = np.array({x_int.tolist()})
-        out = server.run(client.encrypt(x), evaluation_keys=client.evaluation_keys)
-        print(list(client.decrypt(out)))
-        assert "autofhe" not in sys.modules
-        """
-    )
+    script = Path(__file__).resolve().parents[2] / "examples" / "plain_concrete_server.py"
+    server = tmp_path / "server"  # the server part alone, away from the rest of the bundle
+    shutil.copytree(bundle / "server", server)
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        [sys.executable, "-c", NO_AUTOFHE, str(script), str(server), json.dumps(x_int.tolist())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert eval(result.stdout.strip()) == list(expected)
+    assert json.loads(result.stdout) == expected.tolist()
+    # and the block is real: the same wrapper cannot import autofhe
+    (tmp_path / "uses.py").write_text("import autofhe\n")
+    blocked = subprocess.run(
+        [sys.executable, "-c", NO_AUTOFHE, str(tmp_path / "uses.py")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert blocked.returncode != 0 and "autofhe is blocked" in blocked.stderr
 
 
 @pytest.mark.execute
@@ -133,30 +149,27 @@ def test_measure_bundle_times_each_stage_of_the_exported_model(study_dir, bundle
     assert m["latency_s"] <= 2 * (m["encrypt_s"] + m["run_s"] + m["decrypt_s"])
 
 
-def test_bundle_has_no_secret_key_and_no_pickle(bundle):
+def test_bundle_is_json_data_without_secret_key(bundle):
     files = sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file())
     assert files == [
         "client/client.json",
         "client/client.specs.json",
         "model.json",
+        "server/client.specs.json",
         "server/program.json",
-        "server/server.zip",
     ]
-    for path in bundle.rglob("*"):
-        if path.is_file():
-            head = path.read_bytes()[:2]
-            assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
-    import zipfile
-
-    with zipfile.ZipFile(bundle / "server" / "server.zip") as z:
-        assert not [n for n in z.namelist() if "key" in n.lower()]
+    for name in files:  # data only: every file is plain JSON (no pickle, archive or library)
+        json.loads((bundle / name).read_text())
+    program = json.loads((bundle / "server" / "program.json").read_text())
+    assert program["compile"].keys() == {"p_error", "global_p_error", "inputset"}
+    assert all(len(layer["table"]) == len(layer["weight"]) for layer in program["layers"][:-1])
+    specs = json.loads((bundle / "client" / "client.specs.json").read_text())
+    assert specs == json.loads((bundle / "server" / "client.specs.json").read_text())
     manifest = read_manifest(bundle)
     assert set(manifest["sha256"]) == set(files) - {"model.json"}
 
 
 def test_tampered_file_is_refused(bundle, tmp_path):
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(bundle, copy)
     info = json.loads((copy / "client" / "client.json").read_text())
@@ -171,7 +184,6 @@ def test_tampered_file_is_refused(bundle, tmp_path):
 
 
 def test_version_mismatch_names_both_versions(bundle, tmp_path):
-    import shutil
     from importlib.metadata import version
 
     copy = tmp_path / "copy"
@@ -201,6 +213,74 @@ def test_export_refusals(study_dir, bundle):
     assert not (work / "m2").exists() and not (work / "m3").exists()
     bad = _cli(["export", "--study", "nope", "--storage", url, "--out", "m4"], work)
     assert bad.returncode == 2 and "no study 'nope'" in bad.stderr
+
+
+def _tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_export_prints_the_digest_and_force_replaces_a_bundle(study_dir, bundle):
+    work, url, _ = study_dir
+    for _ in range(2):  # the second export replaces the first bundle
+        result = _cli(["export", "--study", "w", "--storage", url, "--out", "m5", "--force"], work)
+        assert result.returncode == 0, result.stderr
+    digest = bundle_digest(work / "m5")
+    assert f"digest:   {digest}" in result.stdout
+    assert f"server/ {bundle_digest(work / 'm5' / 'server')}" in result.stdout
+    assert f"--digest {digest}" in result.stdout
+
+
+def test_export_force_deletes_only_a_bundle(study_dir, tmp_path, monkeypatch, capsys):
+    """Each refusal: one line, exit 2, nothing deleted (rmtree is also intercepted)."""
+    from autofhe import cli
+
+    work, url, _ = study_dir
+    home = tmp_path / "home"
+    (home / "notes").mkdir(parents=True)
+    (home / "notes" / "todo.txt").write_text("keep me")
+    db_folder = tmp_path / "db"
+    shutil.copytree(work, db_folder, ignore=shutil.ignore_patterns("model", "m*"))
+    db_url = f"sqlite:///{db_folder}/autofhe.db"
+    inside_store = tmp_path / "db" / "autofhe.db.artifacts"
+    (inside_store / "sub").mkdir()
+    (inside_store / "sub" / "model.json").write_text(json.dumps({"autofhe": "0", "format": 2}))
+    not_a_bundle = tmp_path / "photos"
+    not_a_bundle.mkdir()
+    (not_a_bundle / "model.json").write_text(json.dumps({"autofhe": "0", "format": 2}))
+    (not_a_bundle / "cat.jpg").write_bytes(b"\xff\xd8")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "data.npy").write_bytes(b"x")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    deleted = []
+    monkeypatch.setattr(shutil, "rmtree", lambda path, *a, **k: deleted.append(path))
+    cases = [
+        ("/", url, "is a filesystem root"),
+        (str(home), url, "is or holds $HOME"),
+        (".", url, "is or holds the working directory"),
+        (str(tmp_path), url, "is or holds the working directory"),  # a parent of it
+        (str(db_folder), db_url, "is or holds the study database"),
+        (str(inside_store), db_url, "is or holds the artifact store"),
+        (str(inside_store / "sub"), db_url, "lies inside the artifact store"),
+        (str(not_a_bundle), url, "is not an autofhe bundle"),
+    ]
+    before = {path: _tree(Path(path)) for path, _, _ in cases[1:]}
+    for out, storage, message in cases:
+        code = cli.main(["export", "--study", "w", "--storage", storage, "--out", out, "--force"])
+        err = capsys.readouterr().err
+        assert code == 2, (out, err)
+        assert message in err and len(err.strip().splitlines()) == 1, (out, err)
+    assert deleted == []
+    assert {path: _tree(Path(path)) for path, _, _ in cases[1:]} == before
+    monkeypatch.undo()
+    # the installed entry point refuses the same way (the folder holding the database)
+    result = _cli(
+        ["export", "--study", "w", "--storage", db_url, "--out", str(db_folder), "--force"],
+        tmp_path,
+    )
+    assert result.returncode == 2 and "the study database" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and (db_folder / "autofhe.db").is_file()
 
 
 def test_model_save_and_local_predict(wine, tmp_path):
@@ -282,11 +362,9 @@ def test_serve_over_loopback_two_processes(study_dir, bundle):
 
 
 def test_predict_bad_input_one_line_errors(bundle, tmp_path):
-    import shutil
-
     incomplete = tmp_path / "incomplete"
     shutil.copytree(bundle, incomplete)
-    (incomplete / "server" / "server.zip").unlink()
+    (incomplete / "server" / "program.json").unlink()
     np.save(tmp_path / "five.npy", np.zeros((2, 5)))
     nan = np.zeros((2, 13))
     nan[1, 3] = np.nan
@@ -294,7 +372,7 @@ def test_predict_bad_input_one_line_errors(bundle, tmp_path):
     np.save(tmp_path / "ok.npy", np.zeros((2, 13)))
     cases = [
         (["--model", "missing", "--data", "ok.npy"], "neither a bundle"),
-        (["--model", "incomplete", "--data", "ok.npy"], "server/server.zip is missing"),
+        (["--model", "incomplete", "--data", "ok.npy"], "server/program.json is missing"),
         (["--model", str(bundle), "--data", "five.npy"], "X has 5 features"),
         (["--model", str(bundle), "--data", "nan.npy"], "NaN"),
     ]

@@ -361,9 +361,24 @@ def test_feature_count_mismatch_and_inferred_dims(fitted):
         NeuralNetClassifier(module__input_dim=3)
 
 
-def test_errors_share_one_hierarchy():
-    for cls in (DataError, DataTypeError, ParameterError, AccumulatorBudgetError, NotFittedError):
-        assert issubclass(cls, AutofheError)
+def test_errors_share_one_hierarchy(toy):
+    """Every kind of failure the estimators raise is caught by one ``except AutofheError``
+    and by the class generic tooling expects (a built-in or scikit-learn's)."""
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+    X, y = toy
+    cases = [
+        (lambda: NeuralNetClassifier().predict(X), NotFittedError, SklearnNotFittedError),
+        (lambda: _fit(X, y, module__n_layers=0), ParameterError, ValueError),
+        (lambda: _fit(X, y, n_accum_bits=5), AccumulatorBudgetError, ValueError),
+        (lambda: _fit(X[:, 0], y), DataError, ValueError),
+        (lambda: _fit(X.astype(str), y), DataTypeError, TypeError),
+    ]
+    for call, kind, expected_by_tooling in cases:
+        with pytest.raises(AutofheError) as info:
+            call()
+        assert type(info.value) is kind
+        assert isinstance(info.value, expected_by_tooling)
 
 
 def test_raw_features_need_no_scaler(breast_cancer):

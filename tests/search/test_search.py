@@ -127,6 +127,9 @@ def test_cross_validated_metric_scores_every_training_and_validation_row_once(wi
     assert all(np.array_equal(a[3], b[3]) for a, b in zip(splits, other))
 
     trial = optuna.trial.FixedTrial(_linear_params())
+    built = []
+    make = ctx.estimator
+    ctx.estimator = lambda params, rungs=None: built.append(make(params, rungs)) or built[-1]
     metric, _ = objective(trial, ctx)
     assert trial.user_attrs["folds"] == 3
     per_fold = trial.user_attrs["simulated_valid_per_fold"]
@@ -134,7 +137,14 @@ def test_cross_validated_metric_scores_every_training_and_validation_row_once(wi
     sizes = [len(fold[3]) for fold in splits]
     assert metric == pytest.approx(np.average(per_fold, weights=sizes))
     assert 0.8 < metric <= 1.0
-    assert len(set(per_fold)) > 1 or per_fold[0] == 1.0  # three models, three scores
+    # three models, each trained on its own fold (it standardizes with that fold's mean) ...
+    assert len(built) == 3
+    for model, (X_fit, _, _, _) in zip(built, splits):
+        offset = model.module_.input_offset.numpy()
+        np.testing.assert_allclose(offset, X_fit.mean(axis=0), rtol=1e-4, atol=1e-6)
+    # ... and each scored on its own held-out rows: a count of right answers over that fold
+    for score, size in zip(per_fold, sizes):
+        assert score * size == pytest.approx(round(score * size))
 
 
 def test_cross_validated_front_models_learn_from_every_row(wine_ds):
