@@ -13,6 +13,33 @@ import warnings
 from autofhe.errors import AutofheError, ParameterError
 
 BUILTIN_SETS = ("breast_cancer", "wine", "digits", "iris")
+#: what --metric accepts: autofhe.search.objective.METRICS, listed here so that `--help` needs
+#: no torch import (a test keeps the two equal)
+METRIC_NAMES = (
+    "accuracy",
+    "balanced_accuracy",
+    "f1",
+    "roc_auc",
+    "r2",
+    "neg_mean_squared_error",
+    "neg_mean_absolute_error",
+)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless it is None / False or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -45,27 +72,65 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # -- search -----------------------------------------------------------------------------------
 
 
-def _front_rows(study, front) -> list[dict]:
+def _front_records(study, front, max_latency: float | None = None) -> list[dict]:
+    """One dict per front trial with stable machine keys (``pareto --format json/csv``)."""
     metric = (study.metric_names or ["metric"])[0]
-    rows = []
+    records = []
     for t in front:
-        measured = t.user_attrs.get("measured_latency_s")
-        clear_test = t.user_attrs.get("clear_test", float("nan"))
-        rows.append(
+        a = t.user_attrs
+        measured = a.get("measured_latency_s")
+        records.append(
             {
                 "trial": t.number,
-                metric: round(t.values[0], 4),
+                "metric": metric,
+                "value": t.values[0],
                 # the shipped model's: refit on training + validation rows
-                "test (clear)": round(t.user_attrs.get("final_clear_test", clear_test), 4),
-                "predicted s": round(t.values[1], 4),
-                "measured s": None if measured is None else round(measured, 4),
-                "layers": t.params.get("module__n_layers"),
-                "bits w/a": f"{t.params.get('n_w_bits')}/{t.params.get('n_a_bits')}",
-                "lookups": t.user_attrs.get("lookups_per_layer"),
-                "artifact": bool(t.user_attrs.get("artifact_id")),
+                "test_clear": a.get("final_clear_test", a.get("clear_test")),
+                "predicted_latency_s": t.values[1],
+                "measured_latency_s": measured,
+                "measured_loadavg_1m": a.get("measured_loadavg_1m"),
+                "measured_cores": a.get("measured_cores"),
+                "max_latency_s": max_latency,
+                "over_max_latency": (
+                    None if measured is None or max_latency is None else measured > max_latency
+                ),
+                "n_layers": t.params.get("module__n_layers"),
+                "n_w_bits": t.params.get("n_w_bits"),
+                "n_a_bits": t.params.get("n_a_bits"),
+                "lookups_per_layer": a.get("lookups_per_layer"),
+                "has_model": bool(a.get("artifact_id")),
             }
         )
+    return records
+
+
+def _display(records: list[dict]) -> list[dict]:
+    """The table's columns (people read these; scripts read :func:`_front_records`)."""
+
+    def r4(v):
+        return None if v is None else round(v, 4)
+
+    rows = []
+    for r in records:
+        row = {
+            "trial": r["trial"],
+            r["metric"]: r4(r["value"]),
+            "test (clear)": r4(r["test_clear"]),
+            "predicted s": r4(r["predicted_latency_s"]),
+            "measured s": r4(r["measured_latency_s"]),
+            "layers": r["n_layers"],
+            "bits w/a": f"{r['n_w_bits']}/{r['n_a_bits']}",
+            "lookups": r["lookups_per_layer"],
+            "artifact": r["has_model"],
+        }
+        if any(x["over_max_latency"] for x in records):
+            row["flag"] = "MEASURED > MAX" if r["over_max_latency"] else ""
+        rows.append(row)
     return rows
+
+
+def _front_rows(study, front) -> list[dict]:
+    return _display(_front_records(study, front))
 
 
 def _print_table(rows: list[dict], out=None) -> None:
@@ -139,8 +204,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print(f"labels: {ds.labels_source} (next to the data; pass --labels to choose)")
     print(f"data: {ds.source}: {ds.X.shape[0]} rows, {ds.X.shape[1]} features, {ds.task}")
     check_search_inputs(ds, spec, args.seed)
-    print("cost model: loading (the first run on a machine calibrates it, about a minute)")
-    cost_model = load_cost_model()
+    cost_model = load_cost_model(calibrate_if_missing=False)
+    if cost_model is None:
+        print("cost model: calibrating it on this machine (first run here, about a minute)")
+        cost_model = load_cost_model()
     study, _, name = open_study(ds, spec, url, args.study, args.seed)
     before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
     print(
@@ -171,49 +238,145 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_pareto(args: argparse.Namespace) -> int:
     import json
 
-    from autofhe.search.pareto import pareto_front
+    from autofhe.search.pareto import ParetoStore, pareto_front
 
     study = _load_study(args)
-    rows = _front_rows(study, pareto_front(study.get_trials(deepcopy=False)))
+    info = ParetoStore(_storage_url(args)).study_info(study.study_name)
+    max_latency = (info or {}).get("spec", {}).get("max_latency")
+    front = pareto_front(study.get_trials(deepcopy=False))
+    if args.plot:
+        _plot_front(study, front, args.plot, max_latency)
+    records = _front_records(study, front, max_latency)
     if args.format == "json":
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(records, indent=2))
     elif args.format == "csv":
         import csv
 
-        if rows:
-            writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+        if records:
+            writer = csv.DictWriter(sys.stdout, fieldnames=list(records[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(records)
     else:
-        _print_table(rows)
+        _print_table(_display(records))
+    for r in records:
+        if r["over_max_latency"]:
+            load = (
+                f" under load {r['measured_loadavg_1m']} on {r['measured_cores']} cores"
+                if r["measured_loadavg_1m"] is not None
+                else ""
+            )
+            print(
+                f"autofhe: warning: trial {r['trial']} measured {r['measured_latency_s']:.4g} s "
+                f"per sample{load}, over the study's --max-latency {max_latency:g} s (predicted "
+                f"{r['predicted_latency_s']:.4g} s); measure it again on an idle machine before "
+                "relying on it.",
+                file=sys.stderr,
+            )
+    if args.plot:
+        print(f"front plot written to {args.plot}", file=sys.stderr)
     return 0
 
 
-def _load_study(args):
-    import optuna
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from autofhe.errors import StorageError
-    from autofhe.search.study import resolve_storage
-
-    url = resolve_storage(args.storage)
+def _plot_front(study, front, path: str, max_latency: float | None) -> None:
+    """metric vs predicted and measured latency, with matplotlib when it is installed."""
     try:
-        names = optuna.get_all_study_names(storage=url)
-    except (SQLAlchemyError, ImportError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StorageError(f"cannot read storage {url!r}: {first}") from None
-    if args.study not in names:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
         raise ParameterError(
-            f"no study {args.study!r} in {url}; studies there: {', '.join(names) or 'none'}."
+            f"--plot {path}: matplotlib is not installed; pip install matplotlib (or read the "
+            "front plot in `autofhe dashboard`)."
+        ) from None
+    metric = (study.metric_names or ["metric"])[0]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot([t.values[1] for t in front], [t.values[0] for t in front], "o-", label="predicted")
+    measured = [t for t in front if t.user_attrs.get("measured_latency_s") is not None]
+    if measured:
+        ax.plot(
+            [t.user_attrs["measured_latency_s"] for t in measured],
+            [t.values[0] for t in measured],
+            "D--",
+            label="measured",
         )
+    for t in front:
+        ax.annotate(str(t.number), (t.values[1], t.values[0]), fontsize=8)
+    if max_latency is not None:
+        ax.axvline(max_latency, color="grey", linestyle=":", label="--max-latency")
+    if front and max(t.values[1] for t in front) > 10 * min(t.values[1] for t in front):
+        ax.set_xscale("log")
+    ax.set_xlabel("FHE latency per sample (s)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"Pareto front of {study.study_name}")
+    ax.legend()
+    fig.tight_layout()
+    try:
+        fig.savefig(path)
+    except (OSError, ValueError) as exc:
+        raise ParameterError(f"--plot {path}: cannot write it ({exc}).") from None
+    finally:
+        plt.close(fig)
+
+
+def _cmd_trials(args: argparse.Namespace) -> int:
+    import json
+
+    from autofhe.search.feasibility import is_feasible
+
+    study = _load_study(args)
+    names = study.metric_names or ["metric", "latency_s"]
+    records = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        values = dict(zip(names, t.values)) if t.values is not None else {}
+        records.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                **{n: values.get(n) for n in names},
+                "feasible": is_feasible(t) if t.state.name == "COMPLETE" else None,
+                "fidelity": a.get("fidelity"),
+                "reason": a.get("reason") or t.system_attrs.get("fail_reason") or "",
+            }
+        )
+    if args.format == "json":
+        print(json.dumps(records, indent=2))
+        return 0
+
+    def shown(v):
+        return round(v, 4) if isinstance(v, float) else v
+
+    rows = [{k: shown(v) for k, v in r.items()} for r in records]
+    if not any(r["fidelity"] is not None for r in records):
+        for r in rows:
+            del r["fidelity"]
+    _print_table(rows) if rows else print(f"no trials in study {study.study_name!r} yet")
+    return 0
+
+
+def _storage_url(args) -> str:
+    from autofhe.search.locate import resolve_storage
+
+    return resolve_storage(args.storage)
+
+
+def _load_study(args):
+    """The study of ``--study`` (or the database's only one); sets ``args.study``."""
+    import optuna
+
+    from autofhe.search.locate import resolve_study, study_names
+
+    url = _storage_url(args)
+    args.study = resolve_study(args.study, study_names(url), url)
     return optuna.load_study(study_name=args.study, storage=url)
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
     import optuna
 
+    from autofhe.search.locate import resolve_storage  # not study.py: it imports torch
     from autofhe.search.pareto import pareto_front
-    from autofhe.search.study import resolve_storage
 
     url = resolve_storage(args.storage)
     rows = []
@@ -458,16 +621,19 @@ def _cmd_remote_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from autofhe import __version__
+
+    parser = _Parser(
         prog="autofhe",
         description="AutoML for neural networks that run on encrypted data (TFHE).",
     )
+    parser.add_argument("--version", action="version", version=f"autofhe {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="train a quantized model on a bundled dataset")
-    demo.add_argument("--dataset", choices=BUILTIN_SETS, default="breast_cancer")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--dataset", choices=BUILTIN_SETS, default="breast_cancer", help="dataset")
+    demo.add_argument("--seed", type=int, default=0, help="split and training seed")
     demo.add_argument("--accum-bits", type=int, default=None, help="accumulator budget")
     demo.set_defaults(func=_cmd_demo)
 
@@ -484,13 +650,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--labels", default=None, help="labels .npy (default: y.npy next to X)")
     search.add_argument("--label-column", default=None, help="label column of a .csv")
-    search.add_argument("--task", choices=("classification", "regression"), default=None)
+    search.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        default=None,
+        help="default: inferred from the labels (integer-valued with few distinct values: "
+        "classification)",
+    )
     search.add_argument("--trials", type=int, default=None, help="trials to run (default 20)")
     search.add_argument("--timeout", default=None, help="stop after this long, e.g. 30m")
     storage_arg(search)
     search.add_argument("--study", default=None, help="study name (default: from the data)")
     search.add_argument("--spec", default=None, help="study spec (TOML), e.g. studies/wine.toml")
-    search.add_argument("--metric", default=None)
+    search.add_argument(
+        "--metric",
+        default=None,
+        metavar="NAME",
+        help=f"objective to maximise, one of: {', '.join(METRIC_NAMES)} (default: the spec's, "
+        "else accuracy for classification and r2 for regression)",
+    )
     search.add_argument("--max-latency", default=None, help="seconds per sample (constraint)")
     search.add_argument(
         "--folds",
@@ -498,42 +676,60 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cross-validate the metric over k folds (default 1: one validation split)",
     )
-    search.add_argument("--workers", type=int, default=1)
-    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--workers", type=int, default=1, help="worker processes")
+    search.add_argument("--seed", type=int, default=0, help="split and sampler seed")
     search.set_defaults(func=_cmd_search)
 
+    one_study = "study name (default: the database's only study)"
     pareto = sub.add_parser("pareto", help="print a study's Pareto front")
-    pareto.add_argument("--study", required=True)
+    pareto.add_argument("--study", default=None, help=one_study)
     storage_arg(pareto)
-    pareto.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    pareto.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="json and csv use stable machine keys (trial, metric, value, predicted_latency_s...)",
+    )
+    pareto.add_argument("--plot", default=None, metavar="FILE.png", help="also draw the front")
     pareto.set_defaults(func=_cmd_pareto)
+
+    trials = sub.add_parser("trials", help="list every trial: state, values, fidelity, reason")
+    trials.add_argument("--study", default=None, help=one_study)
+    storage_arg(trials)
+    trials.add_argument("--format", choices=("table", "json"), default="table", help="output")
+    trials.set_defaults(func=_cmd_trials)
 
     studies = sub.add_parser("studies", help="list the studies of a storage")
     storage_arg(studies)
     studies.set_defaults(func=_cmd_studies)
 
     worker = sub.add_parser("worker", help="join an existing study from another process")
-    worker.add_argument("--study", required=True)
+    worker.add_argument("--study", default=None, help=one_study)
     storage_arg(worker)
-    worker.add_argument("--trials", type=int, default=None)
-    worker.add_argument("--timeout", default=None)
-    worker.add_argument("--seed", type=int, default=1)
+    worker.add_argument("--trials", type=int, default=None, help="default: until stopped")
+    worker.add_argument("--timeout", default=None, help="stop after this long, e.g. 30m")
+    worker.add_argument("--seed", type=int, default=1, help="sampler seed")
     worker.set_defaults(func=_cmd_worker)
 
     dash = sub.add_parser("dashboard", help="serve optuna-dashboard on the study database")
     storage_arg(dash)
-    dash.add_argument("--host", default="127.0.0.1")
-    dash.add_argument("--port", type=int, default=8080)
+    dash.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    dash.add_argument("--port", type=int, default=8080, help="port to listen on")
     dash.set_defaults(func=_cmd_dashboard)
 
     export = sub.add_parser("export", help="export a Pareto model as an FHE bundle")
-    export.add_argument("--study", required=True)
+    export.add_argument("--study", default=None, help=one_study)
     storage_arg(export)
     export.add_argument("--out", required=True, help="bundle directory to write")
     choose = export.add_mutually_exclusive_group()
-    choose.add_argument("--trial", type=int, default=None)
-    choose.add_argument("--pick", choices=("accuracy", "latency", "knee"), default="knee")
-    export.add_argument("--min-accuracy", type=float, default=None)
+    choose.add_argument("--trial", type=int, default=None, help="trial number (see pareto)")
+    choose.add_argument(
+        "--pick",
+        choices=("accuracy", "latency", "knee"),
+        default="knee",
+        help="which front model when --trial is not given",
+    )
+    export.add_argument("--min-accuracy", type=float, default=None, help="metric at least")
     export.add_argument("--max-latency", type=float, default=None, help="seconds per sample")
     export.add_argument("--force", action="store_true", help="replace a non-empty --out")
     export.set_defaults(func=_cmd_export)
@@ -542,15 +738,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="bundle directory")
     predict.add_argument("--data", required=True, help="X.npy (features only) or data file")
     predict.add_argument("--label-column", default=None, help="for a .csv with labels")
-    predict.add_argument("--fhe", choices=("execute", "simulate", "disable"), default="execute")
+    predict.add_argument(
+        "--fhe",
+        choices=("execute", "simulate", "disable"),
+        default="execute",
+        help="execute: encrypted; simulate: same results, no encryption; disable: clear",
+    )
     predict.add_argument("--out", default=None, help="write predictions to this .npy")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)
 
     serve = sub.add_parser("serve", help="serve a bundle's server part over HTTP")
     serve.add_argument("--model", required=True, help="bundle directory")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.set_defaults(func=_cmd_serve)
 
     remote = sub.add_parser("remote-predict", help="encrypted predictions through `serve`")
@@ -559,9 +760,13 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_argument("--data", required=True, help="features: .npy, .npz (X) or .csv")
     remote.add_argument("--label-column", default=None, help="for a .csv with labels")
     remote.add_argument("--keys", default=None, help="key directory (default: keys in memory)")
-    remote.add_argument("--out", default=None)
+    remote.add_argument("--out", default=None, help="write predictions to this .npy")
     remote.set_defaults(func=_cmd_remote_predict)
     return parser
+
+
+#: commands whose Optuna log lines are noise unless --debug
+OPTUNA_COMMANDS = ("search", "worker", "pareto", "trials", "studies", "dashboard", "export")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -569,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.debug:
         warnings.filterwarnings("ignore")
-        if args.command in ("search", "worker", "pareto", "studies", "dashboard", "export"):
+        if args.command in OPTUNA_COMMANDS:
             import optuna
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -583,6 +788,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autofhe: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `autofhe pareto | head`: the reader has all it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
+        return 1
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ def record_constraints(trial: Any, constraints: Mapping[str, float]) -> None:
     Parameters
     ----------
     trial : optuna.Trial or optuna.trial.FixedTrial
-        The running trial (a FixedTrial in tests, which keeps them in memory).
+        The running trial. A FixedTrial (tests, a trial rebuilt by hand) is never stored, so
+        no dashboard reads it: it gets the named constraints only.
     constraints : mapping of str to float
         Constraint name -> value; a value <= 0 is satisfied, > 0 is the amount of violation.
         The list keeps this mapping's order.
@@ -51,10 +52,6 @@ def record_constraints(trial: Any, constraints: Mapping[str, float]) -> None:
     if isinstance(trial, optuna.Trial):
         # Optuna 5 has no public setter for a trial system attribute besides set_constraint.
         trial.storage.set_trial_system_attr(trial._trial_id, DASHBOARD_KEY, values)
-    elif isinstance(getattr(trial, "_system_attrs", None), dict):  # FixedTrial
-        trial._system_attrs[DASHBOARD_KEY] = values
-    else:
-        raise TypeError(f"cannot record constraints on a {type(trial).__name__}")
 
 
 def named_constraints(trial: Any) -> dict[str, float]:
@@ -75,6 +72,7 @@ def _feasible_only(front_of: Callable) -> Callable:
         return front_of([t for t in trials if is_feasible(t)], directions)
 
     front.autofhe_feasible_only = True  # type: ignore[attr-defined]
+    front.__wrapped_front__ = front_of  # type: ignore[attr-defined]
     return front
 
 

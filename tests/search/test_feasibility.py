@@ -1,0 +1,98 @@
+"""Constraints in both formats, the dashboard's best trials, the front's note and plot."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from optuna.study import StudyDirection
+
+from autofhe.search.feasibility import (
+    DASHBOARD_KEY,
+    is_feasible,
+    named_constraints,
+    patch_dashboard_best_trials,
+    record_constraints,
+)
+from autofhe.search.notes import FRONT_HEADING, front_figure, publish_front
+from autofhe.search.pareto import pareto_front
+
+DIRECTIONS = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
+
+
+def _study() -> optuna.Study:
+    return optuna.create_study(directions=["maximize", "minimize"])
+
+
+def _tell(study, values, violated: dict) -> optuna.trial.FrozenTrial:
+    trial = study.ask()
+    record_constraints(trial, {"compile": 0.0, "latency": 0.0, **violated})
+    study.tell(trial, values)
+    return study.trials[-1]
+
+
+def test_a_stored_trial_carries_both_formats():
+    study = _study()
+    stored = _tell(study, [0.9, 0.5], {"latency": 0.25})
+    assert stored.system_attrs[DASHBOARD_KEY] == [0.0, 0.25]  # what optuna-dashboard reads
+    assert named_constraints(stored) == {"compile": 0.0, "latency": 0.25}
+    assert not is_feasible(stored)
+    assert is_feasible(_tell(study, [0.8, 0.1], {}))
+    # Optuna itself sees the same feasibility: the infeasible trial is not best
+    assert [t.number for t in study.best_trials] == [1]
+
+
+def test_a_fixed_trial_gets_the_named_constraints_only():
+    trial = optuna.trial.FixedTrial({})
+    record_constraints(trial, {"budget": 1.0, "compile": 0.0})
+    assert trial.constraints == {"budget": 1.0, "compile": 0.0}
+
+
+def test_dashboard_best_trials_leave_infeasible_trials_out():
+    import optuna_dashboard._app as app
+
+    study = _study()
+    _tell(study, [0.99, 0.1], {"compile": 1.0})  # dominates every other point
+    _tell(study, [0.9, 0.5], {})
+    _tell(study, [0.8, 0.2], {})
+    before = app.get_pareto_front_trials
+    try:
+        assert [t.number for t in app.get_pareto_front_trials(study.trials, DIRECTIONS)] == [0]
+        patch_dashboard_best_trials()
+        patch_dashboard_best_trials()  # twice is once
+        front = app.get_pareto_front_trials(study.trials, DIRECTIONS)
+        assert [t.number for t in front] == [1, 2]
+        assert app.get_pareto_front_trials.__wrapped_front__ is before
+    finally:
+        app.get_pareto_front_trials = before
+
+
+def test_the_note_keeps_what_the_user_wrote_and_replaces_the_front():
+    from optuna_dashboard import get_note, save_note
+
+    study = _study()
+    study.set_metric_names(["accuracy", "fhe_latency_s"])
+    save_note(study, "My own remarks.")
+    publish_front(study, [])
+    assert get_note(study).startswith("My own remarks.\n\n" + FRONT_HEADING)
+    assert "No feasible trial yet." in get_note(study)
+    _tell(study, [0.9, 0.5], {})
+    publish_front(study, pareto_front(study.trials))
+    note = get_note(study)
+    assert note.count(FRONT_HEADING) == 1 and "No feasible trial" not in note
+    assert "| 0 | 0.9000 | 0.5 | - | - |" in note
+    assert note.startswith("My own remarks.")
+
+
+@pytest.mark.parametrize(("latencies", "axis"), [((0.1, 0.5), "linear"), ((0.01, 2.0), "log")])
+def test_front_figure_uses_a_log_axis_only_over_a_decade(latencies, axis):
+    study = _study()
+    for i, lat in enumerate(latencies):
+        trial = study.ask()
+        trial.set_user_attr("measured_latency_s", lat * 1.1)
+        study.tell(trial, [0.8 + i / 10, lat])  # slower and better: both on the front
+    figure = front_figure("accuracy", pareto_front(study.trials))
+    assert figure["layout"]["xaxis"]["type"] == axis
+    assert [t["name"] for t in figure["data"]] == ["predicted", "measured"]
+    assert json.loads(json.dumps(figure)) == figure  # plain JSON for the dashboard
