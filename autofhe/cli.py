@@ -337,7 +337,7 @@ def _cmd_trials(args: argparse.Namespace) -> int:
                 **{n: values.get(n) for n in names},
                 "feasible": is_feasible(t) if t.state.name == "COMPLETE" else None,
                 "fidelity": a.get("fidelity"),
-                "reason": a.get("reason") or t.system_attrs.get("fail_reason") or "",
+                "reason": a.get("reason") or "",
             }
         )
     if args.format == "json":

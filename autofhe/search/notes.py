@@ -5,6 +5,10 @@ Markdown table, and a plot of the front (metric against predicted and measured l
 stored as a plotly graph object, which the dashboard draws on the study's first page. Both are
 plain study system attributes: nothing is rendered here and no plotting library is needed.
 
+Each finished trial gets a note too: the dashboard shows it above the user attributes (a small
+scroll box, alphabetical, where ``reason`` hides below the fold), so why a trial is infeasible
+and its rounded key figures are read at a glance.
+
 A measured latency also records the conditions it was measured under (load average, cores),
 because the same model measures several times slower on a busy machine.
 """
@@ -24,7 +28,9 @@ __all__ = [
     "front_note",
     "measurement_conditions",
     "publish_front",
+    "publish_trial",
     "record_measurement_conditions",
+    "trial_note",
 ]
 
 #: The note's autofhe section starts at this line; what a user wrote above it is kept.
@@ -98,6 +104,42 @@ def front_note(study_name: str, metric: str, front: Sequence, n_complete: int) -
         f"Export one: `autofhe export --study {study_name} --trial N --out model/`",
     ]
     return "\n".join(lines) + "\n"
+
+
+def trial_note(trial: Any, metric: str) -> str:
+    """Markdown for one finished trial: feasible or why not, then its rounded key figures."""
+    a = trial.user_attrs
+    state = trial.state.name
+    if state == "COMPLETE" and a.get("reason"):
+        head = f"**Infeasible**: {a['reason']}"
+    elif state == "COMPLETE":
+        head = "**Feasible**"
+    else:
+        head = f"**{state.capitalize()}**" + (f": {a['reason']}" if a.get("reason") else "")
+    facts = []
+    if trial.values is not None:
+        facts.append(f"{metric} {trial.values[0]:.4f} (validation, simulated)")
+        latency = f"latency {_fmt(trial.values[1])} s predicted"
+        if a.get("measured_latency_s") is not None:
+            latency += f", {_fmt(a['measured_latency_s'])} s measured ({_conditions(a)})"
+        facts.append(latency)
+    if a.get("lookups_per_layer") is not None:
+        facts.append(f"lookups per layer {a['lookups_per_layer']}")
+    if a.get("max_bit_width") is not None:
+        facts.append(f"max bit width {a['max_bit_width']}")
+    if a.get("size_of_evaluation_keys") is not None:
+        facts.append(f"evaluation keys {a['size_of_evaluation_keys'] / 1e6:.1f} MB")
+    return head + "\n\n" + "".join(f"- {fact}\n" for fact in facts)
+
+
+def publish_trial(study: Any, trial: Any) -> None:
+    """Write :func:`trial_note` as the trial's note in optuna-dashboard."""
+    import optuna
+    from optuna_dashboard import save_note
+
+    metric = (study.metric_names or ["metric"])[0]
+    # save_note takes a live Trial; a finished one is addressed by its id
+    save_note(optuna.Trial(study, trial._trial_id), trial_note(trial, metric))
 
 
 def front_figure(metric: str, front: Sequence) -> dict:

@@ -22,7 +22,7 @@ import optuna
 
 from autofhe.data import Dataset, check_Xy, split_dataset
 from autofhe.errors import DataError, ParameterError
-from autofhe.search.notes import publish_front
+from autofhe.search.notes import publish_front, publish_trial
 from autofhe.search.objective import METRICS, SearchContext, objective
 from autofhe.search.pareto import ParetoStore, pareto_front, serialize_sqlite
 from autofhe.search.space import SEED_CONFIG
@@ -293,8 +293,9 @@ class SearchSession:
             trials = study.get_trials(deepcopy=False)
             front = pareto_front(trials)
             n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+            publish_trial(study, trial)  # what optuna-dashboard shows first, for people
             if store.save_front(self.name, front, n_complete):
-                publish_front(study, front, n_complete)  # the dashboard's note and plot
+                publish_front(study, front, n_complete)
             if progress:
                 progress(study, trial, trials, front)
 

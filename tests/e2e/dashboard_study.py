@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 
 from autofhe.search.feasibility import record_constraints
-from autofhe.search.notes import publish_front, record_measurement_conditions
+from autofhe.search.notes import publish_front, publish_trial, record_measurement_conditions
 from autofhe.search.pareto import pareto_front
 
 AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
@@ -50,6 +50,7 @@ def build_study(url: str, name: str = "demo-accuracy") -> optuna.Study:
             trial.set_user_attr("measured_latency_s", measured)
             record_measurement_conditions(trial)
         study.tell(trial, [acc, latency])
+        publish_trial(study, study.trials[-1])
     trials = study.get_trials(deepcopy=False)
     publish_front(study, pareto_front(trials))
     return study

@@ -160,3 +160,15 @@ def test_note_shows_the_measured_front_table(browser, study_url):
     for row, number in zip(body, expected):
         assert float(row[3]) == TRIALS[number][3]
         assert row[4].startswith("load ") and row[4].endswith(" cores")
+
+
+def test_an_infeasible_trial_says_why_before_its_attributes(browser, study_url):
+    browser.get(f"{study_url}/trials?numbers=1")
+    text = _wait_for(
+        browser,
+        """const t = document.body.innerText;
+        return t.includes('Trial 1 (trial_id=') && t.includes('User Attributes') ? t : null;""",
+    )
+    why = "Infeasible: key_size violated"
+    assert why in text
+    assert text.index(why) < text.index("User Attributes")
