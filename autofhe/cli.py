@@ -279,15 +279,22 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 
 def _plot_front(study, front, path: str, max_latency: float | None) -> None:
     """metric vs predicted and measured latency, with matplotlib when it is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ParameterError(
+            f"--plot {path}: matplotlib is not installed; pip install matplotlib (or read the "
+            "front plot in `autofhe dashboard`)."
+        )
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # files only, no display needed
         import matplotlib.pyplot as plt
-    except ImportError:
+    except ImportError as exc:  # installed without one of its own dependencies
         raise ParameterError(
-            f"--plot {path}: matplotlib is not installed; pip install matplotlib (or read the "
-            "front plot in `autofhe dashboard`)."
+            f"--plot {path}: matplotlib cannot be imported ({exc}); reinstall it with "
+            "pip install --force-reinstall matplotlib."
         ) from None
     metric = (study.metric_names or ["metric"])[0]
     fig, ax = plt.subplots(figsize=(7, 4.5))
