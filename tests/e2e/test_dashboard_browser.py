@@ -172,3 +172,20 @@ def test_an_infeasible_trial_says_why_before_its_attributes(browser, study_url):
     why = "Infeasible: key_size violated"
     assert why in text
     assert text.index(why) < text.index("User Attributes")
+
+
+def test_excluding_infeasible_trials_leaves_the_feasible_ones(browser, study_url):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{study_url}/smartSelection")
+    script = """const g = document.getElementById('plot-parallel-coordinate');
+        return g && g.data && g.data.length ? g.data[0].dimensions[0].values : null;"""
+    assert sorted(_wait_for(browser, script)) == sorted(v[0] for v in TRIALS.values())
+    browser.find_element(By.XPATH, "//label[contains(., 'Include Infeasible trials')]").click()
+    feasible = sorted(v[0] for v in TRIALS.values() if not v[2])
+    shown = _wait_for(
+        browser,
+        f"""const values = (() => {{ {script} }})();
+        return values && values.length === {len(feasible)} ? values : null;""",
+    )
+    assert sorted(shown) == feasible
