@@ -424,11 +424,11 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna
     from optuna_dashboard import run_server
 
-    from autofhe.search.feasibility import patch_dashboard_best_trials
+    from autofhe.search.feasibility import patch_dashboard
     from autofhe.search.study import artifact_dir, resolve_storage
 
     url = resolve_storage(args.storage)
-    patch_dashboard_best_trials()  # "best" = the feasible front, as in `autofhe pareto`
+    patch_dashboard()  # "best" = the feasible front, as in `autofhe pareto`
     artifacts = artifact_dir(url)
     artifacts.mkdir(parents=True, exist_ok=True)
     print(f"optuna-dashboard on http://{args.host}:{args.port} (storage {url}); Ctrl-C stops it")

@@ -9,9 +9,9 @@ next to the named ones): the same values twice, so "feasible" (every value <= 0)
 :func:`named_constraints` gives the named ones alone.
 
 optuna-dashboard computes its "best trials" as the Pareto front of every COMPLETE trial,
-whatever the constraints; :func:`patch_dashboard_best_trials` makes the server of
-``autofhe dashboard`` take the front of the feasible trials instead, as ``optuna best-trials``
-and ``autofhe pareto`` do.
+whatever the constraints; :func:`patch_dashboard` makes the server of ``autofhe dashboard``
+take the front of the feasible trials instead, as ``optuna best-trials`` and ``autofhe pareto``
+do, and show the named constraints of trials stored before the list was written.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = [
     "DASHBOARD_KEY",
     "is_feasible",
     "named_constraints",
-    "patch_dashboard_best_trials",
+    "patch_dashboard",
     "record_constraints",
 ]
 
@@ -76,19 +76,38 @@ def _feasible_only(front_of: Callable) -> Callable:
     return front
 
 
-def patch_dashboard_best_trials() -> None:
-    """Make optuna-dashboard's server badge only feasible trials as best (idempotent).
+def _named_when_no_list(serialize: Callable) -> Callable:
+    def serialize_trial(study_id: int, trial: Any, study_system_attrs: dict) -> dict:
+        out = serialize(study_id, trial, study_system_attrs)
+        if not out.get(DASHBOARD_KEY):  # a trial stored before record_constraints wrote both
+            out[DASHBOARD_KEY] = list(named_constraints(trial).values())
+        return out
 
-    The server (``optuna_dashboard._app``) calls ``get_pareto_front_trials`` for a
-    multi-objective study; it is wrapped to drop infeasible trials first.
+    serialize_trial.autofhe_feasible_only = True  # type: ignore[attr-defined]
+    serialize_trial.__wrapped_front__ = serialize  # type: ignore[attr-defined]
+    return serialize_trial
+
+
+def patch_dashboard() -> None:
+    """Make optuna-dashboard's server show feasibility as Optuna does (idempotent).
+
+    The server (``optuna_dashboard._app``) calls ``get_pareto_front_trials`` for the best
+    trials of a multi-objective study: it is wrapped to drop infeasible trials first. Its
+    serializer (``optuna_dashboard._serializer.serialize_frozen_trial``) reads only the
+    ``constraints`` list: it falls back to the named constraints.
     """
     import optuna_dashboard._app as app
+    import optuna_dashboard._serializer as serializer
 
-    current = getattr(app, "get_pareto_front_trials", None)
-    if current is None:  # another optuna-dashboard than the 0.20-0.21 this is written for
-        raise ImportError(
-            "optuna_dashboard._app.get_pareto_front_trials is gone; this optuna-dashboard "
-            "version is not supported (pip install 'optuna-dashboard>=0.20,<0.22')."
-        )
-    if not getattr(current, "autofhe_feasible_only", False):
-        app.get_pareto_front_trials = _feasible_only(current)
+    for module, name, wrap in (
+        (app, "get_pareto_front_trials", _feasible_only),
+        (serializer, "serialize_frozen_trial", _named_when_no_list),
+    ):
+        current = getattr(module, name, None)
+        if current is None:  # another optuna-dashboard than the 0.20-0.21 this is written for
+            raise ImportError(
+                f"{module.__name__}.{name} is gone; this optuna-dashboard version is not "
+                "supported (pip install 'optuna-dashboard>=0.20,<0.22')."
+            )
+        if not getattr(current, "autofhe_feasible_only", False):
+            setattr(module, name, wrap(current))

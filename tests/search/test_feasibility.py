@@ -12,7 +12,7 @@ from autofhe.search.feasibility import (
     DASHBOARD_KEY,
     is_feasible,
     named_constraints,
-    patch_dashboard_best_trials,
+    patch_dashboard,
     record_constraints,
 )
 from autofhe.search.notes import FRONT_HEADING, front_figure, publish_front
@@ -49,23 +49,44 @@ def test_a_fixed_trial_gets_the_named_constraints_only():
     assert trial.constraints == {"budget": 1.0, "compile": 0.0}
 
 
-def test_dashboard_best_trials_leave_infeasible_trials_out():
+@pytest.fixture()
+def unpatched():
+    """optuna-dashboard as installed, restored after the test patches it."""
     import optuna_dashboard._app as app
+    import optuna_dashboard._serializer as serializer
 
+    saved = app.get_pareto_front_trials, serializer.serialize_frozen_trial
+    yield app, serializer
+    app.get_pareto_front_trials, serializer.serialize_frozen_trial = saved
+
+
+def test_dashboard_best_trials_leave_infeasible_trials_out(unpatched):
+    app, _ = unpatched
     study = _study()
     _tell(study, [0.99, 0.1], {"compile": 1.0})  # dominates every other point
     _tell(study, [0.9, 0.5], {})
     _tell(study, [0.8, 0.2], {})
     before = app.get_pareto_front_trials
-    try:
-        assert [t.number for t in app.get_pareto_front_trials(study.trials, DIRECTIONS)] == [0]
-        patch_dashboard_best_trials()
-        patch_dashboard_best_trials()  # twice is once
-        front = app.get_pareto_front_trials(study.trials, DIRECTIONS)
-        assert [t.number for t in front] == [1, 2]
-        assert app.get_pareto_front_trials.__wrapped_front__ is before
-    finally:
-        app.get_pareto_front_trials = before
+    assert [t.number for t in app.get_pareto_front_trials(study.trials, DIRECTIONS)] == [0]
+    patch_dashboard()
+    patch_dashboard()  # twice is once
+    front = app.get_pareto_front_trials(study.trials, DIRECTIONS)
+    assert [t.number for t in front] == [1, 2]
+    assert app.get_pareto_front_trials.__wrapped_front__ is before
+
+
+def test_dashboard_shows_named_constraints_of_trials_stored_before_the_list(unpatched):
+    _, serializer = unpatched
+    study = _study()
+    trial = study.ask()
+    trial.set_constraint("latency", 0.5)  # what autofhe wrote before: named only
+    study.tell(trial, [0.9, 0.1])
+    old = study.trials[0]
+    assert serializer.serialize_frozen_trial(study._study_id, old, {})["constraints"] == []
+    patch_dashboard()
+    assert serializer.serialize_frozen_trial(study._study_id, old, {})["constraints"] == [0.5]
+    new = _tell(study, [0.8, 0.2], {"compile": 1.0})  # the list is kept as it is
+    assert serializer.serialize_frozen_trial(study._study_id, new, {})["constraints"] == [1.0, 0.0]
 
 
 def test_the_note_keeps_what_the_user_wrote_and_replaces_the_front():
