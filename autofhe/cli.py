@@ -72,65 +72,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # -- search -----------------------------------------------------------------------------------
 
 
-def _front_records(study, front, max_latency: float | None = None) -> list[dict]:
-    """One dict per front trial with stable machine keys (``pareto --format json/csv``)."""
-    metric = (study.metric_names or ["metric"])[0]
-    records = []
-    for t in front:
-        a = t.user_attrs
-        measured = a.get("measured_latency_s")
-        records.append(
-            {
-                "trial": t.number,
-                "metric": metric,
-                "value": t.values[0],
-                # the shipped model's: refit on training + validation rows
-                "test_clear": a.get("final_clear_test", a.get("clear_test")),
-                "predicted_latency_s": t.values[1],
-                "measured_latency_s": measured,
-                "measured_loadavg_1m": a.get("measured_loadavg_1m"),
-                "measured_cores": a.get("measured_cores"),
-                "max_latency_s": max_latency,
-                "over_max_latency": (
-                    None if measured is None or max_latency is None else measured > max_latency
-                ),
-                "n_layers": t.params.get("module__n_layers"),
-                "n_w_bits": t.params.get("n_w_bits"),
-                "n_a_bits": t.params.get("n_a_bits"),
-                "lookups_per_layer": a.get("lookups_per_layer"),
-                "has_model": bool(a.get("artifact_id")),
-            }
-        )
-    return records
-
-
-def _display(records: list[dict]) -> list[dict]:
-    """The table's columns (people read these; scripts read :func:`_front_records`)."""
-
-    def r4(v):
-        return None if v is None else round(v, 4)
-
-    rows = []
-    for r in records:
-        row = {
-            "trial": r["trial"],
-            r["metric"]: r4(r["value"]),
-            "test (clear)": r4(r["test_clear"]),
-            "predicted s": r4(r["predicted_latency_s"]),
-            "measured s": r4(r["measured_latency_s"]),
-            "layers": r["n_layers"],
-            "bits w/a": f"{r['n_w_bits']}/{r['n_a_bits']}",
-            "lookups": r["lookups_per_layer"],
-            "artifact": r["has_model"],
-        }
-        if any(x["over_max_latency"] for x in records):
-            row["flag"] = "MEASURED > MAX" if r["over_max_latency"] else ""
-        rows.append(row)
-    return rows
-
-
 def _front_rows(study, front) -> list[dict]:
-    return _display(_front_records(study, front))
+    from autofhe.search.report import display_rows, front_records
+
+    return display_rows(front_records(study, front))
 
 
 def _print_table(rows: list[dict], out=None) -> None:
@@ -239,14 +184,15 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     import json
 
     from autofhe.search.pareto import ParetoStore, pareto_front
+    from autofhe.search.report import display_rows, front_records, latency_warnings, plot_front
 
     study = _load_study(args)
     info = ParetoStore(_storage_url(args)).study_info(study.study_name)
     max_latency = (info or {}).get("spec", {}).get("max_latency")
     front = pareto_front(study.get_trials(deepcopy=False))
     if args.plot:
-        _plot_front(study, front, args.plot, max_latency)
-    records = _front_records(study, front, max_latency)
+        plot_front(study, front, args.plot, max_latency)
+    records = front_records(study, front, max_latency)
     if args.format == "json":
         print(json.dumps(records, indent=2))
     elif args.format == "csv":
@@ -257,105 +203,26 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
             writer.writeheader()
             writer.writerows(records)
     else:
-        _print_table(_display(records))
-    for r in records:
-        if r["over_max_latency"]:
-            load = (
-                f" under load {r['measured_loadavg_1m']} on {r['measured_cores']} cores"
-                if r["measured_loadavg_1m"] is not None
-                else ""
-            )
-            print(
-                f"autofhe: warning: trial {r['trial']} measured {r['measured_latency_s']:.4g} s "
-                f"per sample{load}, over the study's --max-latency {max_latency:g} s (predicted "
-                f"{r['predicted_latency_s']:.4g} s); measure it again on an idle machine before "
-                "relying on it.",
-                file=sys.stderr,
-            )
+        _print_table(display_rows(records))
+    for message in latency_warnings(records):
+        print(f"autofhe: warning: {message}", file=sys.stderr)
     if args.plot:
         print(f"front plot written to {args.plot}", file=sys.stderr)
     return 0
 
 
-def _plot_front(study, front, path: str, max_latency: float | None) -> None:
-    """metric vs predicted and measured latency, with matplotlib when it is installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ParameterError(
-            f"--plot {path}: matplotlib is not installed; pip install matplotlib (or read the "
-            "front plot in `autofhe dashboard`)."
-        )
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only, no display needed
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # installed without one of its own dependencies
-        raise ParameterError(
-            f"--plot {path}: matplotlib cannot be imported ({exc}); reinstall it with "
-            "pip install --force-reinstall matplotlib."
-        ) from None
-    metric = (study.metric_names or ["metric"])[0]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot([t.values[1] for t in front], [t.values[0] for t in front], "o-", label="predicted")
-    measured = [t for t in front if t.user_attrs.get("measured_latency_s") is not None]
-    if measured:
-        ax.plot(
-            [t.user_attrs["measured_latency_s"] for t in measured],
-            [t.values[0] for t in measured],
-            "D--",
-            label="measured",
-        )
-    for t in front:
-        ax.annotate(str(t.number), (t.values[1], t.values[0]), fontsize=8)
-    if max_latency is not None:
-        ax.axvline(max_latency, color="grey", linestyle=":", label="--max-latency")
-    if front and max(t.values[1] for t in front) > 10 * min(t.values[1] for t in front):
-        ax.set_xscale("log")
-    ax.set_xlabel("FHE latency per sample (s)")
-    ax.set_ylabel(metric)
-    ax.set_title(f"Pareto front of {study.study_name}")
-    ax.legend()
-    fig.tight_layout()
-    try:
-        fig.savefig(path)
-    except (OSError, ValueError) as exc:
-        raise ParameterError(f"--plot {path}: cannot write it ({exc}).") from None
-    finally:
-        plt.close(fig)
-
-
 def _cmd_trials(args: argparse.Namespace) -> int:
     import json
 
-    from autofhe.search.feasibility import is_feasible
+    from autofhe.search.report import rounded, trial_records
 
     study = _load_study(args)
-    names = study.metric_names or ["metric", "latency_s"]
-    records = []
-    for t in study.get_trials(deepcopy=False):
-        a = t.user_attrs
-        values = dict(zip(names, t.values)) if t.values is not None else {}
-        records.append(
-            {
-                "trial": t.number,
-                "state": t.state.name,
-                **{n: values.get(n) for n in names},
-                "feasible": is_feasible(t) if t.state.name == "COMPLETE" else None,
-                "fidelity": a.get("fidelity"),
-                "reason": a.get("reason") or "",
-            }
-        )
+    records = trial_records(study)
     if args.format == "json":
         print(json.dumps(records, indent=2))
         return 0
-
-    def shown(v):
-        return round(v, 4) if isinstance(v, float) else v
-
-    rows = [{k: shown(v) for k, v in r.items()} for r in records]
-    if not any(r["fidelity"] is not None for r in records):
+    rows = [rounded(r) for r in records]
+    if all(r["fidelity"] is None for r in records):  # a search without fidelities
         for r in rows:
             del r["fidelity"]
     _print_table(rows) if rows else print(f"no trials in study {study.study_name!r} yet")
