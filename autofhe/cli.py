@@ -292,15 +292,19 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
     from autofhe.search.feasibility import patch_dashboard
+    from autofhe.search.notes import publish_missing_fronts
     from autofhe.search.study import artifact_dir, resolve_storage
 
     url = resolve_storage(args.storage)
     patch_dashboard()  # "best" = the feasible front, as in `autofhe pareto`
+    storage = optuna.storages.RDBStorage(url)
+    for name in publish_missing_fronts(storage):
+        print(f"study {name!r}: front note and plot written (it was searched before they existed)")
     artifacts = artifact_dir(url)
     artifacts.mkdir(parents=True, exist_ok=True)
     print(f"optuna-dashboard on http://{args.host}:{args.port} (storage {url}); Ctrl-C stops it")
     run_server(
-        optuna.storages.RDBStorage(url),
+        storage,
         host=args.host,
         port=args.port,
         artifact_store=optuna.artifacts.FileSystemArtifactStore(str(artifacts)),
