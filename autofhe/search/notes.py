@@ -116,7 +116,8 @@ def trial_note(trial: Any, metric: str) -> str:
     elif state == "COMPLETE":
         head = "**Feasible**"
     else:
-        head = f"**{state.capitalize()}**" + (f": {a['reason']}" if a.get("reason") else "")
+        why = (a.get("reason") or "").removeprefix(f"{state.lower()}: ")  # "pruned: ..."
+        head = f"**{state.capitalize()}**" + (f": {why}" if why else "")
     facts = []
     if trial.values is not None:
         facts.append(f"{metric} {trial.values[0]:.4f} (validation, simulated)")

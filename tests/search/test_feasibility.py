@@ -142,3 +142,16 @@ def test_studies_searched_before_notes_get_their_front_once(tmp_path):
     before = version()
     assert publish_missing_fronts(storage) == []  # written once
     assert version() == before
+
+
+def test_trial_note_heads():
+    from autofhe.search.notes import trial_note
+
+    make = optuna.trial.create_trial
+    pruned = make(state=optuna.trial.TrialState.PRUNED, user_attrs={"reason": "pruned: far below"})
+    assert trial_note(pruned, "accuracy").splitlines()[0] == "**Pruned**: far below"
+    bad = make(values=[0.5, 2.0], user_attrs={"reason": "latency: 2 s > 1 s", "max_bit_width": 6})
+    note = trial_note(bad, "accuracy")
+    assert note.splitlines()[0] == "**Infeasible**: latency: 2 s > 1 s"
+    assert "- accuracy 0.5000 (validation, simulated)\n" in note
+    assert "- max bit width 6\n" in note
