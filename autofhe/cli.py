@@ -13,6 +13,33 @@ import warnings
 from autofhe.errors import AutofheError, ParameterError
 
 BUILTIN_SETS = ("breast_cancer", "wine", "digits", "iris")
+#: what --metric accepts: autofhe.search.objective.METRICS, listed here so that `--help` needs
+#: no torch import (a test keeps the two equal)
+METRIC_NAMES = (
+    "accuracy",
+    "balanced_accuracy",
+    "f1",
+    "roc_auc",
+    "r2",
+    "neg_mean_squared_error",
+    "neg_mean_absolute_error",
+)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless it is None / False or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -46,26 +73,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _front_rows(study, front) -> list[dict]:
-    metric = (study.metric_names or ["metric"])[0]
-    rows = []
-    for t in front:
-        measured = t.user_attrs.get("measured_latency_s")
-        clear_test = t.user_attrs.get("clear_test", float("nan"))
-        rows.append(
-            {
-                "trial": t.number,
-                metric: round(t.values[0], 4),
-                # the shipped model's: refit on training + validation rows
-                "test (clear)": round(t.user_attrs.get("final_clear_test", clear_test), 4),
-                "predicted s": round(t.values[1], 4),
-                "measured s": None if measured is None else round(measured, 4),
-                "layers": t.params.get("module__n_layers"),
-                "bits w/a": f"{t.params.get('n_w_bits')}/{t.params.get('n_a_bits')}",
-                "lookups": t.user_attrs.get("lookups_per_layer"),
-                "artifact": bool(t.user_attrs.get("artifact_id")),
-            }
-        )
-    return rows
+    from autofhe.search.report import display_rows, front_records
+
+    return display_rows(front_records(study, front))
 
 
 def _print_table(rows: list[dict], out=None) -> None:
@@ -139,8 +149,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print(f"labels: {ds.labels_source} (next to the data; pass --labels to choose)")
     print(f"data: {ds.source}: {ds.X.shape[0]} rows, {ds.X.shape[1]} features, {ds.task}")
     check_search_inputs(ds, spec, args.seed)
-    print("cost model: loading (the first run on a machine calibrates it, about a minute)")
-    cost_model = load_cost_model()
+    cost_model = load_cost_model(calibrate_if_missing=False)
+    if cost_model is None:
+        print("cost model: calibrating it on this machine (first run here, about a minute)")
+        cost_model = load_cost_model()
     study, _, name = open_study(ds, spec, url, args.study, args.seed)
     before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
     print(
@@ -171,49 +183,74 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_pareto(args: argparse.Namespace) -> int:
     import json
 
-    from autofhe.search.pareto import pareto_front
+    from autofhe.search.pareto import ParetoStore, pareto_front
+    from autofhe.search.report import display_rows, front_records, latency_warnings, plot_front
 
     study = _load_study(args)
-    rows = _front_rows(study, pareto_front(study.get_trials(deepcopy=False)))
+    info = ParetoStore(_storage_url(args)).study_info(study.study_name)
+    max_latency = (info or {}).get("spec", {}).get("max_latency")
+    front = pareto_front(study.get_trials(deepcopy=False))
+    if args.plot:
+        plot_front(study, front, args.plot, max_latency)
+    records = front_records(study, front, max_latency)
     if args.format == "json":
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(records, indent=2))
     elif args.format == "csv":
         import csv
 
-        if rows:
-            writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+        if records:
+            writer = csv.DictWriter(sys.stdout, fieldnames=list(records[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(records)
     else:
-        _print_table(rows)
+        _print_table(display_rows(records))
+    for message in latency_warnings(records):
+        print(f"autofhe: warning: {message}", file=sys.stderr)
+    if args.plot:
+        print(f"front plot written to {args.plot}", file=sys.stderr)
     return 0
 
 
+def _cmd_trials(args: argparse.Namespace) -> int:
+    import json
+
+    from autofhe.search.report import rounded, trial_records
+
+    study = _load_study(args)
+    records = trial_records(study)
+    if args.format == "json":
+        print(json.dumps(records, indent=2))
+        return 0
+    rows = [rounded(r) for r in records]
+    if all(r["fidelity"] is None for r in records):  # a search without fidelities
+        for r in rows:
+            del r["fidelity"]
+    _print_table(rows) if rows else print(f"no trials in study {study.study_name!r} yet")
+    return 0
+
+
+def _storage_url(args) -> str:
+    from autofhe.search.locate import resolve_storage
+
+    return resolve_storage(args.storage)
+
+
 def _load_study(args):
+    """The study of ``--study`` (or the database's only one); sets ``args.study``."""
     import optuna
-    from sqlalchemy.exc import SQLAlchemyError
 
-    from autofhe.errors import StorageError
-    from autofhe.search.study import resolve_storage
+    from autofhe.search.locate import resolve_study, study_names
 
-    url = resolve_storage(args.storage)
-    try:
-        names = optuna.get_all_study_names(storage=url)
-    except (SQLAlchemyError, ImportError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StorageError(f"cannot read storage {url!r}: {first}") from None
-    if args.study not in names:
-        raise ParameterError(
-            f"no study {args.study!r} in {url}; studies there: {', '.join(names) or 'none'}."
-        )
+    url = _storage_url(args)
+    args.study = resolve_study(args.study, study_names(url), url)
     return optuna.load_study(study_name=args.study, storage=url)
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
     import optuna
 
+    from autofhe.search.locate import resolve_storage  # not study.py: it imports torch
     from autofhe.search.pareto import pareto_front
-    from autofhe.search.study import resolve_storage
 
     url = resolve_storage(args.storage)
     rows = []
@@ -254,14 +291,20 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna
     from optuna_dashboard import run_server
 
+    from autofhe.search.feasibility import patch_dashboard
+    from autofhe.search.notes import publish_missing_fronts
     from autofhe.search.study import artifact_dir, resolve_storage
 
     url = resolve_storage(args.storage)
+    patch_dashboard()  # "best" = the feasible front, as in `autofhe pareto`
+    storage = optuna.storages.RDBStorage(url)
+    for name in publish_missing_fronts(storage):
+        print(f"study {name!r}: front note and plot written (it was searched before they existed)")
     artifacts = artifact_dir(url)
     artifacts.mkdir(parents=True, exist_ok=True)
     print(f"optuna-dashboard on http://{args.host}:{args.port} (storage {url}); Ctrl-C stops it")
     run_server(
-        optuna.storages.RDBStorage(url),
+        storage,
         host=args.host,
         port=args.port,
         artifact_store=optuna.artifacts.FileSystemArtifactStore(str(artifacts)),
@@ -427,16 +470,19 @@ def _cmd_remote_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from autofhe import __version__
+
+    parser = _Parser(
         prog="autofhe",
         description="AutoML for neural networks that run on encrypted data (TFHE).",
     )
+    parser.add_argument("--version", action="version", version=f"autofhe {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="train a quantized model on a bundled dataset")
-    demo.add_argument("--dataset", choices=BUILTIN_SETS, default="breast_cancer")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--dataset", choices=BUILTIN_SETS, default="breast_cancer", help="dataset")
+    demo.add_argument("--seed", type=int, default=0, help="split and training seed")
     demo.add_argument("--accum-bits", type=int, default=None, help="accumulator budget")
     demo.set_defaults(func=_cmd_demo)
 
@@ -453,13 +499,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--labels", default=None, help="labels .npy (default: y.npy next to X)")
     search.add_argument("--label-column", default=None, help="label column of a .csv")
-    search.add_argument("--task", choices=("classification", "regression"), default=None)
+    search.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        default=None,
+        help="default: inferred from the labels (integer-valued with few distinct values: "
+        "classification)",
+    )
     search.add_argument("--trials", type=int, default=None, help="trials to run (default 20)")
     search.add_argument("--timeout", default=None, help="stop after this long, e.g. 30m")
     storage_arg(search)
     search.add_argument("--study", default=None, help="study name (default: from the data)")
     search.add_argument("--spec", default=None, help="study spec (TOML), e.g. studies/wine.toml")
-    search.add_argument("--metric", default=None)
+    search.add_argument(
+        "--metric",
+        default=None,
+        metavar="NAME",
+        help=f"objective to maximise, one of: {', '.join(METRIC_NAMES)} (default: the spec's, "
+        "else accuracy for classification and r2 for regression)",
+    )
     search.add_argument("--max-latency", default=None, help="seconds per sample (constraint)")
     search.add_argument(
         "--folds",
@@ -467,48 +525,61 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cross-validate the metric over k folds (default: 3 under 1,500 rows, else 1)",
     )
-    search.add_argument("--workers", type=int, default=1)
-    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--workers", type=int, default=1, help="worker processes")
+    search.add_argument("--seed", type=int, default=0, help="split and sampler seed")
     search.set_defaults(func=_cmd_search)
 
+    one_study = "study name (default: the database's only study)"
     pareto = sub.add_parser("pareto", help="print a study's Pareto front")
-    pareto.add_argument("--study", required=True)
+    pareto.add_argument("--study", default=None, help=one_study)
     storage_arg(pareto)
-    pareto.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    pareto.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="json and csv use stable machine keys (trial, metric, value, predicted_latency_s...)",
+    )
+    pareto.add_argument("--plot", default=None, metavar="FILE.png", help="also draw the front")
     pareto.set_defaults(func=_cmd_pareto)
+
+    trials = sub.add_parser("trials", help="list every trial: state, values, fidelity, reason")
+    trials.add_argument("--study", default=None, help=one_study)
+    storage_arg(trials)
+    trials.add_argument("--format", choices=("table", "json"), default="table", help="output")
+    trials.set_defaults(func=_cmd_trials)
 
     studies = sub.add_parser("studies", help="list the studies of a storage")
     storage_arg(studies)
     studies.set_defaults(func=_cmd_studies)
 
     worker = sub.add_parser("worker", help="join an existing study from another process")
-    worker.add_argument("--study", required=True)
+    worker.add_argument("--study", default=None, help=one_study)
     storage_arg(worker)
-    worker.add_argument("--trials", type=int, default=None)
-    worker.add_argument("--timeout", default=None)
-    worker.add_argument("--seed", type=int, default=1)
+    worker.add_argument("--trials", type=int, default=None, help="default: until stopped")
+    worker.add_argument("--timeout", default=None, help="stop after this long, e.g. 30m")
+    worker.add_argument("--seed", type=int, default=1, help="sampler seed")
     worker.set_defaults(func=_cmd_worker)
 
     dash = sub.add_parser("dashboard", help="serve optuna-dashboard on the study database")
     storage_arg(dash)
-    dash.add_argument("--host", default="127.0.0.1")
-    dash.add_argument("--port", type=int, default=8080)
+    dash.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    dash.add_argument("--port", type=int, default=8080, help="port to listen on")
     dash.set_defaults(func=_cmd_dashboard)
 
     export = sub.add_parser("export", help="export a Pareto model as an FHE bundle")
-    export.add_argument("--study", required=True)
+    export.add_argument("--study", default=None, help=one_study)
     storage_arg(export)
     export.add_argument("--out", required=True, help="bundle directory to write")
     choose = export.add_mutually_exclusive_group()
-    choose.add_argument("--trial", type=int, default=None)
+    choose.add_argument("--trial", type=int, default=None, help="trial number (see pareto)")
     choose.add_argument(
         "--pick",
         choices=("accuracy", "latency", "knee"),
         default=None,
-        help="default: knee; with --min-accuracy the fastest, with --max-latency the most "
-        "accurate model that meets it",
+        help="which front model when --trial is not given (default: knee; with "
+        "--min-accuracy the fastest, with --max-latency the most accurate model that meets it)",
     )
-    export.add_argument("--min-accuracy", type=float, default=None)
+    export.add_argument("--min-accuracy", type=float, default=None, help="metric at least")
     export.add_argument("--max-latency", type=float, default=None, help="seconds per sample")
     export.add_argument(
         "--force", action="store_true", help="replace --out when it holds a bundle (only)"
@@ -519,7 +590,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="bundle directory")
     predict.add_argument("--data", required=True, help="X.npy (features only) or data file")
     predict.add_argument("--label-column", default=None, help="for a .csv with labels")
-    predict.add_argument("--fhe", choices=("execute", "simulate", "disable"), default="execute")
+    predict.add_argument(
+        "--fhe",
+        choices=("execute", "simulate", "disable"),
+        default="execute",
+        help="execute: encrypted; simulate: same results, no encryption; disable: clear",
+    )
     predict.add_argument("--out", default=None, help="write predictions to this .npy")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.add_argument(
@@ -531,8 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve a bundle's server part over HTTP")
     serve.add_argument("--model", required=True, help="bundle directory")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument(
         "--digest",
         default=None,
@@ -546,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_argument("--data", required=True, help="features: .npy, .npz (X) or .csv")
     remote.add_argument("--label-column", default=None, help="for a .csv with labels")
     remote.add_argument("--keys", default=None, help="key directory (default: keys in memory)")
-    remote.add_argument("--out", default=None)
+    remote.add_argument("--out", default=None, help="write predictions to this .npy")
     remote.add_argument(
         "--digest",
         default=None,
@@ -556,12 +632,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: commands whose Optuna log lines are noise unless --debug
+OPTUNA_COMMANDS = ("search", "worker", "pareto", "trials", "studies", "dashboard", "export")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.debug:
         warnings.filterwarnings("ignore")
-        if args.command in ("search", "worker", "pareto", "studies", "dashboard", "export"):
+        if args.command in OPTUNA_COMMANDS:
             import optuna
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -575,6 +655,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autofhe: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `autofhe pareto | head`: the reader has all it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ scikit-learn conventions expect (``ValueError``, ``TypeError``), so generic tool
 
 from __future__ import annotations
 
-from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
-
 __all__ = [
     "AccumulatorBudgetError",
     "AutofheError",
@@ -19,7 +17,7 @@ __all__ = [
     "DataTypeError",
     "HttpError",
     "NotCompiledError",
-    "NotFittedError",
+    "NotFittedError",  # noqa: F822 -- built on first use, see __getattr__
     "ParameterError",
     "ResourceError",
     "StorageError",
@@ -46,8 +44,19 @@ class AccumulatorBudgetError(ParameterError):
     """``n_accum_bits`` is too small for any network with the chosen bit widths."""
 
 
-class NotFittedError(AutofheError, _SklearnNotFittedError):
-    """The estimator is used before ``fit``; also scikit-learn's ``NotFittedError``."""
+def __getattr__(name: str):
+    # NotFittedError is built on first use: importing scikit-learn costs about a second, which
+    # every CLI command would pay (`autofhe --help` must answer at once).
+    if name == "NotFittedError":
+        from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
+        class NotFittedError(AutofheError, _SklearnNotFittedError):
+            """The estimator is used before ``fit``; also scikit-learn's ``NotFittedError``."""
+
+        NotFittedError.__module__, NotFittedError.__qualname__ = __name__, "NotFittedError"
+        globals()["NotFittedError"] = NotFittedError
+        return NotFittedError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class NotCompiledError(AutofheError, RuntimeError):

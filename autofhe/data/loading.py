@@ -26,6 +26,9 @@ TASKS = ("classification", "regression")
 
 #: Most distinct values an integer-valued target may hold and still be read as class labels.
 MAX_INFERRED_CLASSES = 50
+#: Up to this many distinct integer values are read as classes whatever their counts; above it
+#: (counts, ages, scores) only when every value has the rows a class needs.
+SURE_CLASSES = 10
 #: Fewest rows each class needs in :func:`split_dataset` (validation and test get one or more).
 MIN_ROWS_PER_CLASS = 5
 #: Fewest rows :func:`split_dataset` needs so that no part of the 60/20/20 split is empty.
@@ -109,8 +112,10 @@ def infer_task(y) -> str:
     -------
     str
         ``"classification"`` when ``y`` holds strings, booleans or other objects, or
-        integer-valued numbers with at most 50 distinct values and fewer distinct values than
-        half the rows; ``"regression"`` otherwise.
+        integer-valued numbers with fewer distinct values than half the rows and either at
+        most 10 distinct values, or at most 50 that each occur on at least 5 rows (enough to
+        be split as classes); ``"regression"`` otherwise. So 40 different counts, most of
+        them on a few rows, are a regression target.
     """
     if hasattr(y, "to_numpy"):
         y = y.to_numpy()
@@ -123,8 +128,12 @@ def infer_task(y) -> str:
         return "regression"  # complex, dates, multi-output: left for check_y to judge
     if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
         return "regression"
-    n_distinct = len(np.unique(arr))
-    if n_distinct <= MAX_INFERRED_CLASSES and n_distinct < arr.shape[0] / 2:
+    counts = np.unique(arr, return_counts=True)[1]
+    if len(counts) >= arr.shape[0] / 2:
+        return "regression"
+    if len(counts) <= SURE_CLASSES:
+        return "classification"
+    if len(counts) <= MAX_INFERRED_CLASSES and counts.min() >= MIN_ROWS_PER_CLASS:
         return "classification"
     return "regression"
 
@@ -536,14 +545,24 @@ def split_dataset(
         rare = [(c, n) for c, n in zip(classes.tolist(), counts.tolist()) if n < MIN_ROWS_PER_CLASS]
         if rare:
             listed = ", ".join(f"{c!r} ({n} row{'s' * (n != 1)})" for c, n in rare)
+            # numbers read as classes may be quantities (counts, scores): say how to say so
+            numeric = (
+                " If y holds quantities rather than class labels, pass --task regression."
+                if ds.y.dtype.kind in "iuf"
+                else ""
+            )
             raise DataError(
-                f"class {listed} of {ds.name!r} has fewer than {MIN_ROWS_PER_CLASS} rows; a "
-                f"stratified 60/20/20 split needs at least {MIN_ROWS_PER_CLASS} rows per class. "
-                "Collect more rows of that class, merge it into another, or drop it."
-                if len(rare) == 1
-                else f"classes {listed} of {ds.name!r} have fewer than {MIN_ROWS_PER_CLASS} "
-                f"rows each; a stratified 60/20/20 split needs at least {MIN_ROWS_PER_CLASS} "
-                "rows per class. Collect more rows of those classes, merge them, or drop them."
+                (
+                    f"class {listed} of {ds.name!r} has fewer than {MIN_ROWS_PER_CLASS} rows; a "
+                    f"stratified 60/20/20 split needs at least {MIN_ROWS_PER_CLASS} rows per "
+                    "class. Collect more rows of that class, merge it into another, or drop it."
+                    if len(rare) == 1
+                    else f"classes {listed} of {ds.name!r} have fewer than {MIN_ROWS_PER_CLASS} "
+                    f"rows each; a stratified 60/20/20 split needs at least {MIN_ROWS_PER_CLASS} "
+                    "rows per class. Collect more rows of those classes, merge them, or drop "
+                    "them."
+                )
+                + numeric
             )
     X_rest, X_test, y_rest, y_test = train_test_split(
         ds.X, ds.y, test_size=0.2, random_state=seed, stratify=ds.y if classification else None

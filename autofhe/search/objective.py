@@ -225,8 +225,9 @@ CONSTRAINTS = ("budget", "compile", "latency", "key_size")
 
 def _finish(trial, reason: str | None, violated: dict[str, float]) -> None:
     """Set every constraint on every path (a trial without one counts as feasible)."""
-    for key in CONSTRAINTS:
-        trial.set_constraint(key, violated.get(key, 0.0))
+    from autofhe.search.feasibility import record_constraints  # also what the dashboard reads
+
+    record_constraints(trial, {key: violated.get(key, 0.0) for key in CONSTRAINTS})
     trial.set_user_attr("feasible", reason is None)
     trial.set_user_attr("compile_ok", reason is None or "compile" not in violated)
     trial.set_user_attr("reason", reason or "")

@@ -21,6 +21,7 @@ import optuna
 
 from autofhe.data import Dataset, check_Xy, split_dataset
 from autofhe.errors import DataError, ParameterError
+from autofhe.search.notes import publish_front, publish_trial
 from autofhe.search.objective import METRICS, SearchContext, objective
 from autofhe.search.pareto import ParetoStore, pareto_front, serialize_sqlite
 from autofhe.search.plan import make_plan, project
@@ -232,14 +233,17 @@ class SearchSession:
             from autofhe.errors import ResourceError
             from autofhe.fhe.bundle import save_archive
             from autofhe.fhe.latency import measure_latency
+            from autofhe.search.notes import measurement_conditions, record_measurement_conditions
 
             # what the exported model must reproduce (clear program == encrypted circuit)
             head = model.predict(X_valid[:RECORDED_PREDICTIONS])
             trial.set_user_attr("valid_predictions_head", np.asarray(head).tolist())
             try:
+                conditions = measurement_conditions()  # the load other processes put on us
                 measured = measure_latency(model, X_valid, n=3 if predicted <= MEASURE_ALL_S else 1)
                 trial.set_user_attr("measured_latency_s", measured["latency_s"])
                 trial.set_user_attr("keygen_s", measured["keygen_s"])
+                record_measurement_conditions(trial, conditions)
             except ResourceError as exc:
                 trial.set_user_attr("measure_error", str(exc))
             store = optuna.artifacts.FileSystemArtifactStore(str(_mkdir(artifact_dir(url))))
@@ -284,7 +288,9 @@ class SearchSession:
             trials = study.get_trials(deepcopy=False)
             front = pareto_front(trials)
             n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-            store.save_front(self.name, front, n_complete)
+            publish_trial(study, trial)  # what optuna-dashboard shows first, for people
+            if store.save_front(self.name, front, n_complete):
+                publish_front(study, front, n_complete)
             if progress:
                 progress(study, trial, trials, front)
 

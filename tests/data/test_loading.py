@@ -287,7 +287,7 @@ def test_errors_are_value_errors(tmp_path):
         (np.array([1, "x", None] * 10, dtype=object), "classification"),
         (np.array([0, 1, 2] * 10), "classification"),
         (np.array([0.0, 1.0] * 10), "classification"),
-        (np.arange(200) % 50, "classification"),  # 50 distinct values: still classes
+        (np.arange(250) % 50, "classification"),  # 50 distinct values, 5 rows each: classes
         (np.arange(102) % 51, "regression"),  # 51 distinct values: too many
         (np.arange(10), "regression"),  # as many values as rows: not classes
         (np.array([0, 1, 2, 3] * 2), "regression"),  # 4 values in 8 rows: not < half

@@ -149,7 +149,7 @@ def test_cross_validated_metric_scores_every_training_and_validation_row_once(wi
 
 def test_cross_validated_front_models_learn_from_every_row(wine_ds):
     ctx, single = _context(wine_ds, folds=3), _context(wine_ds)
-    X, y = ctx.refit_rows()
+    _, y = ctx.refit_rows()
     assert len(y) == len(wine_ds.y)  # the fold models' test score stays the honest estimate
     assert len(single.refit_rows()[1]) == len(single.y_train) + len(single.y_valid)
 

@@ -1,0 +1,82 @@
+"""Which database and which study a command means, found without importing the search.
+
+Commands that only read a study (``studies``, ``pareto``, ``trials``, ``export``...) must
+answer in well under a second; ``autofhe.search.study`` imports torch and scikit-learn, so the
+look-up lives here with nothing heavier than Optuna and SQLAlchemy, imported when called.
+"""
+
+from __future__ import annotations
+
+import os
+
+from autofhe.errors import ParameterError, StorageError
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "SCHEMES",
+    "STORAGE_ENV",
+    "resolve_storage",
+    "resolve_study",
+    "study_names",
+]
+
+DEFAULT_STORAGE = "sqlite:///autofhe.db"
+STORAGE_ENV = "AUTOFHE_STORAGE"
+SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql")
+
+
+def resolve_storage(url: str | None) -> str:
+    """``--storage``, else ``$AUTOFHE_STORAGE``, else an SQLite file in the working directory."""
+    url = url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+    scheme = url.split(":", 1)[0] if "://" in url else None
+    if scheme not in SCHEMES:
+        raise ParameterError(
+            f"storage {url!r} has an unknown scheme; use an SQLAlchemy URL such as "
+            "sqlite:///autofhe.db or postgresql://user@host/db."
+        )
+    return url
+
+
+def study_names(url: str) -> list[str]:
+    """Names of the studies in ``url``; a missing SQLite file is an error, never created."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = url[len("sqlite:///") :]
+        if not os.path.isfile(path):
+            raise StorageError(
+                f"no database file {path!r} (storage {url}); run `autofhe search` first, or "
+                "pass --storage / set $AUTOFHE_STORAGE to the study database."
+            )
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return optuna.get_all_study_names(storage=url)
+    except (SQLAlchemyError, ImportError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StorageError(f"cannot read storage {url!r}: {first}") from None
+
+
+def resolve_study(name: str | None, names: list[str], url: str) -> str:
+    """``--study`` when given and present; without it, the only study of the database.
+
+    Parameters
+    ----------
+    name : str or None
+        What the user passed as ``--study``.
+    names : list of str
+        The studies of the database (:func:`study_names`).
+    url : str
+        The storage URL, for the messages.
+    """
+    listed = ", ".join(names) or "none"
+    if name is None:
+        if len(names) == 1:
+            return names[0]
+        if not names:
+            raise ParameterError(f"no study in {url}; create one with `autofhe search`.")
+        raise ParameterError(
+            f"{len(names)} studies in {url} ({listed}); choose one with --study NAME."
+        )
+    if name not in names:
+        raise ParameterError(f"no study {name!r} in {url}; studies there: {listed}.")
+    return name

@@ -1,0 +1,247 @@
+"""What a person opening the study in optuna-dashboard reads first: the measured front.
+
+After each Pareto snapshot the study's note (optuna-dashboard's notes) holds the front as a
+Markdown table, and a plot of the front (metric against predicted and measured latency) is
+stored as a plotly graph object, which the dashboard draws on the study's first page. Both are
+plain study system attributes: nothing is rendered here and no plotting library is needed.
+
+Each finished trial gets a note too: the dashboard shows it above the user attributes (a small
+scroll box, alphabetical, where ``reason`` hides below the fold), so why a trial is infeasible
+and its rounded key figures are read at a glance.
+
+A measured latency also records the conditions it was measured under (load average, cores),
+because the same model measures several times slower on a busy machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "FRONT_HEADING",
+    "FRONT_PLOT_ID",
+    "front_figure",
+    "front_note",
+    "measurement_conditions",
+    "publish_front",
+    "publish_missing_fronts",
+    "publish_trial",
+    "record_measurement_conditions",
+    "trial_note",
+]
+
+#: The note's autofhe section starts at this line; what a user wrote above it is kept.
+FRONT_HEADING = "## Pareto front (written by autofhe after each snapshot)"
+#: graph object id of the front plot (a fixed id: each snapshot replaces the previous plot)
+FRONT_PLOT_ID = "autofhe-pareto-front"
+
+
+def measurement_conditions() -> dict[str, float]:
+    """This machine's load right now: 1-minute load average, cores, load per core."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        load = float("nan")
+    return {
+        "measured_loadavg_1m": round(load, 2),
+        "measured_cores": cores,
+        "measured_load_per_core": round(load / cores, 2),
+    }
+
+
+def record_measurement_conditions(trial: Any, conditions: dict | None = None) -> None:
+    """Store :func:`measurement_conditions` as user attributes of ``trial``."""
+    for key, value in (conditions or measurement_conditions()).items():
+        trial.set_user_attr(key, value)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}g}"
+
+
+def _conditions(attrs: dict) -> str:
+    load, cores = attrs.get("measured_loadavg_1m"), attrs.get("measured_cores")
+    if load is None or cores is None:
+        return "-"
+    return f"load {load:g} on {cores} cores"
+
+
+def front_note(study_name: str, metric: str, front: Sequence, n_complete: int) -> str:
+    """The Markdown section of the note: one row per front trial."""
+    lines = [
+        FRONT_HEADING,
+        "",
+        f"Study `{study_name}`: {len(front)} front models after {n_complete} complete trials. "
+        f"{metric}: validation, FHE simulated. Latency: seconds per sample, predicted by the "
+        "cost model and measured (encrypt + run + decrypt, keygen excluded).",
+        "",
+    ]
+    if not front:
+        lines.append("No feasible trial yet.")
+        return "\n".join(lines) + "\n"
+    lines += [
+        f"| trial | {metric} | predicted s | measured s | measured under | layers "
+        "| bits w/a | exportable |",
+        "|---:|---:|---:|---:|---|---:|---|---|",
+    ]
+    for t in front:
+        a, p = t.user_attrs, t.params
+        lines.append(
+            f"| {t.number} | {t.values[0]:.4f} | {_fmt(t.values[1])} "
+            f"| {_fmt(a.get('measured_latency_s'))} | {_conditions(a)} "
+            f"| {p.get('module__n_layers', '-')} "
+            f"| {p.get('n_w_bits', '-')}/{p.get('n_a_bits', '-')} "
+            f"| {'yes' if a.get('artifact_id') else 'no'} |"
+        )
+    lines += [
+        "",
+        f"Export one: `autofhe export --study {study_name} --trial N --out model/`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def trial_note(trial: Any, metric: str) -> str:
+    """Markdown for one finished trial: feasible or why not, then its rounded key figures."""
+    a = trial.user_attrs
+    state = trial.state.name
+    if state == "COMPLETE" and a.get("reason"):
+        head = f"**Infeasible**: {a['reason']}"
+    elif state == "COMPLETE":
+        head = "**Feasible**"
+    else:
+        why = (a.get("reason") or "").removeprefix(f"{state.lower()}: ")  # "pruned: ..."
+        head = f"**{state.capitalize()}**" + (f": {why}" if why else "")
+    facts = []
+    if trial.values is not None:
+        facts.append(f"{metric} {trial.values[0]:.4f} (validation, simulated)")
+        latency = f"latency {_fmt(trial.values[1])} s predicted"
+        if a.get("measured_latency_s") is not None:
+            latency += f", {_fmt(a['measured_latency_s'])} s measured ({_conditions(a)})"
+        facts.append(latency)
+    if a.get("lookups_per_layer") is not None:
+        facts.append(f"lookups per layer {a['lookups_per_layer']}")
+    if a.get("max_bit_width") is not None:
+        facts.append(f"max bit width {a['max_bit_width']}")
+    if a.get("size_of_evaluation_keys") is not None:
+        facts.append(f"evaluation keys {a['size_of_evaluation_keys'] / 1e6:.1f} MB")
+    return head + "\n\n" + "".join(f"- {fact}\n" for fact in facts)
+
+
+def publish_trial(study: Any, trial: Any) -> None:
+    """Write :func:`trial_note` as the trial's note in optuna-dashboard."""
+    import optuna
+    from optuna_dashboard import save_note
+
+    metric = (study.metric_names or ["metric"])[0]
+    # save_note takes a live Trial; a finished one is addressed by its id
+    save_note(optuna.Trial(study, trial._trial_id), trial_note(trial, metric))
+
+
+def front_figure(metric: str, front: Sequence) -> dict:
+    """A plotly figure (as a dict): the metric against predicted and measured latency."""
+    by_latency = sorted(front, key=lambda t: t.values[1])
+    measured = [t for t in by_latency if t.user_attrs.get("measured_latency_s") is not None]
+    latencies = [t.values[1] for t in front] + [
+        t.user_attrs["measured_latency_s"] for t in measured
+    ]
+    positive = [v for v in latencies if v > 0]
+    # a log axis only when the latencies span more than a decade
+    log = bool(positive) and max(positive) / min(positive) > 10
+
+    def trace(name: str, trials: list, xs: list, symbol: str) -> dict:
+        return {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "line": {"shape": "hv"},
+            "marker": {"size": 9, "symbol": symbol},
+            "name": name,
+            "x": xs,
+            "y": [t.values[0] for t in trials],
+            "text": [f"trial {t.number}" for t in trials],
+            "hovertemplate": "%{text}: %{y:.4f} at %{x:.4g} s",
+        }
+
+    data = [trace("predicted", by_latency, [t.values[1] for t in by_latency], "circle")]
+    if measured:
+        xs = [t.user_attrs["measured_latency_s"] for t in measured]
+        data.append(trace("measured", measured, xs, "diamond"))
+    return {
+        "data": data,
+        "layout": {
+            "title": {"text": f"Pareto front: {metric} vs FHE latency per sample"},
+            "xaxis": {
+                "title": {"text": "latency per sample (s)"},
+                "type": "log" if log else "linear",
+            },
+            "yaxis": {"title": {"text": metric}},
+            "legend": {"orientation": "h", "y": -0.25},
+        },
+    }
+
+
+class _Figure:
+    """The one method optuna-dashboard's ``save_plotly_graph_object`` uses (no plotly)."""
+
+    def __init__(self, figure: dict):
+        self._json = json.dumps(figure)
+
+    def to_json(self) -> str:
+        return self._json
+
+
+def publish_front(study: Any, front: Sequence, n_complete: int | None = None) -> None:
+    """Write the front into the study's note and plot (both replace the previous snapshot's).
+
+    Parameters
+    ----------
+    study : optuna.Study
+        The study (its storage receives the note and the plot).
+    front : sequence of FrozenTrial
+        The Pareto front, as :func:`autofhe.search.pareto.pareto_front` returns it.
+    n_complete : int, optional
+        Complete trials so far (counted from the study when not given).
+    """
+    from optuna_dashboard import get_note, save_note, save_plotly_graph_object
+
+    if n_complete is None:
+        import optuna
+
+        n_complete = len(
+            study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+        )
+    metric = (study.metric_names or ["metric"])[0]
+    previous = get_note(study)
+    kept = previous.split(FRONT_HEADING, 1)[0].rstrip()
+    body = front_note(study.study_name, metric, front, n_complete)
+    save_note(study, f"{kept}\n\n{body}" if kept else body)
+    save_plotly_graph_object(
+        study, _Figure(front_figure(metric, front)), graph_object_id=FRONT_PLOT_ID
+    )
+
+
+def publish_missing_fronts(storage: Any) -> list[str]:
+    """Write the front note and plot of every autofhe study that has none yet (studies
+    searched before notes existed); returns their names. Other studies are left alone.
+    """
+    import optuna
+    from optuna_dashboard import get_note
+
+    from autofhe.search.pareto import pareto_front
+
+    written = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if "autofhe_fingerprint" not in summary.user_attrs:
+            continue  # not ours: its note is its owner's
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        if FRONT_HEADING in get_note(study):
+            continue
+        publish_front(study, pareto_front(study.get_trials(deepcopy=False)))
+        written.append(summary.study_name)
+    return written

@@ -1,0 +1,196 @@
+"""A study as the ``pareto`` and ``trials`` commands report it.
+
+Records carry stable machine keys (JSON and CSV output, scripts); :func:`display_rows` turns
+front records into the table people read. Nothing here imports torch or scikit-learn.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from autofhe.errors import ParameterError
+from autofhe.search.feasibility import is_feasible
+
+__all__ = [
+    "display_rows",
+    "front_records",
+    "latency_warnings",
+    "plot_front",
+    "rounded",
+    "trial_records",
+]
+
+
+def _metric(study: Any) -> str:
+    return (study.metric_names or ["metric"])[0]
+
+
+def front_records(study: Any, front: list, max_latency: float | None = None) -> list[dict]:
+    """One dict per front trial, machine keys in a fixed order.
+
+    Parameters
+    ----------
+    study : optuna.Study
+        The study (for its metric name).
+    front : list of FrozenTrial
+        :func:`autofhe.search.pareto.pareto_front` of its trials.
+    max_latency : float, optional
+        The study's latency limit: ``over_max_latency`` says whether a measured latency
+        breaks it (None when either is unknown).
+    """
+    records = []
+    for t in front:
+        a = t.user_attrs
+        measured = a.get("measured_latency_s")
+        records.append(
+            {
+                "trial": t.number,
+                "metric": _metric(study),
+                "value": t.values[0],
+                # the shipped model's: refit on training + validation rows
+                "test_clear": a.get("final_clear_test", a.get("clear_test")),
+                "predicted_latency_s": t.values[1],
+                "measured_latency_s": measured,
+                "measured_loadavg_1m": a.get("measured_loadavg_1m"),
+                "measured_cores": a.get("measured_cores"),
+                "max_latency_s": max_latency,
+                "over_max_latency": (
+                    None if measured is None or max_latency is None else measured > max_latency
+                ),
+                "n_layers": t.params.get("module__n_layers"),
+                "n_w_bits": t.params.get("n_w_bits"),
+                "n_a_bits": t.params.get("n_a_bits"),
+                "lookups_per_layer": a.get("lookups_per_layer"),
+                "has_model": bool(a.get("artifact_id")),
+            }
+        )
+    return records
+
+
+def display_rows(records: list[dict]) -> list[dict]:
+    """The front table's columns (rounded, display headers, a flag column when needed)."""
+
+    def r4(v):
+        return None if v is None else round(v, 4)
+
+    flagged = any(r["over_max_latency"] for r in records)
+    rows = []
+    for r in records:
+        row = {
+            "trial": r["trial"],
+            r["metric"]: r4(r["value"]),
+            "test (clear)": r4(r["test_clear"]),
+            "predicted s": r4(r["predicted_latency_s"]),
+            "measured s": r4(r["measured_latency_s"]),
+            "layers": r["n_layers"],
+            "bits w/a": f"{r['n_w_bits']}/{r['n_a_bits']}",
+            "lookups": r["lookups_per_layer"],
+            "artifact": r["has_model"],
+        }
+        if flagged:
+            row["flag"] = "MEASURED > MAX" if r["over_max_latency"] else ""
+        rows.append(row)
+    return rows
+
+
+def latency_warnings(records: list[dict]) -> list[str]:
+    """One message per front model whose measured latency breaks the study's limit."""
+    messages = []
+    for r in records:
+        if not r["over_max_latency"]:
+            continue
+        load = (
+            f" under load {r['measured_loadavg_1m']} on {r['measured_cores']} cores"
+            if r["measured_loadavg_1m"] is not None
+            else ""
+        )
+        messages.append(
+            f"trial {r['trial']} measured {r['measured_latency_s']:.4g} s per sample{load}, "
+            f"over the study's --max-latency {r['max_latency_s']:g} s (predicted "
+            f"{r['predicted_latency_s']:.4g} s); measure it again on an idle machine before "
+            "relying on it."
+        )
+    return messages
+
+
+def trial_records(study: Any) -> list[dict]:
+    """Every trial: number, state, one key per objective, feasibility, fidelity, reason."""
+    names = study.metric_names or ["metric", "latency_s"]
+    records = []
+    for t in study.get_trials(deepcopy=False):
+        values = dict(zip(names, t.values)) if t.values is not None else {}
+        records.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                **{n: values.get(n) for n in names},
+                "feasible": is_feasible(t) if t.state.name == "COMPLETE" else None,
+                "fidelity": t.user_attrs.get("fidelity"),
+                "reason": t.user_attrs.get("reason") or "",
+            }
+        )
+    return records
+
+
+def plot_front(study: Any, front: list, path: str, max_latency: float | None = None) -> None:
+    """Draw the metric against predicted and measured latency into ``path`` (matplotlib).
+
+    Raises
+    ------
+    ParameterError
+        When matplotlib is not installed (or broken), or ``path`` cannot be written.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ParameterError(
+            f"--plot {path}: matplotlib is not installed; pip install matplotlib (or read the "
+            "front plot in `autofhe dashboard`)."
+        )
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display needed
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # installed without one of its own dependencies
+        raise ParameterError(
+            f"--plot {path}: matplotlib cannot be imported ({exc}); reinstall it with "
+            "pip install --force-reinstall matplotlib."
+        ) from None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot([t.values[1] for t in front], [t.values[0] for t in front], "o-", label="predicted")
+    measured = [t for t in front if t.user_attrs.get("measured_latency_s") is not None]
+    if measured:
+        ax.plot(
+            [t.user_attrs["measured_latency_s"] for t in measured],
+            [t.values[0] for t in measured],
+            "D--",
+            label="measured",
+        )
+    for t in front:
+        ax.annotate(str(t.number), (t.values[1], t.values[0]), fontsize=8)
+    if max_latency is not None:
+        ax.axvline(max_latency, color="grey", linestyle=":", label="--max-latency")
+    latencies = [t.values[1] for t in front if t.values[1] > 0]
+    if latencies and max(latencies) > 10 * min(latencies):
+        ax.set_xscale("log")  # spans more than a decade
+    ax.set_xlabel("FHE latency per sample (s)")
+    ax.set_ylabel(_metric(study))
+    ax.set_title(f"Pareto front of {study.study_name}")
+    ax.legend()
+    fig.tight_layout()
+    try:
+        fig.savefig(path)
+    except (OSError, ValueError) as exc:
+        raise ParameterError(f"--plot {path}: cannot write it ({exc}).") from None
+    finally:
+        plt.close(fig)
+
+
+def rounded(record: dict, digits: int = 4) -> dict:
+    """``record`` with its floats rounded for a table (NaN kept)."""
+    return {
+        k: round(v, digits) if isinstance(v, float) and not math.isnan(v) else v
+        for k, v in record.items()
+    }

@@ -1,0 +1,99 @@
+"""A small study as the search leaves it (feasible and infeasible trials, the front's note
+and plot), built in a second without training, and a running ``autofhe dashboard`` on it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+
+from autofhe.search.feasibility import record_constraints
+from autofhe.search.notes import publish_front, publish_trial, record_measurement_conditions
+from autofhe.search.pareto import pareto_front
+
+AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
+MAX_LATENCY = 1.0
+#: number -> (accuracy, predicted latency s, violated constraints, measured latency s)
+TRIALS = {
+    0: (0.95, 0.80, {}, 0.91),
+    1: (0.99, 0.50, {"key_size": 2.5}, None),  # would dominate 0 if it were feasible
+    2: (0.90, 0.30, {}, 0.34),
+    3: (0.85, 0.12, {}, 0.15),
+    4: (0.96, 1.60, {"latency": 0.6}, None),
+    5: (0.70, 0.05, {"compile": 1.0}, None),  # would be the fastest point
+}
+FEASIBLE_FRONT = {0, 2, 3}
+CONSTRAINTS = ("budget", "compile", "latency", "key_size")
+
+
+def build_study(url: str, name: str = "demo-accuracy") -> optuna.Study:
+    """Trials written through the same calls as the objective (constraints, user attrs)."""
+    study = optuna.create_study(study_name=name, storage=url, directions=["maximize", "minimize"])
+    study.set_metric_names(["accuracy", "fhe_latency_s"])
+    for number, (acc, latency, violated, measured) in TRIALS.items():
+        trial = study.ask()
+        assert trial.number == number
+        trial.suggest_int("n_w_bits", 2, 8)
+        trial.suggest_int("module__n_layers", 1, 3)
+        record_constraints(trial, {k: violated.get(k, 0.0) for k in CONSTRAINTS})
+        trial.set_user_attr("feasible", not violated)
+        trial.set_user_attr("reason", ", ".join(f"{k} violated" for k in violated))
+        trial.set_user_attr("predicted_latency_s", latency)
+        if measured is not None:
+            trial.set_user_attr("measured_latency_s", measured)
+            record_measurement_conditions(trial)
+        study.tell(trial, [acc, latency])
+        publish_trial(study, study.trials[-1])
+    trials = study.get_trials(deepcopy=False)
+    publish_front(study, pareto_front(trials))
+    return study
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@contextmanager
+def running_dashboard(tmp: Path):
+    """``(base_url, study_name)`` of ``autofhe dashboard`` serving :func:`build_study`."""
+    url = f"sqlite:///{tmp}/autofhe.db"
+    build_study(url)
+    port = free_port()
+    log = tmp / "dashboard.log"  # a pipe nobody reads would fill up with request lines
+    proc = subprocess.Popen(
+        [AUTOFHE, "dashboard", "--storage", url, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                get_json(f"{base}/api/studies")
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(
+                        f"autofhe dashboard did not start: {log.read_text()}"
+                    ) from None
+                time.sleep(0.3)
+        yield base, "demo-accuracy"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

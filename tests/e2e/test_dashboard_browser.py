@@ -1,0 +1,191 @@
+"""``autofhe dashboard`` in real headless Chromium: what a user sees tells the truth.
+
+On a study with feasible and infeasible trials (some infeasible ones would dominate the
+feasible front), the rendered pages must badge only the feasible front "Best Trial", draw the
+Pareto plot over the real values, show the front's plot and the note with the measured front
+table. A screenshot of the study page is saved (``build/e2e/dashboard-study.png``, or
+``$AUTOFHE_SCREENSHOT_DIR``).
+
+Skips when Chromium, chromedriver or selenium are missing; fails instead when
+``AUTOFHE_REQUIRE_SERVICES=1`` (CI).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from dashboard_study import FEASIBLE_FRONT, TRIALS, get_json
+
+from autofhe.search.notes import FRONT_PLOT_ID
+
+ROOT = Path(__file__).resolve().parents[2]
+#: flags that work in containers: no sandbox, no GPU, and nothing that phones home
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,2400",
+)
+WAIT_S = 60
+
+
+def _missing() -> str | None:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -e '.[dev]')"
+    for exe in ("chromium", "chromedriver"):
+        if shutil.which(exe) is None:
+            return f"{exe} is not on PATH (apt-get install chromium chromium-driver)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    missing = _missing()
+    if missing:
+        if os.environ.get("AUTOFHE_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"AUTOFHE_REQUIRE_SERVICES=1 but {missing}")
+        pytest.skip(missing)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def study_url(dashboard):
+    base, name = dashboard
+    summaries = get_json(f"{base}/api/studies")["study_summaries"]
+    study_id = next(s["study_id"] for s in summaries if s["study_name"] == name)
+    return f"{base}/dashboard/studies/{study_id}"
+
+
+def _wait_for(driver, script: str):
+    """The value of ``script`` once it is truthy (the page renders asynchronously)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.25).until(
+        lambda d: d.execute_script(script), message=f"page never satisfied: {script}"
+    )
+
+
+def _plot(driver, dom_id: str) -> dict:
+    """A rendered plotly graph: its traces and the axis ranges plotly settled on."""
+    return _wait_for(
+        driver,
+        f"""const g = document.getElementById({dom_id!r});
+        if (!g || !g._fullLayout || !g.data) return null;
+        return {{traces: g.data.map(t => ({{x: t.x, y: t.y, text: t.text, name: t.name,
+                                             color: t.marker && t.marker.color}})),
+                 x: g._fullLayout.xaxis.range, y: g._fullLayout.yaxis.range}};""",
+    )
+
+
+def _spans(axis: list[float], values: list[float]) -> None:
+    """The axis covers every value, and not much more (a sentinel would stretch it)."""
+    lo, hi = min(values), max(values)
+    assert axis[0] <= lo and axis[1] >= hi, (axis, lo, hi)
+    assert axis[1] - axis[0] < 1.5 * (hi - lo), f"axis {axis} stretched beyond {lo}..{hi}"
+
+
+def test_study_page_plots_span_the_real_values(browser, study_url):
+    browser.get(study_url)
+    pareto = _plot(browser, "graph-pareto-front")
+    _spans(pareto["x"], [v[0] for v in TRIALS.values()])  # accuracy
+    _spans(pareto["y"], [v[1] for v in TRIALS.values()])  # predicted latency
+    # infeasible trials are drawn apart from the feasible ones, in grey
+    infeasible = {n for n, v in TRIALS.items() if v[2]}
+    for trace in pareto["traces"]:
+        numbers = {int(t.split('"number": ')[1].split(",")[0]) for t in trace["text"] or []}
+        if numbers & infeasible:
+            assert numbers <= infeasible and trace["color"] == "#cccccc", trace
+
+    front = _plot(browser, f"user-defined-plot:{FRONT_PLOT_ID}")
+    assert [t["name"] for t in front["traces"]] == ["predicted", "measured"]
+    latencies = [TRIALS[n][1] for n in FEASIBLE_FRONT] + [TRIALS[n][3] for n in FEASIBLE_FRONT]
+    _spans(front["x"], latencies)
+    _spans(front["y"], [TRIALS[n][0] for n in FEASIBLE_FRONT])
+
+    out = Path(os.environ.get("AUTOFHE_SCREENSHOT_DIR", ROOT / "build" / "e2e"))
+    out.mkdir(parents=True, exist_ok=True)
+    # the window is tall enough for the Pareto plot (top) and the front plot (below)
+    browser.execute_script("window.scrollTo(0, 0)")
+    shot = out / "dashboard-study.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_only_the_feasible_front_is_badged_best(browser, study_url):
+    browser.get(f"{study_url}/trials")
+    items = _wait_for(
+        browser,
+        """const items = Array.from(document.querySelectorAll('li'))
+            .map(e => e.innerText).filter(t => /^Trial \\d+\\n/.test(t));
+        return items.length >= 6 ? items : null;""",
+    )
+    best = {int(t.split()[1]) for t in items if "Best Trial" in t}
+    assert best == FEASIBLE_FRONT, items
+
+
+def test_note_shows_the_measured_front_table(browser, study_url):
+    browser.get(f"{study_url}/note")
+    rows = _wait_for(
+        browser,
+        """const t = document.querySelector('table');
+        return t ? Array.from(t.querySelectorAll('tr')).map(
+            r => Array.from(r.querySelectorAll('th,td')).map(c => c.innerText.trim())) : null;""",
+    )
+    header, *body = rows
+    assert header[:4] == ["trial", "accuracy", "predicted s", "measured s"]
+    expected = sorted(FEASIBLE_FRONT, key=lambda n: -TRIALS[n][0])
+    assert [int(r[0]) for r in body] == expected
+    for row, number in zip(body, expected):
+        assert float(row[3]) == TRIALS[number][3]
+        assert row[4].startswith("load ") and row[4].endswith(" cores")
+
+
+def test_an_infeasible_trial_says_why_before_its_attributes(browser, study_url):
+    browser.get(f"{study_url}/trials?numbers=1")
+    text = _wait_for(
+        browser,
+        """const t = document.body.innerText;
+        return t.includes('Trial 1 (trial_id=') && t.includes('User Attributes') ? t : null;""",
+    )
+    why = "Infeasible: key_size violated"
+    assert why in text
+    assert text.index(why) < text.index("User Attributes")
+
+
+def test_excluding_infeasible_trials_leaves_the_feasible_ones(browser, study_url):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{study_url}/smartSelection")
+    script = """const g = document.getElementById('plot-parallel-coordinate');
+        return g && g.data && g.data.length ? g.data[0].dimensions[0].values : null;"""
+    assert sorted(_wait_for(browser, script)) == sorted(v[0] for v in TRIALS.values())
+    browser.find_element(By.XPATH, "//label[contains(., 'Include Infeasible trials')]").click()
+    feasible = sorted(v[0] for v in TRIALS.values() if not v[2])
+    shown = _wait_for(
+        browser,
+        f"""const values = (() => {{ {script} }})();
+        return values && values.length === {len(feasible)} ? values : null;""",
+    )
+    assert sorted(shown) == feasible

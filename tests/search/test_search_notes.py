@@ -1,0 +1,82 @@
+"""A real (small) search leaves what optuna-dashboard needs: constraints in its format, a
+note on every trial, the measured front in the study's note, and measurement conditions."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna_dashboard import get_note
+
+from autofhe.data import load_dataset
+from autofhe.fhe.latency import CostModel
+from autofhe.search.feasibility import DASHBOARD_KEY, named_constraints
+from autofhe.search.notes import FRONT_HEADING
+from autofhe.search.pareto import pareto_front
+from autofhe.search.spec import load_spec
+from autofhe.search.study import open_study, run_workers
+
+COST = CostModel(base=0.002, per_byte=1e-8, seconds_per_unit=1e-3, seconds_per_pbs=1e-3, cores=2)
+SPEC = """
+[study]
+max_key_size = "2GB"
+max_latency = 1.0
+
+[space]
+n_w_bits = { low = 2, high = 4 }
+n_a_bits = { low = 2, high = 4 }
+n_accum_bits = ["none", 3, 8]
+
+[fixed]
+module__n_layers = 1
+max_epochs = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("search")
+    (tmp / "spec.toml").write_text(SPEC)
+    url = f"sqlite:///{tmp}/s.db"
+    study, _, name = open_study(
+        load_dataset("sklearn:wine"), load_spec(tmp / "spec.toml"), url, "w"
+    )
+    # after the seed's (feasible) configuration, one that no network can fit in 3 bits
+    study.enqueue_trial({"n_accum_bits": 3, "n_w_bits": 4, "n_a_bits": 4})
+    run_workers(url, name, 1, 3, None, 0, COST)
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def test_every_trial_carries_the_dashboard_constraint_list(searched):
+    for t in searched.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+        named = named_constraints(t)
+        assert set(named) == {"budget", "compile", "latency", "key_size"}
+        assert t.system_attrs[DASHBOARD_KEY] == list(named.values())
+
+
+def test_every_trial_has_a_note_saying_why_it_is_infeasible(searched):
+    for t in searched.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+        note = get_note(optuna.Trial(searched, t._trial_id))
+        reason = t.user_attrs["reason"]
+        expected = f"**Infeasible**: {reason}" if reason else "**Feasible**"
+        assert note.splitlines()[0] == expected
+        assert f"accuracy {t.values[0]:.4f}" in note
+
+
+def test_study_note_holds_the_front_with_measurement_conditions(searched):
+    front = pareto_front(searched.get_trials())
+    note = get_note(searched)
+    assert FRONT_HEADING in note
+    rows = [line for line in note.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [int(r.split("|")[1]) for r in rows[1:]] == [t.number for t in front]
+    for t in front:
+        if "measured_latency_s" in t.user_attrs:
+            assert t.user_attrs["measured_cores"] >= 1
+            assert t.user_attrs["measured_loadavg_1m"] >= 0
+            assert f"load {t.user_attrs['measured_loadavg_1m']:g} on" in note
+
+
+def test_the_search_made_both_kinds_of_trial(searched):
+    """The tests above see feasible and infeasible trials and a measured front model."""
+    done = searched.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert {bool(t.user_attrs["reason"]) for t in done} == {True, False}
+    assert any("measured_latency_s" in t.user_attrs for t in pareto_front(done))
