@@ -47,6 +47,8 @@ DEFAULT_SPACE: dict[str, Any] = {
     "max_epochs": {"low": 20, "high": 300, "log": True},
     "lr_schedule": ["constant", "cosine"],
     "optimizer__weight_decay": [0.0, 1e-4, 1e-3],
+    # starts trained per configuration, the best kept: tiny networks often stall
+    "n_init": [1, 2, 3],
 }
 
 #: The seed's documented configuration, enqueued as every study's first trial.
@@ -63,6 +65,7 @@ SEED_CONFIG: dict[str, Any] = {
     "lr_schedule": "constant",
     "optimizer__weight_decay": 0.0,
     "module__lookup_bits": "auto",
+    "n_init": 1,
 }
 
 #: Parameters a space may search, and what each must be.

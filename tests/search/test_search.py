@@ -76,6 +76,7 @@ def test_objective_through_fixed_trial(wine_ds):
         "lr_schedule": "cosine",
         "optimizer__weight_decay": 1e-4,
         "module__lookup_bits": 5,
+        "n_init": 1,
     }
     trial = optuna.trial.FixedTrial(params)
     metric, latency = objective(trial, ctx)
