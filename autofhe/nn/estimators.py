@@ -263,8 +263,10 @@ class _QuantNet:
         """skorch's iterator, or for training on in-memory arrays, plain tensor slices.
 
         A ``DataLoader`` fetches and collates rows one by one: on small data that costs as
-        much as the training step. Slices of the whole tensors give the same batches (the
-        rows shuffled from the torch RNG, the last batch short) at a fraction of the cost.
+        much as the training step. Slices of the whole tensors give batches of the same kind
+        (the rows shuffled from the torch RNG, the last batch short) at a fraction of the
+        cost. Any other iterator option (``drop_last``, ``num_workers``, ...), another
+        iterator or dataset, or a validation split: skorch's own loader.
         """
         kwargs = self.get_params_for("iterator_train") if training else {}
         if (
