@@ -9,7 +9,7 @@ import torch
 from sklearn.datasets import make_classification
 
 from autofhe import NeuralNetClassifier
-from autofhe.nn.estimators import _TensorBatches
+from autofhe.nn.training import _TensorBatches
 
 
 @pytest.fixture(scope="module")
