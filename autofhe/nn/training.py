@@ -1,0 +1,86 @@
+"""The training loop's parts that skorch does not provide, or provides too slowly.
+
+* :class:`KeepBestEpoch`: training ends on the weights of its best epoch.
+* ``_TensorBatches``: mini-batches as slices of in-memory tensors (a ``DataLoader`` collates
+  row by row, which on small data costs as much as the quantization-aware step itself).
+* ``_QuietPrintLog``: skorch's PrintLog without formatting a table nobody sees.
+
+Profile and figures: ``benchmarks/qat_speed.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from skorch.callbacks import Callback, PrintLog
+
+__all__ = ["KeepBestEpoch"]
+
+#: Rows used to calibrate quantizers, solve the initial readout and pick the best epoch.
+_INIT_ROWS = 4096
+
+
+class KeepBestEpoch(Callback):
+    """Restore, at the end of training, the weights of the epoch with the lowest training loss.
+
+    The loss is the criterion on (up to ``_INIT_ROWS`` rows of) the training set, computed with
+    the quantized network: exactly what ``predict`` will run (once calibrated, the module
+    computes the same function in training and inference mode, so no switch). Quantization
+    makes the last epoch a poor choice: a power-of-two scale that sits near a rounding boundary
+    can flip between two values from one step to the next, halving a layer's range, and the
+    weights at the end are then those of a much worse network (measured on circles: 0.54 test
+    accuracy at the last epoch of a run whose best epoch reaches 0.86).
+    """
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        rows = torch.randperm(len(X))[:_INIT_ROWS].numpy()
+        self._X = torch.as_tensor(np.asarray(X)[rows])
+        self._y = torch.as_tensor(np.asarray(y)[rows])
+        self._best = (np.inf, None)
+        # The state's tensors keep their identity while training (the optimizer and the
+        # quantizers update them in place): list them once, copy their values per new best.
+        self._state = net.module_.state_dict(keep_vars=True)
+
+    def on_epoch_end(self, net, **kwargs):
+        loss = net._quantized_loss(self._X, self._y)
+        if loss < self._best[0]:
+            self._best = (loss, [t.detach().clone() for t in self._state.values()])
+
+    def on_train_end(self, net, **kwargs):
+        if self._best[1] is not None:
+            net.module_.load_state_dict(dict(zip(self._state, self._best[1])))
+        self._X = self._y = self._state = None
+        self._best = (np.inf, None)
+
+
+class _QuietPrintLog(PrintLog):
+    """skorch's PrintLog, which skips formatting its table when it would print nothing.
+
+    PrintLog tabulates every epoch, even with ``verbose=False``: a millisecond per epoch.
+    """
+
+    def on_epoch_end(self, net, **kwargs):
+        if self.sink is print and not net.verbose:
+            return
+        super().on_epoch_end(net, **kwargs)
+
+
+class _TensorBatches:
+    """Mini-batches ``(X[rows], y[rows])`` of two tensors, reshuffled at every pass."""
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool):
+        self.X, self.y, self.batch_size, self.shuffle = X, y, batch_size, shuffle
+
+    def __len__(self) -> int:
+        return -(-len(self.X) // self.batch_size)
+
+    def __iter__(self):
+        n, size = len(self.X), self.batch_size
+        if not self.shuffle:
+            for start in range(0, n, size):
+                yield self.X[start : start + size], self.y[start : start + size]
+            return
+        order = torch.randperm(n)
+        for start in range(0, n, size):
+            rows = order[start : start + size]
+            yield self.X[rows], self.y[rows]
