@@ -139,11 +139,16 @@ def make_plan(
 
 
 def project(params: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
-    """The part of ``params`` a space can hold (a range takes any value, as Optuna accepts an
-    enqueued value outside it; a list only its choices)."""
+    """The part of ``params`` a space can hold: a value in a range is clipped into it (the
+    user narrowed it on purpose), a choice the list lacks is left to the sampler."""
     out = {}
     for key, value in params.items():
         entry = space.get(key)
-        if isinstance(entry, dict) or (isinstance(entry, list) and value in entry):
+        if isinstance(entry, dict) and not isinstance(value, (bool, str)):
+            value = min(max(value, entry["low"]), entry["high"])
+            if isinstance(entry["low"], int) and isinstance(entry["high"], int):
+                value = round(value)
+            out[key] = value
+        elif isinstance(entry, list) and value in entry:
             out[key] = value
     return out

@@ -48,7 +48,10 @@ def test_regression_probe_uses_the_metric():
 
 
 def test_seeds_are_projected_into_the_space():
-    space = {"module__n_layers": {"low": 1, "high": 2}, "lr_schedule": ["constant"]}
-    assert project({"module__n_layers": 3, "lr_schedule": "cosine", "x": 1}, space) == {
-        "module__n_layers": 3
+    space = {
+        "module__n_layers": {"low": 1, "high": 2},
+        "lr": {"low": 0.01, "high": 0.1},
+        "lr_schedule": ["constant"],
     }
+    seed = {"module__n_layers": 3, "lr": 0.001, "lr_schedule": "cosine", "x": 1}
+    assert project(seed, space) == {"module__n_layers": 2, "lr": 0.01}
