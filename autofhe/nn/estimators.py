@@ -404,6 +404,55 @@ class _QuantNet:
         return tags
 
 
+def _quant_init(default_criterion):
+    """The estimators' ``__init__``: they differ only in their default criterion. Defaults of
+    the quantization parameters come from :data:`autofhe.params.PARAMS`."""
+
+    def __init__(
+        self,
+        module=QuantMLP,
+        *,
+        criterion=default_criterion,
+        optimizer=torch.optim.Adam,
+        lr=PARAMS["lr"].default,
+        max_epochs=PARAMS["max_epochs"].default,
+        train_split=None,
+        verbose=False,
+        n_w_bits=PARAMS["n_w_bits"].default,
+        n_a_bits=PARAMS["n_a_bits"].default,
+        n_accum_bits=PARAMS["n_accum_bits"].default,
+        power_of_two_scaling=PARAMS["power_of_two_scaling"].default,
+        lr_schedule=PARAMS["lr_schedule"].default,
+        n_init=PARAMS["n_init"].default,
+        random_state=None,
+        **kwargs,
+    ):
+        kwargs = self._init_quant(
+            kwargs,
+            n_w_bits,
+            n_a_bits,
+            n_accum_bits,
+            power_of_two_scaling,
+            lr_schedule,
+            n_init,
+            random_state,
+        )
+        # the skorch class after _QuantNet in the estimator's MRO
+        super(_QuantNet, self).__init__(
+            module,
+            criterion=criterion,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            train_split=train_split,
+            verbose=verbose,
+            **kwargs,
+        )
+        del self.compile  # skorch's torch.compile flag; ``compile`` is the FHE method here
+
+    return __init__
+
+
 class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
     """Quantization-aware MLP classifier that compiles to a TFHE circuit.
 
@@ -447,46 +496,7 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
 
     _classification = True
 
-    def __init__(
-        self,
-        module=QuantMLP,
-        *,
-        criterion=nn.CrossEntropyLoss,
-        optimizer=torch.optim.Adam,
-        lr=0.001,
-        max_epochs=10,
-        train_split=None,
-        verbose=False,
-        n_w_bits=3,
-        n_a_bits=3,
-        n_accum_bits=None,
-        power_of_two_scaling=True,
-        lr_schedule="constant",
-        n_init=1,
-        random_state=None,
-        **kwargs,
-    ):
-        kwargs = self._init_quant(
-            kwargs,
-            n_w_bits,
-            n_a_bits,
-            n_accum_bits,
-            power_of_two_scaling,
-            lr_schedule,
-            n_init,
-            random_state,
-        )
-        super().__init__(
-            module,
-            criterion=criterion,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            train_split=train_split,
-            verbose=verbose,
-            **kwargs,
-        )
-        del self.compile  # skorch's torch.compile flag; ``compile`` is the FHE method here
+    __init__ = _quant_init(nn.CrossEntropyLoss)
 
     @property
     def _n_module_outputs(self) -> int:
@@ -539,46 +549,7 @@ class NeuralNetRegressor(_QuantNet, skorch.NeuralNetRegressor):
 
     _classification = False
 
-    def __init__(
-        self,
-        module=QuantMLP,
-        *,
-        criterion=nn.MSELoss,
-        optimizer=torch.optim.Adam,
-        lr=0.001,
-        max_epochs=10,
-        train_split=None,
-        verbose=False,
-        n_w_bits=3,
-        n_a_bits=3,
-        n_accum_bits=None,
-        power_of_two_scaling=True,
-        lr_schedule="constant",
-        n_init=1,
-        random_state=None,
-        **kwargs,
-    ):
-        kwargs = self._init_quant(
-            kwargs,
-            n_w_bits,
-            n_a_bits,
-            n_accum_bits,
-            power_of_two_scaling,
-            lr_schedule,
-            n_init,
-            random_state,
-        )
-        super().__init__(
-            module,
-            criterion=criterion,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            train_split=train_split,
-            verbose=verbose,
-            **kwargs,
-        )
-        del self.compile  # skorch's torch.compile flag; ``compile`` is the FHE method here
+    __init__ = _quant_init(nn.MSELoss)
 
     @property
     def _n_module_outputs(self) -> int:
