@@ -69,3 +69,16 @@ def test_check_param_messages_say_the_range():
     with pytest.raises(ParameterError, match="must be an integer from 2 to 16"):
         check_param("n_w_bits", 2.5)
     assert check_param("n_accum_bits", None) is None
+
+
+def test_module_signature_defaults_are_the_tables():
+    import inspect
+
+    from autofhe.nn.module import QuantMLP
+
+    signature = inspect.signature(QuantMLP).parameters
+    for name, param in PARAMS.items():
+        short = name.removeprefix("module__")
+        if short in signature:
+            default = signature[short].default
+            assert getattr(default, "__name__", default) == param.default, name

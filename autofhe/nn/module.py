@@ -5,7 +5,7 @@ linear layers an activation followed by an activation quantizer (``n_a_bits``, u
 activation never goes below zero). Weights are quantized per output neuron (``n_w_bits``,
 narrow signed range), biases in accumulator units (input scale x weight scale), so every linear
 layer is an exact integer matmul-plus-bias followed by one per-neuron scale. That is what lets
-:mod:`autofhe.fhe.program` turn the trained module into an integer program.
+:func:`autofhe.nn.export.build_program` turn the trained module into an integer program.
 
 With ``n_accum_bits`` set, each forward pass prunes every neuron to its largest contributions
 that fit the budget (:func:`autofhe.nn.pruning.neuron_keep_mask`), so the budget holds for the
@@ -43,7 +43,7 @@ from autofhe.nn.pruning import (
     neuron_keep_mask,
     signed_bits,
 )
-from autofhe.params import ACTIVATION_NAMES, SEED_ACTIVATIONS, check_param
+from autofhe.params import ACTIVATION_NAMES, PARAMS, SEED_ACTIVATIONS, check_param
 
 __all__ = [
     "ACTIVATIONS",
@@ -127,14 +127,14 @@ class QuantMLP(nn.Module):
         self,
         input_dim: int,
         n_outputs: int,
-        n_layers: int = 2,
-        activation_function=nn.ReLU,
-        n_hidden_neurons_multiplier: float = 4,
-        n_w_bits: int = 3,
-        n_a_bits: int = 3,
-        n_accum_bits: int | None = None,
-        power_of_two_scaling: bool = True,
-        lookup_bits: int | None = None,
+        n_layers: int = PARAMS["module__n_layers"].default,
+        activation_function=nn.ReLU,  # PARAMS["module__activation_function"].default
+        n_hidden_neurons_multiplier: float = PARAMS["module__n_hidden_neurons_multiplier"].default,
+        n_w_bits: int = PARAMS["n_w_bits"].default,
+        n_a_bits: int = PARAMS["n_a_bits"].default,
+        n_accum_bits: int | None = PARAMS["n_accum_bits"].default,
+        power_of_two_scaling: bool = PARAMS["power_of_two_scaling"].default,
+        lookup_bits: int | None = PARAMS["module__lookup_bits"].default,
     ):
         super().__init__()
         self._init_kwargs = dict(
