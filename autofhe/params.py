@@ -68,7 +68,7 @@ PARAMS: dict[str, Param] = {
     "lr_schedule": Param("schedule", default="constant"),
     "optimizer__weight_decay": Param("float", 0.0, 1.0, 0.0),
     "module__lookup_bits": Param("lookup", 2, 16, None),
-    "n_init": Param("int", 1, 100, 1, seed=False),
+    "n_init": Param("int", 1, 100, 1),
 }
 
 

@@ -46,6 +46,8 @@ DEFAULT_SPACE: dict[str, Any] = {
     "max_epochs": {"low": 20, "high": 300, "log": True},
     "lr_schedule": ["constant", "cosine"],
     "optimizer__weight_decay": [0.0, 1e-4, 1e-3],
+    # starts trained per configuration, the best kept: tiny networks often stall
+    "n_init": [1, 2, 3],
 }
 
 #: Parameters a space may search, and what each must be: every estimator parameter of
