@@ -292,8 +292,8 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
     from autofhe.search.feasibility import patch_dashboard
+    from autofhe.search.locate import artifact_dir, resolve_storage
     from autofhe.search.notes import publish_missing_fronts
-    from autofhe.search.study import artifact_dir, resolve_storage
 
     url = resolve_storage(args.storage)
     patch_dashboard()  # "best" = the feasible front, as in `autofhe pareto`
@@ -338,7 +338,7 @@ def _check_replaceable(out, url: str) -> None:
     from pathlib import Path
 
     from autofhe.fhe.bundle import is_bundle
-    from autofhe.search.study import artifact_dir
+    from autofhe.search.locate import artifact_dir
 
     if out.is_symlink():
         raise ParameterError(f"--out {out} is a symbolic link; refusing to replace it.")
@@ -371,7 +371,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import optuna
 
     from autofhe.fhe.bundle import bundle_digest, unpack_bundle
-    from autofhe.search.study import artifact_dir, resolve_storage
+    from autofhe.search.locate import artifact_dir, resolve_storage
 
     out = Path(args.out)
     url = resolve_storage(args.storage)

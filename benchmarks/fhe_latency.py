@@ -197,8 +197,8 @@ def main() -> None:
         model.compile(Xtr, **compile_kw)
         report = model.fhe_report()
         acc = float(np.mean(model.predict(Xte, fhe="simulate") == yte))
-        predicted = predict_latency(model, cost_model)
-        measured = measure_latency(model, Xte, n=args.samples)
+        predicted = predict_latency(model.compiled_model, cost_model)
+        measured = measure_latency(model.compiled_model, Xte, n=args.samples)
         floor = floor_seconds(report)
         errors.append(abs(predicted - measured["latency_s"]) / measured["latency_s"])
         rows.append(

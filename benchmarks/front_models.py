@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 
-from autofhe.fhe.bundle import load_program
+from autofhe.fhe.bundle import load_program, unpack_bundle
+from autofhe.search.locate import artifact_dir
 from autofhe.search.pareto import pareto_front
-from autofhe.search.study import artifact_dir
 
 
 def front_bundles(url: str, study_name: str, trials) -> Iterator[tuple]:
@@ -27,7 +26,6 @@ def front_bundles(url: str, study_name: str, trials) -> Iterator[tuple]:
                 file_path=str(archive),
                 artifact_id=t.user_attrs["artifact_id"],
             )
-            with zipfile.ZipFile(archive) as z:
-                z.extractall(Path(tmp) / "bundle")
+            unpack_bundle(archive, Path(tmp) / "bundle")  # path-checked, then checksums
             manifest, program = load_program(Path(tmp) / "bundle")
             yield t, manifest, program, Path(tmp) / "bundle"

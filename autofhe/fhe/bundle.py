@@ -31,13 +31,16 @@ import tempfile
 import zipfile
 from importlib.metadata import version as dist_version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autofhe.errors import BundleError
 from autofhe.fhe.codec import program_from_json, program_to_json
 from autofhe.fhe.compile import SYNTHETIC_ROWS, SYNTHETIC_SEED
+
+if TYPE_CHECKING:
+    from autofhe.fhe.model import CompiledModel
 
 __all__ = [
     "BundleError",
@@ -155,8 +158,10 @@ def check_specs(circuit, expected: dict, where: Path) -> None:
         )
 
 
-def save_bundle(model, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write a compiled estimator to ``directory`` (created; must not exist or be empty).
+def save_bundle(
+    model: CompiledModel, directory: str | Path, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write a compiled model to ``directory`` (created; must not exist or be empty).
 
     The server part is compiled again the way a server will compile it, and the bundle is
     refused unless that gives the model's circuit. Everything is written to a temporary
@@ -167,7 +172,7 @@ def save_bundle(model, directory: str | Path, extra: dict[str, Any] | None = Non
     target = Path(directory)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise BundleError(f"{target} exists and is not an empty directory; choose another path.")
-    program, circuit = model.fhe_program_, model.fhe_circuit
+    program, circuit = model.program, model.circuit
     specs = json.loads(circuit.client.specs.serialize())
     config = circuit.configuration
     server = {
@@ -186,8 +191,8 @@ def save_bundle(model, directory: str | Path, extra: dict[str, Any] | None = Non
         check_specs(compile_server(server), specs, work / "server")
         for part in PARTS:
             (work / part / "client.specs.json").write_text(json.dumps(specs))
-        task = "classification" if model._classification else "regression"
-        client = client_part(model, task)
+        task = model.decoding.task
+        client = client_part(model)
         (work / "client" / "client.json").write_text(json.dumps(client))
         manifest = {
             "format": FORMAT,
@@ -198,8 +203,8 @@ def save_bundle(model, directory: str | Path, extra: dict[str, Any] | None = Non
             "n_features": program.n_features,
             "classes": client["classes"],
             "target": client["target"],
-            "params": {k: _jsonable(v) for k, v in model.get_params(deep=False).items()},
-            "fhe_report": model.fhe_report(),
+            "params": {k: _jsonable(v) for k, v in model.params.items()},
+            "fhe_report": model.report,
             "sha256": {},
             **(extra or {}),
         }
@@ -211,25 +216,18 @@ def save_bundle(model, directory: str | Path, extra: dict[str, Any] | None = Non
     return target
 
 
-def client_part(model, task: str) -> dict:
+def client_part(model: CompiledModel) -> dict:
     """What a client needs besides keys: no weight, no table."""
-    program = model.fhe_program_
+    program = model.program
     return {
-        "task": task,
+        "task": model.decoding.task,
         "n_features": program.n_features,
         "input_offset": None if program.input_offset is None else program.input_offset.tolist(),
         "input_norm": None if program.input_norm is None else program.input_norm.tolist(),
         "input_scale": program.input_scale.tolist(),
         "input_bits": program.input_bits,
         "output_scale": program.output_scale.tolist(),
-        "classes": model.classes_.tolist() if task == "classification" else None,
-        "target": None
-        if task == "classification"
-        else {
-            "mean": model.y_mean_.tolist(),
-            "scale": model.y_scale_.tolist(),
-            "ndim": model.y_ndim_,
-        },
+        **model.decoding.to_json(),
     }
 
 
@@ -329,8 +327,10 @@ def pack_bundle(directory: str | Path, archive: str | Path) -> Path:
     return archive
 
 
-def save_archive(model, archive: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """A compiled estimator as a bundle archive (:func:`save_bundle` + :func:`pack_bundle`)."""
+def save_archive(
+    model: CompiledModel, archive: str | Path, extra: dict[str, Any] | None = None
+) -> Path:
+    """A compiled model as a bundle archive (:func:`save_bundle` + :func:`pack_bundle`)."""
     with tempfile.TemporaryDirectory() as tmp:
         return pack_bundle(save_bundle(model, Path(tmp) / "bundle", extra), archive)
 

@@ -31,7 +31,7 @@ def program_to_json(program: IntegerProgram) -> dict:
             "lsbs_to_remove": layer.lsbs_to_remove,
             "rounding": layer.rounding,
         }
-        if layer.activation is not None:
+        if layer.has_lookup:
             entry.update(
                 table=layer.table.tolist(),
                 out_bits=layer.out_bits,
@@ -46,10 +46,6 @@ def program_to_json(program: IntegerProgram) -> dict:
         "output_scale": program.output_scale.tolist(),
         "layers": layers,
     }
-
-
-class _TableActivation:
-    """Stand-in activation of a loaded layer: its table is the whole function."""
 
 
 def _corrupt(what: str) -> BundleError:
@@ -111,7 +107,6 @@ def _layer(entry, i: int, n_in: int | None, last: bool) -> ProgramLayer:
         raise _corrupt(
             f"a table has shape {table.shape}, expected {(weight.shape[0], 2**acc_bits)}"
         )
-    layer.activation = _TableActivation()
     layer.out_bits = _int(entry.get("out_bits"), f"layer {i} out_bits", 1, MAX_BITS)
     layer.out_signed = bool(entry.get("out_signed"))
     low, high = layer.out_range

@@ -28,6 +28,7 @@ __all__ = [
     "circuit_report",
     "compile_program",
     "inputset",
+    "r2_agreement",
     "run_circuit",
 ]
 
@@ -79,6 +80,13 @@ def argmax_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
 
 
+def r2_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """1 - relative squared change of the outputs (R2 of candidate against reference)."""
+    ref = reference.astype(np.float64)
+    var = ref.var(axis=0).sum()
+    return 1.0 - float(((candidate - ref) ** 2).mean(axis=0).sum() / max(var, 1e-12))
+
+
 def choose_lsbs(
     program: IntegerProgram,
     x_int: np.ndarray,
@@ -110,7 +118,7 @@ def choose_lsbs(
         # approximate rounding may carry: its accumulator keeps one more bit
         extra = 1 if mode == "approximate" else 0
         return [
-            max(0, layer.acc_bits + extra - lookup_bits) if layer.activation is not None else 0
+            max(0, layer.acc_bits + extra - lookup_bits) if layer.has_lookup else 0
             for layer in program.layers
         ]
     reference = program.run(x_int)
@@ -131,7 +139,7 @@ def choose_lsbs(
 def _check_lookup_bits(program: IntegerProgram) -> None:
     """Every PBS input (the lookup, and truncation before it) must fit 16 bits."""
     for i, layer in enumerate(program.layers):
-        if layer.activation is None:
+        if not layer.has_lookup:
             continue
         if layer.lookup_bits > MAX_LOOKUP_BITS:
             raise CompilationError(
@@ -177,7 +185,7 @@ def compile_program(
     except RuntimeError as exc:
         text = str(exc)
         if "NoParametersFound" in text or "parameters" in text.lower():
-            widths = [layer.lookup_bits for layer in program.layers if layer.activation]
+            widths = [layer.lookup_bits for layer in program.layers if layer.has_lookup]
             raise CompilationError(
                 f"no TFHE parameters exist for this circuit (table lookups on {widths} bits, "
                 f"accumulators {program.accumulator_bits} bits, p_error={p_error}); lower "
@@ -215,7 +223,7 @@ def circuit_report_sizes(circuit) -> dict:
 def circuit_report(circuit, program: IntegerProgram) -> dict:
     """What the circuit costs, all known right after compilation (no key generation)."""
     stats = circuit.statistics
-    hidden = [layer for layer in program.layers if layer.activation is not None]
+    hidden = [layer for layer in program.layers if layer.has_lookup]
     return {
         "pbs_count": int(stats["programmable_bootstrap_count"]),
         "lookups_per_layer": [layer.n_lookups for layer in hidden],

@@ -20,10 +20,10 @@ from autofhe.fhe.bundle import (
     BundleError,
     check_specs,
     compile_server,
-    load_program,
     read_json,
     read_part,
 )
+from autofhe.fhe.model import CompiledModel
 from autofhe.fhe.program import quantize_inputs, softmax
 
 __all__ = ["FheClient", "FheServer", "measure_bundle", "predict_bundle"]
@@ -190,12 +190,11 @@ def predict_bundle(
             outputs = [server.run(client.encrypt_row(x_int[i]), keys) for i in rows]
             real = client.decrypt(outputs)
     else:
-        _, program = load_program(bundle, digest)
+        model = CompiledModel.load(bundle, digest)  # its circuit is checked against the specs
         if fhe == "disable":
-            acc = program.run(x_int)
+            acc = model.program.run(x_int)
         else:
-            circuit = compile_server(read_json(Path(bundle) / "server" / "program.json"))
-            acc = np.stack([circuit.simulate(row) for row in x_int])
+            acc = np.stack([model.circuit.simulate(row) for row in x_int])
         real = client.outputs(acc)
     proba = client.predict_proba(real) if client.info["task"] == "classification" else None
     return client.predict(real), proba

@@ -77,19 +77,19 @@ def measure_circuit(circuit, samples: list[np.ndarray], n: int = 3) -> dict:
 
 
 def measure_latency(model, X, n: int = 3) -> dict:
-    """Measured FHE latency of a compiled estimator on ``n`` rows of ``X`` (real encryption).
+    """Measured FHE latency of a :class:`~autofhe.fhe.model.CompiledModel` on ``n`` rows of
+    ``X`` (real encryption).
 
     Returns keygen time and the median encrypt / run / decrypt / total time per sample.
     """
     from autofhe.data import check_X
     from autofhe.fhe.compile import check_key_memory
 
-    circuit = model.fhe_circuit
-    program = model.fhe_program_
-    check_key_memory(model.fhe_report())
-    X = check_X(X, n_features=program.n_features, estimator=type(model).__name__)
+    program = model.program
+    check_key_memory(model.report)
+    X = check_X(X, n_features=program.n_features, estimator="this model")
     x_int = program.quantize(X[: max(1, n)])
-    return measure_circuit(circuit, list(x_int), n)
+    return measure_circuit(model.circuit, list(x_int), n)
 
 
 def _rounds(n: int, cores: int) -> int:
@@ -217,10 +217,8 @@ def _machine_key() -> str:
 def _synthetic(n_lookups: int, acc_bits: int, lsbs: int, n_inputs: int):
     """A program with ``n_lookups`` ReLU lookups on ``acc_bits``-bit accumulators (none: a
     linear model on ``n_inputs`` inputs); widths are worst cases, as for trained models."""
-    import torch
-
-    from autofhe.fhe.program import IntegerProgram, ProgramLayer
-    from autofhe.nn.pruning import signed_bits, worst_case_accumulator
+    from autofhe.fhe.bits import signed_bits, worst_case_accumulator
+    from autofhe.fhe.program import IntegerProgram, ProgramLayer, real_lookup
 
     rng = np.random.default_rng(acc_bits * 100 + n_lookups)
     x_max = 2  # signed 2-bit inputs
@@ -243,9 +241,12 @@ def _synthetic(n_lookups: int, acc_bits: int, lsbs: int, n_inputs: int):
             n_inputs,
             x_max,
             limit,
-            activation=torch.nn.ReLU(),
-            acc_scale=np.full(n_lookups, 2.0 / 2 ** (acc_bits - 1)),
-            out_scale=0.25,
+            function=real_lookup(
+                lambda real: np.maximum(real, 0),
+                np.full(n_lookups, 2.0 / 2 ** (acc_bits - 1)),
+                0.25,
+                (0, 7),
+            ),
             out_bits=3,
             out_signed=False,
         ).with_rounding(lsbs)
@@ -308,6 +309,7 @@ def load_cost_model(calibrate_if_missing: bool = True) -> CostModel | None:
 
 
 def predict_latency(model, cost_model: CostModel | None = None) -> float:
-    """Predicted seconds per sample of a compiled estimator (no key generation)."""
+    """Predicted seconds per sample of a :class:`~autofhe.fhe.model.CompiledModel` (no key
+    generation)."""
     cost_model = cost_model or load_cost_model()
-    return cost_model.predict(model.fhe_report())
+    return cost_model.predict(model.report)

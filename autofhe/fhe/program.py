@@ -10,17 +10,26 @@ so the three modes compute the same function.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from autofhe.nn.module import QuantMLP
-from autofhe.nn.pruning import input_max_abs, signed_bits, worst_case_accumulator
+from autofhe.errors import CompilationError
 
-__all__ = ["IntegerProgram", "ProgramLayer", "build_program", "quantize_inputs", "softmax"]
+__all__ = [
+    "IntegerProgram",
+    "LookupFunction",
+    "ProgramLayer",
+    "quantize_inputs",
+    "real_lookup",
+    "softmax",
+]
+
+#: A hidden layer's lookup: accumulator values (float64, possibly half-integers when they stand
+#: for a truncated bucket; last axis = neurons) -> its integer outputs.
+LookupFunction = Callable[[np.ndarray], np.ndarray]
 
 
 #: Widest accumulator whose lookup table is materialized (concrete's TLU limit is 16 bits).
@@ -31,18 +40,17 @@ MAX_TABLE_BITS = 16
 class ProgramLayer:
     """One layer of the integer program.
 
-    Hidden layers carry the function of their lookup: ``out_j(acc) = clip(round(
-    f(acc * acc_scale_j) / out_scale))``. Its table (``table``) is built from
-    :meth:`lookup_values` once and then used by every mode, so clear and encrypted lookups read
-    the very same integers.
+    Hidden layers carry the function of their lookup (``function``, typically ``out_j(acc) =
+    clip(round(f(acc * acc_scale_j) / out_scale))``) and/or its table. The table is built
+    from :meth:`lookup_values` once and then used by every mode, so clear and encrypted lookups
+    read the very same integers.
     """
 
     weight: np.ndarray  # (n_out, n_in) int64
     bias: np.ndarray  # (n_out,) int64
     acc_bits: int  # signed width that holds the worst-case accumulator of every neuron
-    activation: torch.nn.Module | None = None  # None: output layer, no lookup
-    acc_scale: np.ndarray | None = None  # (n_out,) real value of one accumulator unit
-    out_scale: float = 1.0
+    #: None with no table: the output layer (no lookup). Never serialized.
+    function: LookupFunction | None = field(default=None, repr=False)
     out_bits: int = 0
     out_signed: bool = True
     #: Low accumulator bits dropped before the lookup (0: lookup on the whole accumulator).
@@ -56,8 +64,22 @@ class ProgramLayer:
         """A copy that drops ``lsbs_to_remove`` bits before its lookup (hidden layers only).
 
         Approximate rounding may carry into one more bit, so its accumulator gets one more.
+        A layer without its function (loaded from JSON) keeps only the rounding it has.
         """
-        if self.activation is None or lsbs_to_remove == 0:
+        if not self.has_lookup:
+            return self
+        if (int(lsbs_to_remove), rounding if lsbs_to_remove else "exact") == (
+            self.lsbs_to_remove,
+            self.rounding,
+        ):
+            return self
+        if self.function is None:
+            raise CompilationError(
+                "this program was loaded with its lookup tables only, rounded to drop "
+                f"{self.lsbs_to_remove} bits; dropping {lsbs_to_remove} needs the trained "
+                "model: compile the estimator again (model.compile(X, lookup_bits=...))."
+            )
+        if lsbs_to_remove == 0:
             return dataclasses.replace(self, lsbs_to_remove=0, rounding="exact", _table=None)
         extra = 1 if rounding == "approximate" else 0
         return dataclasses.replace(
@@ -67,6 +89,11 @@ class ProgramLayer:
             acc_bits=self.acc_bits + extra,
             _table=None,
         )
+
+    @property
+    def has_lookup(self) -> bool:
+        """Whether the layer ends in a table lookup (every layer but the output layer)."""
+        return self.function is not None or self._table is not None
 
     @property
     def lookup_bits(self) -> int:
@@ -102,7 +129,7 @@ class ProgramLayer:
 
     @property
     def n_lookups(self) -> int:
-        return 0 if self.activation is None else int(self.weight.shape[0])
+        return int(self.weight.shape[0]) if self.has_lookup else 0
 
     @property
     def out_range(self) -> tuple[int, int]:
@@ -112,15 +139,13 @@ class ProgramLayer:
 
     def lookup_values(self, acc: np.ndarray) -> np.ndarray:
         """The lookup function on (reduced) integer accumulators (last axis = neurons)."""
-        acc = self._representative(np.asarray(acc, dtype=np.int64))
-        # float32 like the training forward pass, so rounding ties fall the same way.
-        real = torch.from_numpy(acc.astype(np.float32)) * torch.from_numpy(
-            self.acc_scale.astype(np.float32)
-        )
-        with torch.no_grad():
-            y = self.activation(real) / torch.tensor(self.out_scale, dtype=torch.float32)
+        if self.function is None:
+            raise CompilationError(
+                "this layer was loaded with its lookup table only; its function is the table."
+            )
+        values = self.function(self._representative(np.asarray(acc, dtype=np.int64)))
         low, high = self.out_range
-        return torch.clamp(torch.round(y), low, high).numpy().astype(np.int64)
+        return np.clip(np.asarray(values, dtype=np.int64), low, high)
 
     @property
     def table(self) -> np.ndarray:
@@ -189,7 +214,7 @@ class IntegerProgram:
         h = _hint(x, self.input_bits)
         for layer in self.layers:
             acc = _hint(h @ layer.weight.T + layer.bias, layer.acc_bits)
-            if layer.activation is None:
+            if not layer.has_lookup:
                 return acc
             h = layer.lookup(layer.reduce(acc))
         raise AssertionError("the last layer of a program has no table")
@@ -234,32 +259,18 @@ def _hint(value, bit_width: int):
     return fhe.hint(value, bit_width=bit_width)
 
 
-def build_program(module: QuantMLP) -> IntegerProgram:
-    """Extract the integer program of a trained :class:`QuantMLP`."""
-    (input_offset, input_norm), input_scale, int_layers, act_scales = module.integer_layers()
-    # The trained instance: some activations (PReLU) carry learned parameters.
-    activation = copy.deepcopy(module.activation).eval()
-    layers = []
-    for i, il in enumerate(int_layers):
-        worst = worst_case_accumulator(il.weight, il.bias, il.input_max)
-        acc_bits = signed_bits(int(worst.max(initial=0)))
-        if module.n_accum_bits is not None and acc_bits > module.n_accum_bits:
-            raise AssertionError(
-                f"layer {i}: accumulator needs {acc_bits} bits, over the budget "
-                f"{module.n_accum_bits}; pruning failed to enforce it"
-            )
-        layer = ProgramLayer(weight=il.weight, bias=il.bias, acc_bits=acc_bits)
-        if i < len(int_layers) - 1:
-            layer.activation, layer.acc_scale = activation, il.acc_scale
-            layer.out_scale, layer.out_bits = act_scales[i], module.n_a_bits
-            layer.out_signed = module.hidden_signed
-        layers.append(layer)
-    assert input_max_abs(module.n_a_bits, signed=True) == int_layers[0].input_max
-    return IntegerProgram(
-        input_scale=input_scale,
-        input_offset=input_offset,
-        input_norm=input_norm,
-        input_bits=module.n_a_bits,
-        layers=layers,
-        output_scale=int_layers[-1].acc_scale.astype(np.float64),
-    )
+def real_lookup(
+    activation: Callable[[np.ndarray], np.ndarray],
+    acc_scale: np.ndarray,
+    out_scale: float,
+    out_range: tuple[int, int],
+) -> LookupFunction:
+    """``clip(round(activation(acc * acc_scale) / out_scale))`` with a numpy ``activation``,
+    in float32: the lookup of stand-in programs (pricing, latency calibration)."""
+    scale, low, high = np.asarray(acc_scale, dtype=np.float32), *out_range
+
+    def function(acc: np.ndarray) -> np.ndarray:
+        y = activation(acc.astype(np.float32) * scale) / np.float32(out_scale)
+        return np.clip(np.round(y), low, high).astype(np.int64)
+
+    return function

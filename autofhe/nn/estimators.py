@@ -1,8 +1,10 @@
 """NeuralNetClassifier / NeuralNetRegressor: thin skorch subclasses with a scikit-learn API.
 
 Training runs the quantization-aware :class:`~autofhe.nn.module.QuantMLP`. Prediction runs the
-trained network's integer program (:mod:`autofhe.fhe.program`), the same function the FHE
-circuit computes, so the clear accuracy a user sees is the accuracy under encryption.
+trained network's integer program (:mod:`autofhe.fhe.program`, built by :mod:`autofhe.nn.export`),
+the same function the FHE circuit computes, so the clear accuracy a user sees is the accuracy
+under encryption. ``compile`` makes a :class:`~autofhe.fhe.model.CompiledModel` (program,
+circuit, output decoding), the torch-free value that bundles, latency and the search use.
 """
 
 from __future__ import annotations
@@ -18,29 +20,22 @@ from torch import nn
 
 from autofhe.data import check_X, check_Xy
 from autofhe.errors import DataError, NotCompiledError, NotFittedError, ParameterError
-from autofhe.fhe.compile import (
-    argmax_agreement,
-    choose_lsbs,
-    circuit_report,
-    compile_program,
-    inputset,
-    run_circuit,
-)
-from autofhe.fhe.program import IntegerProgram, build_program, softmax
+from autofhe.fhe.model import CompiledModel, Decoding, compile_model
+from autofhe.fhe.program import IntegerProgram, softmax
+from autofhe.nn.export import build_program
 from autofhe.nn.module import QuantMLP, resolve_activation, validate_module_params
 from autofhe.nn.training import _INIT_ROWS, KeepBestEpoch, _QuietPrintLog, _TensorBatches
+from autofhe.params import PARAMS, check_param
 
 __all__ = ["NeuralNetClassifier", "NeuralNetRegressor"]
 
-#: The seed's documented module defaults.
+#: The seed's documented module defaults (from :data:`autofhe.params.PARAMS`).
 MODULE_DEFAULTS = {
-    "module__n_layers": 2,
-    "module__activation_function": nn.ReLU,
-    "module__n_hidden_neurons_multiplier": 4,
+    "module__n_layers": PARAMS["module__n_layers"].default,
+    "module__activation_function": getattr(nn, PARAMS["module__activation_function"].default),
+    "module__n_hidden_neurons_multiplier": PARAMS["module__n_hidden_neurons_multiplier"].default,
 }
 _INFERRED = ("module__input_dim", "module__n_outputs")
-#: Learning-rate schedules offered by ``lr_schedule``.
-LR_SCHEDULES = ("constant", "cosine")
 
 
 class _QuantNet:
@@ -121,11 +116,7 @@ class _QuantNet:
             getattr(self, "module__lookup_bits", None),
         )
         resolve_activation(self.module__activation_function)
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ParameterError(
-                f"lr_schedule={self.lr_schedule!r} is not a schedule; use one of "
-                f"{', '.join(map(repr, LR_SCHEDULES))}."
-            )
+        check_param("lr_schedule", self.lr_schedule)
         if isinstance(self.n_init, bool) or not isinstance(self.n_init, (int, np.integer)):
             raise ParameterError(f"n_init={self.n_init!r} must be a positive integer.")
         if self.n_init < 1:
@@ -160,8 +151,7 @@ class _QuantNet:
         if best is not None:
             self.module_.load_state_dict(best[1])
             self.history_ = best[2]
-        for stale in ("fhe_program_", "fhe_circuit_", "fhe_report_"):
-            self.__dict__.pop(stale, None)
+        self.__dict__.pop("fhe_model_", None)
         self.program_ = build_program(self.module_)
         self.accumulator_bits_ = self.program_.accumulator_bits
         return self
@@ -289,41 +279,43 @@ class _QuantNet:
         X = check_X(X, n_features=program.n_features, estimator=type(self).__name__)
         if lookup_bits is None and rounding != "none":
             lookup_bits = self.module_.lookup_bits
-        lsbs = choose_lsbs(
-            program, program.quantize(X), rounding, lookup_bits, agreement=self._agreement
+        self.fhe_model_ = compile_model(
+            program,
+            X,
+            self._decoding(),
+            p_error=p_error,
+            configuration=configuration,
+            rounding=rounding,
+            lookup_bits=lookup_bits,
+            params=self.get_params(deep=False),
         )
-        fhe_program = program.with_rounding(
-            lsbs, "approximate" if rounding == "approximate" else "exact"
-        )
-        circuit = compile_program(
-            fhe_program, inputset(fhe_program, X), p_error=p_error, configuration=configuration
-        )
-        self.fhe_program_ = fhe_program
-        self.fhe_circuit_ = circuit
-        self.fhe_report_ = circuit_report(circuit, fhe_program)
         return self
+
+    @property
+    def compiled_model(self) -> CompiledModel:
+        """The compiled model: integer program, circuit and output decoding (torch-free)."""
+        self._check_compiled("compiled_model")
+        return self.fhe_model_
 
     @property
     def fhe_circuit(self):
         """The compiled ``concrete.fhe.Circuit``."""
         self._check_compiled("fhe_circuit")
-        return self.fhe_circuit_
+        return self.fhe_model_.circuit
 
     def fhe_report(self) -> dict:
         """PBS count, lookup precisions, bit widths, complexity, key sizes, p_error."""
         self._check_compiled("fhe_report")
-        return dict(self.fhe_report_)
+        return dict(self.fhe_model_.report)
 
     def save(self, directory) -> None:
         """Write the compiled model as a deployable bundle (see :mod:`autofhe.fhe.bundle`)."""
-        from autofhe.fhe.bundle import save_bundle
-
         self._check_compiled("save")
-        save_bundle(self, directory)
+        self.fhe_model_.save(directory)
 
     def _check_compiled(self, what: str) -> None:
         self.program  # noqa: B018 -- not-fitted comes first
-        if not hasattr(self, "fhe_circuit_"):
+        if not hasattr(self, "fhe_model_"):
             raise NotCompiledError(
                 f"{what} needs a compiled model; call model.compile(X_train) first."
             )
@@ -332,20 +324,69 @@ class _QuantNet:
         program = self.program
         X = check_X(X, n_features=program.n_features, estimator=type(self).__name__)
         if fhe == "disable":
-            return getattr(self, "fhe_program_", program).predict_raw(X)
+            compiled = self.__dict__.get("fhe_model_")
+            return (program if compiled is None else compiled.program).predict_raw(X)
         if fhe not in ("simulate", "execute"):
             raise ParameterError(
                 f"fhe={fhe!r} is not a mode; use 'disable', 'simulate' or 'execute'."
             )
         self._check_compiled(f'predict(..., fhe="{fhe}")')
-        x_int = self.fhe_program_.quantize(X)
-        return self.fhe_program_.dequantize(run_circuit(self.fhe_circuit_, x_int, fhe))
+        return self.fhe_model_.predict_raw(X, fhe)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         tags.input_tags.allow_nan = False
         return tags
+
+
+def _quant_init(default_criterion):
+    """The estimators' ``__init__``: they differ only in their default criterion. Defaults of
+    the quantization parameters come from :data:`autofhe.params.PARAMS`."""
+
+    def __init__(
+        self,
+        module=QuantMLP,
+        *,
+        criterion=default_criterion,
+        optimizer=torch.optim.Adam,
+        lr=PARAMS["lr"].default,
+        max_epochs=PARAMS["max_epochs"].default,
+        train_split=None,
+        verbose=False,
+        n_w_bits=PARAMS["n_w_bits"].default,
+        n_a_bits=PARAMS["n_a_bits"].default,
+        n_accum_bits=PARAMS["n_accum_bits"].default,
+        power_of_two_scaling=PARAMS["power_of_two_scaling"].default,
+        lr_schedule=PARAMS["lr_schedule"].default,
+        n_init=PARAMS["n_init"].default,
+        random_state=None,
+        **kwargs,
+    ):
+        kwargs = self._init_quant(
+            kwargs,
+            n_w_bits,
+            n_a_bits,
+            n_accum_bits,
+            power_of_two_scaling,
+            lr_schedule,
+            n_init,
+            random_state,
+        )
+        # the skorch class after _QuantNet in the estimator's MRO
+        super(_QuantNet, self).__init__(
+            module,
+            criterion=criterion,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            train_split=train_split,
+            verbose=verbose,
+            **kwargs,
+        )
+        del self.compile  # skorch's torch.compile flag; ``compile`` is the FHE method here
+
+    return __init__
 
 
 class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
@@ -391,46 +432,7 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
 
     _classification = True
 
-    def __init__(
-        self,
-        module=QuantMLP,
-        *,
-        criterion=nn.CrossEntropyLoss,
-        optimizer=torch.optim.Adam,
-        lr=0.001,
-        max_epochs=10,
-        train_split=None,
-        verbose=False,
-        n_w_bits=3,
-        n_a_bits=3,
-        n_accum_bits=None,
-        power_of_two_scaling=True,
-        lr_schedule="constant",
-        n_init=1,
-        random_state=None,
-        **kwargs,
-    ):
-        kwargs = self._init_quant(
-            kwargs,
-            n_w_bits,
-            n_a_bits,
-            n_accum_bits,
-            power_of_two_scaling,
-            lr_schedule,
-            n_init,
-            random_state,
-        )
-        super().__init__(
-            module,
-            criterion=criterion,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            train_split=train_split,
-            verbose=verbose,
-            **kwargs,
-        )
-        del self.compile  # skorch's torch.compile flag; ``compile`` is the FHE method here
+    __init__ = _quant_init(nn.CrossEntropyLoss)
 
     @property
     def _n_module_outputs(self) -> int:
@@ -451,7 +453,8 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
         # Labels are validated and encoded by fit; skorch's own inference is not needed.
         return None
 
-    _agreement = staticmethod(argmax_agreement)
+    def _decoding(self) -> Decoding:
+        return Decoding("classification", classes=self.classes_)
 
     def _prepare_targets(self, y: np.ndarray, first: bool, classes=None) -> np.ndarray:
         if first:
@@ -482,46 +485,7 @@ class NeuralNetRegressor(_QuantNet, skorch.NeuralNetRegressor):
 
     _classification = False
 
-    def __init__(
-        self,
-        module=QuantMLP,
-        *,
-        criterion=nn.MSELoss,
-        optimizer=torch.optim.Adam,
-        lr=0.001,
-        max_epochs=10,
-        train_split=None,
-        verbose=False,
-        n_w_bits=3,
-        n_a_bits=3,
-        n_accum_bits=None,
-        power_of_two_scaling=True,
-        lr_schedule="constant",
-        n_init=1,
-        random_state=None,
-        **kwargs,
-    ):
-        kwargs = self._init_quant(
-            kwargs,
-            n_w_bits,
-            n_a_bits,
-            n_accum_bits,
-            power_of_two_scaling,
-            lr_schedule,
-            n_init,
-            random_state,
-        )
-        super().__init__(
-            module,
-            criterion=criterion,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            train_split=train_split,
-            verbose=verbose,
-            **kwargs,
-        )
-        del self.compile  # skorch's torch.compile flag; ``compile`` is the FHE method here
+    __init__ = _quant_init(nn.MSELoss)
 
     @property
     def _n_module_outputs(self) -> int:
@@ -545,12 +509,13 @@ class NeuralNetRegressor(_QuantNet, skorch.NeuralNetRegressor):
             )
         return ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
 
-    @staticmethod
-    def _agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
-        """1 - relative squared change of the outputs (R2 of candidate against reference)."""
-        ref = reference.astype(np.float64)
-        var = ref.var(axis=0).sum()
-        return 1.0 - float(((candidate - ref) ** 2).mean(axis=0).sum() / max(var, 1e-12))
+    def _decoding(self) -> Decoding:
+        return Decoding(
+            "regression",
+            target_mean=self.y_mean_,
+            target_scale=self.y_scale_,
+            target_ndim=self.y_ndim_,
+        )
 
     @property
     def predict_proba(self):

@@ -5,7 +5,7 @@ linear layers an activation followed by an activation quantizer (``n_a_bits``, u
 activation never goes below zero). Weights are quantized per output neuron (``n_w_bits``,
 narrow signed range), biases in accumulator units (input scale x weight scale), so every linear
 layer is an exact integer matmul-plus-bias followed by one per-neuron scale. That is what lets
-:mod:`autofhe.fhe.program` turn the trained module into an integer program.
+:func:`autofhe.nn.export.build_program` turn the trained module into an integer program.
 
 With ``n_accum_bits`` set, each forward pass prunes every neuron to its largest contributions
 that fit the budget (:func:`autofhe.nn.pruning.neuron_keep_mask`), so the budget holds for the
@@ -43,6 +43,7 @@ from autofhe.nn.pruning import (
     neuron_keep_mask,
     signed_bits,
 )
+from autofhe.params import ACTIVATION_NAMES, PARAMS, SEED_ACTIVATIONS, check_param
 
 __all__ = [
     "ACTIVATIONS",
@@ -53,19 +54,8 @@ __all__ = [
     "resolve_activation",
 ]
 
-#: The activations the seed documents (and the search explores by default).
-SEED_ACTIVATIONS = ("ReLU", "ReLU6", "Sigmoid", "Tanh", "GELU", "SELU", "CELU", "LeakyReLU")
 #: Activations offered by name; any other torch activation class works when passed itself.
-ACTIVATIONS = {
-    name: getattr(nn, name)
-    for name in (
-        *SEED_ACTIVATIONS,
-        *("ELU", "Hardtanh", "Hardsigmoid", "Hardswish", "SiLU", "Mish", "Softplus"),
-        *("Softsign", "Tanhshrink", "LogSigmoid", "PReLU", "RReLU"),
-    )
-}
-
-MIN_BITS, MAX_BITS = 2, 16
+ACTIVATIONS = {name: getattr(nn, name) for name in ACTIVATION_NAMES}
 
 
 def input_percentile(n_bits: int) -> float:
@@ -75,9 +65,6 @@ def input_percentile(n_bits: int) -> float:
     breast_cancer / wine / digits at 3 bits: 85-94 beat 99.9 by 2-4 points of accuracy).
     """
     return {2: 90.0, 3: 92.0, 4: 96.0, 5: 98.5}.get(n_bits, 99.9)
-
-
-MAX_ACCUM_BITS = 48
 
 
 def resolve_activation(activation) -> type[nn.Module]:
@@ -98,16 +85,6 @@ def resolve_activation(activation) -> type[nn.Module]:
 def hidden_width(input_dim: int, multiplier: float) -> int:
     """Hidden layer width: ``max(1, round(input_dim * multiplier))``."""
     return max(1, round(input_dim * multiplier))
-
-
-def _check_int(name: str, value, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ParameterError(f"{name}={value!r} must be an integer from {low} to {high}.")
-    if not low <= value <= high:
-        raise ParameterError(
-            f"{name}={value} is out of range: use an integer from {low} to {high}."
-        )
-    return int(value)
 
 
 def _is_nonnegative(activation: nn.Module) -> bool:
@@ -150,14 +127,14 @@ class QuantMLP(nn.Module):
         self,
         input_dim: int,
         n_outputs: int,
-        n_layers: int = 2,
-        activation_function=nn.ReLU,
-        n_hidden_neurons_multiplier: float = 4,
-        n_w_bits: int = 3,
-        n_a_bits: int = 3,
-        n_accum_bits: int | None = None,
-        power_of_two_scaling: bool = True,
-        lookup_bits: int | None = None,
+        n_layers: int = PARAMS["module__n_layers"].default,
+        activation_function=nn.ReLU,  # PARAMS["module__activation_function"].default
+        n_hidden_neurons_multiplier: float = PARAMS["module__n_hidden_neurons_multiplier"].default,
+        n_w_bits: int = PARAMS["n_w_bits"].default,
+        n_a_bits: int = PARAMS["n_a_bits"].default,
+        n_accum_bits: int | None = PARAMS["n_accum_bits"].default,
+        power_of_two_scaling: bool = PARAMS["power_of_two_scaling"].default,
+        lookup_bits: int | None = PARAMS["module__lookup_bits"].default,
     ):
         super().__init__()
         self._init_kwargs = dict(
@@ -395,20 +372,11 @@ class QuantMLP(nn.Module):
 def validate_module_params(
     n_layers, multiplier, n_w_bits, n_a_bits, n_accum_bits, lookup_bits=None
 ) -> None:
-    """Range checks shared by the module and the estimators (run before any training)."""
-    _check_int("module__n_layers", n_layers, 1, 64)
-    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float, np.number)):
-        raise ParameterError(
-            f"module__n_hidden_neurons_multiplier={multiplier!r} must be a positive number."
-        )
-    if not (np.isfinite(multiplier) and multiplier > 0):
-        raise ParameterError(
-            f"module__n_hidden_neurons_multiplier={multiplier} must be a positive finite number "
-            "(e.g. 0.5 for half the input width, 4 for four times)."
-        )
-    _check_int("n_w_bits", n_w_bits, MIN_BITS, MAX_BITS)
-    _check_int("n_a_bits", n_a_bits, MIN_BITS, MAX_BITS)
-    if n_accum_bits is not None:
-        _check_int("n_accum_bits", n_accum_bits, MIN_BITS, MAX_ACCUM_BITS)
-    if lookup_bits is not None:
-        _check_int("module__lookup_bits", lookup_bits, MIN_BITS, MAX_BITS)
+    """Range checks (from :data:`autofhe.params.PARAMS`) shared by the module and the
+    estimators, run before any training."""
+    check_param("module__n_layers", n_layers)
+    check_param("module__n_hidden_neurons_multiplier", multiplier)
+    check_param("n_w_bits", n_w_bits)
+    check_param("n_a_bits", n_a_bits)
+    check_param("n_accum_bits", n_accum_bits)
+    check_param("module__lookup_bits", lookup_bits)

@@ -8,6 +8,7 @@ look-up lives here with nothing heavier than Optuna and SQLAlchemy, imported whe
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from autofhe.errors import ParameterError, StorageError
 
@@ -15,6 +16,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "SCHEMES",
     "STORAGE_ENV",
+    "artifact_dir",
     "resolve_storage",
     "resolve_study",
     "study_names",
@@ -35,6 +37,17 @@ def resolve_storage(url: str | None) -> str:
             "sqlite:///autofhe.db or postgresql://user@host/db."
         )
     return url
+
+
+def artifact_dir(url: str) -> Path:
+    """Artifacts live next to an SQLite file (``<db>.artifacts``), else in ./autofhe-artifacts
+    (override with $AUTOFHE_ARTIFACTS; share it between machines)."""
+    if os.environ.get("AUTOFHE_ARTIFACTS"):
+        return Path(os.environ["AUTOFHE_ARTIFACTS"])
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        db = Path(url[len("sqlite:///") :])
+        return db.with_name(db.name + ".artifacts")
+    return Path("autofhe-artifacts")
 
 
 def study_names(url: str) -> list[str]:

@@ -141,9 +141,7 @@ def shape_of(params: dict[str, Any], n_features: int, n_outputs: int) -> Shape:
 
 def _stand_in(shape: Shape):
     """An integer program of ``shape`` whose weights fill each neuron's budget."""
-    import torch
-
-    from autofhe.fhe.program import IntegerProgram, ProgramLayer
+    from autofhe.fhe.program import IntegerProgram, ProgramLayer, real_lookup
 
     rng = np.random.default_rng(0)
     w_max = weight_max_abs(shape.n_w_bits)
@@ -151,7 +149,7 @@ def _stand_in(shape: Shape):
     in_maxes = [input_max_abs(shape.n_a_bits, True)] + [
         input_max_abs(shape.n_a_bits, shape.hidden_signed)
     ] * (n_layers - 1)
-    activation = torch.nn.Tanh() if shape.hidden_signed else torch.nn.ReLU()
+    activation = np.tanh if shape.hidden_signed else (lambda real: np.maximum(real, 0))
     layers = []
     for i in range(n_layers):
         n_in, n_out, x_max = shape.dims[i], shape.dims[i + 1], in_maxes[i]
@@ -172,10 +170,13 @@ def _stand_in(shape: Shape):
             weight=weight.astype(np.int64), bias=bias.astype(np.int64), acc_bits=shape.acc_bits[i]
         )
         if i < n_layers - 1:
-            layer.activation = activation
-            layer.acc_scale = np.full(n_out, 4.0 / 2 ** (shape.acc_bits[i] - 1))
-            layer.out_scale = 1.0 / (2 ** (shape.n_a_bits - 1))
             layer.out_bits, layer.out_signed = shape.n_a_bits, shape.hidden_signed
+            layer.function = real_lookup(
+                activation,
+                np.full(n_out, 4.0 / 2 ** (shape.acc_bits[i] - 1)),
+                1.0 / (2 ** (shape.n_a_bits - 1)),
+                layer.out_range,
+            )
             layer = layer.with_rounding(shape.lsbs[i])
         layers.append(layer)
     return IntegerProgram(

@@ -18,8 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from autofhe.errors import ParameterError
-from autofhe.nn.estimators import LR_SCHEDULES
-from autofhe.nn.module import ACTIVATIONS, SEED_ACTIVATIONS
+from autofhe.params import ACTIVATION_NAMES, LR_SCHEDULES, PARAMS, SEED_ACTIVATIONS, seed_values
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -51,43 +50,18 @@ DEFAULT_SPACE: dict[str, Any] = {
     "n_init": [1, 2, 3],
 }
 
-#: The seed's documented configuration, enqueued as every study's first trial.
-SEED_CONFIG: dict[str, Any] = {
-    "module__n_layers": 2,
-    "module__activation_function": "ReLU",
-    "module__n_hidden_neurons_multiplier": 4.0,
-    "n_w_bits": 3,
-    "n_a_bits": 3,
-    "n_accum_bits": "none",
-    "power_of_two_scaling": True,
-    "lr": 0.001,
-    "max_epochs": 10,
-    "lr_schedule": "constant",
-    "optimizer__weight_decay": 0.0,
-    "module__lookup_bits": "auto",
-    "n_init": 1,
-}
-
-#: Parameters a space may search, and what each must be.
-_KNOWN = {
-    "module__n_layers": ("int", 1, 8),
-    "module__activation_function": ("activation", None, None),
-    "module__n_hidden_neurons_multiplier": ("float", 1e-3, 64.0),
-    "n_w_bits": ("int", 2, 16),
-    "n_a_bits": ("int", 2, 16),
-    "n_accum_bits": ("accum", 2, 48),
-    "accum_slack": ("slack", 0, 24),
-    "power_of_two_scaling": ("bool", None, None),
-    "lr": ("float", 1e-7, 10.0),
-    "max_epochs": ("int", 1, 10_000),
-    "batch_size": ("int", 1, 1_000_000),
-    "lr_schedule": ("schedule", None, None),
-    "optimizer__weight_decay": ("float", 0.0, 1.0),
-    "module__lookup_bits": ("lookup", 2, 16),
-    "n_init": ("int", 1, 20),
-}
+#: Parameters a space may search, and what each must be: every estimator parameter of
+#: :data:`autofhe.params.PARAMS`, with its valid range, plus the search's own ``accum_slack``.
+_KNOWN = {name: (p.kind, p.low, p.high) for name, p in PARAMS.items()}
+_KNOWN["accum_slack"] = ("slack", 0, 24)
 #: Integer kinds that also take one word, which the estimator receives as None.
 _WORDS = {"accum": "none", "lookup": "auto", "slack": "none"}
+
+#: The seed's documented configuration, enqueued as every study's first trial.
+SEED_CONFIG: dict[str, Any] = {
+    name: _WORDS[PARAMS[name].kind] if value is None else value
+    for name, value in seed_values().items()
+}
 _WORD_PARAMS = {name: _WORDS[kind] for name, (kind, _, _) in _KNOWN.items() if kind in _WORDS}
 
 
@@ -99,8 +73,8 @@ def _check_value(name: str, kind: str, low, high, value) -> None:
         bad = "a number"
     elif kind == "bool" and not isinstance(value, bool):
         bad = "true or false"
-    elif kind == "activation" and value not in ACTIVATIONS:
-        bad = f"one of {', '.join(ACTIVATIONS)}"
+    elif kind == "activation" and value not in ACTIVATION_NAMES:
+        bad = f"one of {', '.join(ACTIVATION_NAMES)}"
     elif kind == "schedule" and value not in LR_SCHEDULES:
         bad = f"one of {', '.join(LR_SCHEDULES)}"
     elif kind in _WORDS and value != _WORDS[kind]:

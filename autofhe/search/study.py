@@ -21,6 +21,7 @@ import optuna
 
 from autofhe.data import Dataset, check_Xy, split_dataset
 from autofhe.errors import DataError, ParameterError
+from autofhe.search.locate import DEFAULT_STORAGE, STORAGE_ENV, artifact_dir, resolve_storage
 from autofhe.search.notes import publish_front, publish_trial
 from autofhe.search.objective import METRICS, SearchContext, objective
 from autofhe.search.pareto import ParetoStore, pareto_front, serialize_sqlite
@@ -39,9 +40,6 @@ __all__ = [
     "resolve_storage",
 ]
 
-DEFAULT_STORAGE = "sqlite:///autofhe.db"
-STORAGE_ENV = "AUTOFHE_STORAGE"
-SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql")
 OBJECTIVE_NAMES = ["fhe_latency_s"]
 #: A worker beats every HEARTBEAT_S seconds; a trial silent for 3 beats is failed and re-queued.
 HEARTBEAT_S = int(os.environ.get("AUTOFHE_HEARTBEAT_S", "10"))
@@ -49,29 +47,6 @@ GRACE_S = 3 * HEARTBEAT_S
 MEASURE_ALL_S = 2.0
 #: Validation predictions recorded per front trial, for checking exported models.
 RECORDED_PREDICTIONS = 16
-
-
-def resolve_storage(url: str | None) -> str:
-    """``--storage``, else ``$AUTOFHE_STORAGE``, else an SQLite file in the working directory."""
-    url = url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
-    scheme = url.split(":", 1)[0] if "://" in url else None
-    if scheme not in SCHEMES:
-        raise ParameterError(
-            f"storage {url!r} has an unknown scheme; use an SQLAlchemy URL such as "
-            "sqlite:///autofhe.db or postgresql://user@host/db."
-        )
-    return url
-
-
-def artifact_dir(url: str) -> Path:
-    """Artifacts live next to an SQLite file (``<db>.artifacts``), else in ./autofhe-artifacts
-    (override with $AUTOFHE_ARTIFACTS; share it between machines)."""
-    if os.environ.get("AUTOFHE_ARTIFACTS"):
-        return Path(os.environ["AUTOFHE_ARTIFACTS"])
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        db = Path(url[len("sqlite:///") :])
-        return db.with_name(db.name + ".artifacts")
-    return Path("autofhe-artifacts")
 
 
 def default_study_name(ds: Dataset, metric: str) -> str:
@@ -231,7 +206,6 @@ class SearchSession:
             generation plus three samples of a 20 s model would stall the search.
             """
             from autofhe.errors import ResourceError
-            from autofhe.fhe.bundle import save_archive
             from autofhe.fhe.latency import measure_latency
             from autofhe.search.notes import measurement_conditions, record_measurement_conditions
 
@@ -240,7 +214,9 @@ class SearchSession:
             trial.set_user_attr("valid_predictions_head", np.asarray(head).tolist())
             try:
                 conditions = measurement_conditions()  # the load other processes put on us
-                measured = measure_latency(model, X_valid, n=3 if predicted <= MEASURE_ALL_S else 1)
+                measured = measure_latency(
+                    model.compiled_model, X_valid, n=3 if predicted <= MEASURE_ALL_S else 1
+                )
                 trial.set_user_attr("measured_latency_s", measured["latency_s"])
                 trial.set_user_attr("keygen_s", measured["keygen_s"])
                 record_measurement_conditions(trial, conditions)
@@ -249,7 +225,9 @@ class SearchSession:
             store = optuna.artifacts.FileSystemArtifactStore(str(_mkdir(artifact_dir(url))))
             with tempfile.TemporaryDirectory() as tmp:
                 provenance = {"study": name, "trial": trial.number}
-                archive = save_archive(model, Path(tmp) / f"trial-{trial.number}.zip", provenance)
+                archive = model.compiled_model.save_archive(
+                    Path(tmp) / f"trial-{trial.number}.zip", provenance
+                )
                 artifact_id = optuna.artifacts.upload_artifact(
                     artifact_store=store,
                     file_path=str(archive),

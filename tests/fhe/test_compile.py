@@ -51,8 +51,8 @@ def test_simulate_equals_disable_on_every_test_row(name, request):
 def test_construction_is_what_the_report_promises(name, request):
     model, _, _ = request.getfixturevalue(name)
     report = model.fhe_report()
-    program = model.fhe_program_
-    hidden = [layer for layer in program.layers if layer.activation is not None]
+    program = model.compiled_model.program
+    hidden = [layer for layer in program.layers if layer.has_lookup]
     # one lookup per hidden neuron, none for the input or the output layer ...
     assert report["lookups_per_layer"] == [layer.weight.shape[0] for layer in hidden]
     # ... each truncated bit costs one more PBS per neuron (concrete's exact truncation)

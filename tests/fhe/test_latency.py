@@ -96,11 +96,11 @@ def test_measure_latency_excludes_keygen(toy, key_cache_config):
         random_state=0,
     ).fit(X, y)
     model.compile(X, configuration=key_cache_config)
-    result = measure_latency(model, X, n=2)
+    result = measure_latency(model.compiled_model, X, n=2)
     assert result["samples"] == 2
     for key in ("keygen_s", "encrypt_s", "run_s", "decrypt_s", "latency_s"):
         assert result[key] > 0
     parts = result["encrypt_s"] + result["run_s"] + result["decrypt_s"]
     assert result["latency_s"] == pytest.approx(parts, rel=0.5)
-    predicted = predict_latency(model, MODEL)
+    predicted = predict_latency(model.compiled_model, MODEL)
     assert np.isfinite(predicted) and predicted > 0

@@ -100,7 +100,7 @@ def test_training_forward_truncates_accumulators_like_the_lookups(breast_cancer)
     model.module_.eval()
     with torch.no_grad():
         torch_logits = model.module_(torch.from_numpy(Xte)).numpy()
-    compiled = model.fhe_program_.predict_raw(Xte)
+    compiled = model.compiled_model.program.predict_raw(Xte)
     np.testing.assert_allclose(compiled, torch_logits, rtol=1e-5, atol=1e-5)
     # the untruncated program is another function: training really saw the truncation
     assert not np.allclose(model.program.predict_raw(Xte), torch_logits, atol=1e-3)

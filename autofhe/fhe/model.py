@@ -1,0 +1,209 @@
+"""The compiled model: one torch-free value that every layer passes around.
+
+A :class:`CompiledModel` is the integer program (rounding chosen), its circuit and the output
+decoding (classes, or the regression target's mean and scale). :func:`compile_model` makes
+one from a program; estimators keep one after ``compile``; :meth:`CompiledModel.save` writes
+it as a bundle (:mod:`autofhe.fhe.bundle`, JSON only) and :meth:`CompiledModel.load` reads it
+back, compiling the circuit itself on first use (never loading one from the bundle).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autofhe.errors import BundleError, ParameterError
+from autofhe.fhe.compile import (
+    argmax_agreement,
+    choose_lsbs,
+    circuit_report,
+    compile_program,
+    inputset,
+    r2_agreement,
+    run_circuit,
+)
+from autofhe.fhe.program import IntegerProgram, softmax
+
+__all__ = ["CompiledModel", "Decoding", "compile_model"]
+
+FHE_MODES = ("disable", "simulate", "execute")
+
+
+@dataclass
+class Decoding:
+    """Real-valued outputs -> predictions: the classes, or the target's mean and scale."""
+
+    task: str  # "classification" or "regression"
+    classes: np.ndarray | None = None
+    target_mean: np.ndarray | None = None
+    target_scale: np.ndarray | None = None
+    target_ndim: int = 1
+
+    @property
+    def classification(self) -> bool:
+        return self.task == "classification"
+
+    def predict(self, real: np.ndarray) -> np.ndarray:
+        if self.classification:
+            return np.asarray(self.classes)[np.argmax(real, axis=1)]
+        out = real * self.target_scale + self.target_mean
+        return out.ravel() if self.target_ndim == 1 else out
+
+    def to_json(self) -> dict:
+        """The ``classes`` / ``target`` entries of ``client/client.json``."""
+        if self.classification:
+            return {"classes": np.asarray(self.classes).tolist(), "target": None}
+        target = {
+            "mean": np.asarray(self.target_mean).tolist(),
+            "scale": np.asarray(self.target_scale).tolist(),
+            "ndim": int(self.target_ndim),
+        }
+        return {"classes": None, "target": target}
+
+    @classmethod
+    def from_json(cls, client: dict) -> Decoding:
+        task = client.get("task")
+        if task == "classification" and isinstance(client.get("classes"), list):
+            return cls(task, classes=np.asarray(client["classes"]))
+        target = client.get("target")
+        if task == "regression" and isinstance(target, dict):
+            return cls(
+                task,
+                target_mean=np.asarray(target.get("mean"), dtype=np.float64),
+                target_scale=np.asarray(target.get("scale"), dtype=np.float64),
+                target_ndim=int(target.get("ndim", 1)),
+            )
+        raise BundleError(f"client.json has no valid output decoding for task {task!r}.")
+
+
+@dataclass
+class CompiledModel:
+    """Integer program + circuit + output decoding (+ the circuit's report, estimator params).
+
+    ``circuit`` of a loaded model is compiled from its program on first use and checked
+    against the bundle's client specs.
+    """
+
+    program: IntegerProgram
+    decoding: Decoding
+    report: dict
+    params: dict[str, Any] = field(default_factory=dict)
+    _circuit: Any = field(default=None, repr=False)
+    #: (server/program.json data, expected client specs, where) of a loaded bundle
+    _server: tuple | None = field(default=None, repr=False)
+
+    @property
+    def circuit(self):
+        """The ``concrete.fhe.Circuit`` (compiled on first use for a loaded model)."""
+        if self._circuit is None and self._server is not None:
+            from autofhe.fhe.bundle import check_specs, compile_server
+
+            data, specs, where = self._server
+            circuit = compile_server(data)
+            check_specs(circuit, specs, where)
+            self._circuit = circuit
+        return self._circuit
+
+    def predict_raw(self, X: np.ndarray, fhe: str = "disable") -> np.ndarray:
+        """Real-valued outputs (logits or standardized targets) of checked rows ``X``."""
+        if fhe not in FHE_MODES:
+            raise ParameterError(
+                f"fhe={fhe!r} is not a mode; use 'disable', 'simulate' or 'execute'."
+            )
+        if fhe == "disable":
+            return self.program.predict_raw(X)
+        x_int = self.program.quantize(X)
+        return self.program.dequantize(run_circuit(self.circuit, x_int, fhe))
+
+    def predict(self, X: np.ndarray, fhe: str = "disable") -> np.ndarray:
+        return self.decoding.predict(self.predict_raw(X, fhe))
+
+    def predict_proba(self, X: np.ndarray, fhe: str = "disable") -> np.ndarray:
+        if not self.decoding.classification:
+            raise ParameterError("predict_proba is for classifiers; this model is a regressor.")
+        return softmax(self.predict_raw(X, fhe))
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write the model as a bundle directory (see :mod:`autofhe.fhe.bundle`)."""
+        from autofhe.fhe.bundle import save_bundle
+
+        return save_bundle(self, directory, extra)
+
+    def save_archive(self, archive: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write the model as a bundle archive (a zip of exactly the bundle's files)."""
+        from autofhe.fhe.bundle import save_archive
+
+        return save_archive(self, archive, extra)
+
+    @classmethod
+    def load(cls, directory: str | Path, digest: str | None = None) -> CompiledModel:
+        """A bundle directory, checked (pinned ``digest``, listing, checksums, versions)."""
+        from autofhe.fhe.bundle import load_program, read_json
+
+        root = Path(directory)
+        manifest, program = load_program(root, digest)
+        client = read_json(root / "client" / "client.json")
+        server = (
+            read_json(root / "server" / "program.json"),
+            read_json(root / "server" / "client.specs.json"),
+            root / "server",
+        )
+        report = manifest.get("fhe_report")
+        params = manifest.get("params")
+        return cls(
+            program,
+            Decoding.from_json(client if isinstance(client, dict) else {}),
+            dict(report) if isinstance(report, dict) else {},
+            dict(params) if isinstance(params, dict) else {},
+            _server=server,
+        )
+
+    @classmethod
+    def load_archive(cls, archive: str | Path, digest: str | None = None) -> CompiledModel:
+        """A bundle archive, path-checked on unpack (:func:`~autofhe.fhe.bundle.unpack_bundle`).
+
+        ``digest`` pins the unpacked bundle's :func:`~autofhe.fhe.bundle.bundle_digest`.
+        """
+        from autofhe.fhe.bundle import unpack_bundle
+
+        with tempfile.TemporaryDirectory() as tmp:
+            unpack_bundle(archive, Path(tmp) / "bundle")
+            model = cls.load(Path(tmp) / "bundle", digest)
+            # the JSON is in memory already; the temporary files may go
+            data, specs, _ = model._server
+            model._server = (data, specs, Path(archive))
+            return model
+
+
+def compile_model(
+    program: IntegerProgram,
+    X: np.ndarray,
+    decoding: Decoding,
+    *,
+    p_error: float | None = None,
+    configuration=None,
+    rounding: str = "auto",
+    lookup_bits: int | None = None,
+    params: dict[str, Any] | None = None,
+) -> CompiledModel:
+    """Choose the rounding of ``program`` on rows ``X``, compile it; the compiled model.
+
+    ``program`` must carry its lookup functions (the training side builds it) unless it is
+    compiled with the rounding it already has. ``rounding`` / ``lookup_bits``: see
+    :func:`~autofhe.fhe.compile.choose_lsbs`; outputs must keep their class (classifiers) or
+    99% of their variance (regressors) on ``X``.
+    """
+    agreement = argmax_agreement if decoding.classification else r2_agreement
+    lsbs = choose_lsbs(program, program.quantize(X), rounding, lookup_bits, agreement=agreement)
+    mode = "approximate" if rounding == "approximate" else "exact"
+    fhe_program = program.with_rounding(lsbs, mode)
+    circuit = compile_program(
+        fhe_program, inputset(fhe_program, X), p_error=p_error, configuration=configuration
+    )
+    report = circuit_report(circuit, fhe_program)
+    return CompiledModel(fhe_program, decoding, report, dict(params or {}), _circuit=circuit)
