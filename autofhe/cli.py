@@ -445,12 +445,15 @@ def _write_predictions(pred, out: str | None, what: str) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from autofhe.fhe.progress import Progress, megabytes
     from autofhe.fhe.serve import make_server
 
-    httpd = make_server(args.model, args.host, args.port, digest=args.digest)
+    progress = Progress(quiet=args.quiet)
+    httpd = make_server(args.model, args.host, args.port, digest=args.digest, progress=progress)
     host, port = httpd.server_address[:2]
     print(
-        f"serving {args.model} on http://{host}:{port} (OpenAPI: /openapi.json); Ctrl-C stops",
+        f"serving {args.model} on http://{host}:{port} (OpenAPI: /openapi.json); each client "
+        f"uploads {megabytes(httpd.evaluation_keys_bytes)} of evaluation keys once; Ctrl-C stops",
         flush=True,
     )
     try:
@@ -462,10 +465,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_remote_predict(args: argparse.Namespace) -> int:
     from autofhe.data import load_features
+    from autofhe.fhe.progress import Progress
     from autofhe.fhe.serve import HttpClient
 
     X = load_features(args.data, label_column=args.label_column)
-    pred = HttpClient(args.url, args.model, args.keys, digest=args.digest).predict(X)
+    client = HttpClient(
+        args.url, args.model, args.keys, digest=args.digest, progress=Progress(quiet=args.quiet)
+    )
+    pred = client.predict(X)
     return _write_predictions(pred, args.out, "encrypted predictions")
 
 
@@ -597,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="execute: encrypted; simulate: same results, no encryption; disable: clear",
     )
     predict.add_argument("--out", default=None, help="write predictions to this .npy")
-    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     predict.add_argument(
         "--digest",
         default=None,
@@ -614,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="refuse the bundle unless its digest (printed by export) is this",
     )
+    serve.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     serve.set_defaults(func=_cmd_serve)
 
     remote = sub.add_parser("remote-predict", help="encrypted predictions through `serve`")
@@ -628,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="refuse --model unless its digest (bundle or client/) is this",
     )
+    remote.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     remote.set_defaults(func=_cmd_remote_predict)
     return parser
 
