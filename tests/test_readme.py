@@ -117,6 +117,12 @@ def test_readme_commands_are_found_in_order_and_parse():
                 pytest.fail(f"the README's `{command}` is not a valid autofhe command")
 
 
+def test_make_demo_is_autofhe_demo():
+    """One demo: the Makefile's target runs the command the README's quick start describes."""
+    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), flags=re.M)
+    assert recipe and recipe.group(1).split() == ["$(BIN)/autofhe", "demo"]
+
+
 def _expected_failure(command: str) -> str | None:
     """What a command prints when it fails for a documented, known reason here."""
     if "--plot" in command and importlib.util.find_spec("matplotlib") is None:
