@@ -1,5 +1,5 @@
-# One command to set up and run the main job (`make demo`: a short search), one to set up and run the tests
-# (`make test`). Both create .venv on first use.
+# One command to set up and run the main job (`make demo`: `autofhe demo`, a short search), one
+# to set up and run the tests (`make test`). Both create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/autofhe search --data sklearn:breast_cancer --spec studies/breast_cancer.toml --trials 12
+	$(BIN)/autofhe demo
 
 test: setup
 	$(BIN)/ruff check autofhe tests benchmarks

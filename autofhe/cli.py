@@ -13,6 +13,8 @@ import warnings
 from autofhe.errors import AutofheError, ParameterError
 
 BUILTIN_SETS = ("breast_cancer", "wine", "digits", "iris")
+#: trials of `autofhe demo` (and `make demo`)
+DEMO_TRIALS = 8
 #: what --metric accepts: autofhe.search.objective.METRICS, listed here so that `--help` needs
 #: no torch import (a test keeps the two equal)
 METRIC_NAMES = (
@@ -43,30 +45,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sklearn import datasets
-    from sklearn.model_selection import train_test_split
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.preprocessing import StandardScaler
-
-    from autofhe import NeuralNetClassifier
-
-    X, y = getattr(datasets, f"load_{args.dataset}")(return_X_y=True)
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=args.seed, stratify=y)
-    scaler = StandardScaler().fit(Xtr)
-    Xtr, Xte = scaler.transform(Xtr), scaler.transform(Xte)
-    print(f"dataset {args.dataset}: {len(Xtr)} training rows, {len(Xte)} test rows")
-    flt = MLPClassifier(max_iter=500, random_state=args.seed).fit(Xtr, ytr).score(Xte, yte)
-    print(f"float MLP (scikit-learn)             test accuracy {flt:.3f}")
-    t0 = time.perf_counter()
-    model = NeuralNetClassifier(random_state=args.seed, n_accum_bits=args.accum_bits)
-    model.fit(Xtr, ytr)
-    acc = model.score(Xte, yte)
-    print(
-        f"autofhe 3-bit quantized MLP (clear)    test accuracy {acc:.3f}  "
-        f"(trained in {time.perf_counter() - t0:.1f} s, accumulator bits per layer "
-        f"{model.accumulator_bits_})"
-    )
-    return 0
+    """``autofhe search`` on a bundled dataset with the default search space (no spec), then
+    the commands that take its front model to deployment."""
+    search = ["search", "--data", f"sklearn:{args.dataset}", "--trials", str(args.trials)]
+    search += ["--seed", str(args.seed)] + (["--storage", args.storage] if args.storage else [])
+    print(f"demo: autofhe {' '.join(search)}", flush=True)
+    code = _cmd_search(build_parser().parse_args(search))
+    if code == 0:
+        url = _storage_url(args)
+        X = f"d.load_{args.dataset}(return_X_y=True)[0][:5]"
+        print(
+            "rows:     python -c \"import numpy, sklearn.datasets as d; "
+            f"numpy.save('rows.npy', {X})\"   # features only\n"
+            "predict:  autofhe predict --model model/ --data rows.npy --fhe execute\n"
+            f"(running `autofhe demo` again adds {args.trials} trials to the same study in {url})"
+        )
+    return code
 
 
 # -- search -----------------------------------------------------------------------------------
@@ -445,12 +439,15 @@ def _write_predictions(pred, out: str | None, what: str) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from autofhe.fhe.progress import Progress, megabytes
     from autofhe.fhe.serve import make_server
 
-    httpd = make_server(args.model, args.host, args.port, digest=args.digest)
+    progress = Progress(quiet=args.quiet)
+    httpd = make_server(args.model, args.host, args.port, digest=args.digest, progress=progress)
     host, port = httpd.server_address[:2]
     print(
-        f"serving {args.model} on http://{host}:{port} (OpenAPI: /openapi.json); Ctrl-C stops",
+        f"serving {args.model} on http://{host}:{port} (OpenAPI: /openapi.json); each client "
+        f"uploads {megabytes(httpd.evaluation_keys_bytes)} of evaluation keys once; Ctrl-C stops",
         flush=True,
     )
     try:
@@ -462,10 +459,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_remote_predict(args: argparse.Namespace) -> int:
     from autofhe.data import load_features
+    from autofhe.fhe.progress import Progress
     from autofhe.fhe.serve import HttpClient
 
     X = load_features(args.data, label_column=args.label_column)
-    pred = HttpClient(args.url, args.model, args.keys, digest=args.digest).predict(X)
+    client = HttpClient(
+        args.url, args.model, args.keys, digest=args.digest, progress=Progress(quiet=args.quiet)
+    )
+    pred = client.predict(X)
     return _write_predictions(pred, args.out, "encrypted predictions")
 
 
@@ -480,18 +481,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    demo = sub.add_parser("demo", help="train a quantized model on a bundled dataset")
-    demo.add_argument("--dataset", choices=BUILTIN_SETS, default="breast_cancer", help="dataset")
-    demo.add_argument("--seed", type=int, default=0, help="split and training seed")
-    demo.add_argument("--accum-bits", type=int, default=None, help="accumulator budget")
-    demo.set_defaults(func=_cmd_demo)
-
     def storage_arg(p):
         p.add_argument(
             "--storage",
             default=None,
             help="SQLAlchemy URL (default: $AUTOFHE_STORAGE, else sqlite:///autofhe.db)",
         )
+
+    demo = sub.add_parser(
+        "demo",
+        help="a short search on a bundled dataset (default space, no spec): prints the front "
+        "and the commands to export and run its model",
+    )
+    demo.add_argument("--dataset", choices=BUILTIN_SETS, default="breast_cancer", help="dataset")
+    demo.add_argument("--trials", type=int, default=DEMO_TRIALS, help="trials to run")
+    storage_arg(demo)
+    demo.add_argument("--seed", type=int, default=0, help="split and sampler seed")
+    demo.set_defaults(func=_cmd_demo)
 
     search = sub.add_parser("search", help="search the accuracy / FHE latency trade-off")
     search.add_argument(
@@ -597,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="execute: encrypted; simulate: same results, no encryption; disable: clear",
     )
     predict.add_argument("--out", default=None, help="write predictions to this .npy")
-    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     predict.add_argument(
         "--digest",
         default=None,
@@ -614,6 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="refuse the bundle unless its digest (printed by export) is this",
     )
+    serve.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     serve.set_defaults(func=_cmd_serve)
 
     remote = sub.add_parser("remote-predict", help="encrypted predictions through `serve`")
@@ -628,12 +635,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="refuse --model unless its digest (bundle or client/) is this",
     )
+    remote.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     remote.set_defaults(func=_cmd_remote_predict)
     return parser
 
 
 #: commands whose Optuna log lines are noise unless --debug
-OPTUNA_COMMANDS = ("search", "worker", "pareto", "trials", "studies", "dashboard", "export")
+OPTUNA_COMMANDS = ("demo", "search", "worker", "pareto", "trials", "studies", "dashboard", "export")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from autofhe.fhe.bundle import (
 )
 from autofhe.fhe.model import CompiledModel
 from autofhe.fhe.program import quantize_inputs, softmax
+from autofhe.fhe.progress import Progress, megabytes
 
 __all__ = ["FheClient", "FheServer", "measure_bundle", "predict_bundle"]
 
@@ -39,10 +39,15 @@ class FheClient:
         keys in memory only.
     digest : the pinned :func:`~autofhe.fhe.bundle.bundle_digest` of ``client`` (the bundle
         or the part, whichever is passed); anything else is refused.
+    progress : where key generation reports its progress (default: nowhere).
     """
 
     def __init__(
-        self, client: str | Path, key_dir: str | Path | None = None, digest: str | None = None
+        self,
+        client: str | Path,
+        key_dir: str | Path | None = None,
+        digest: str | None = None,
+        progress: Progress | None = None,
     ):
         from concrete import fhe
 
@@ -55,6 +60,8 @@ class FheClient:
             raise BundleError(f"{root} is not a readable client part: {exc}") from None
         self._client = fhe.Client(specs)
         self.key_dir = None if key_dir is None else Path(key_dir)
+        self.progress = progress or Progress(quiet=True)
+        self._has_keys = False
 
     def keygen(self) -> None:
         """Generate keys (or load them from ``key_dir`` when they exist there).
@@ -63,16 +70,23 @@ class FheClient:
         several models without mixing their keys; it holds the secret key, so only its owner
         may read it.
         """
+        if self._has_keys:  # the client keeps them
+            return
         if self.key_dir is None:
-            self._client.keygen()
+            with self.progress.step("generating keys (in memory)"):
+                self._client.keygen()
+            self._has_keys = True
             return
         self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.key_dir, 0o700)
         specs = hashlib.sha256(self._client.specs.serialize()).hexdigest()[:16]
         path = self.key_dir / f"keys-{specs}.bin"
-        self._client.keys.load_if_exists_generate_and_save_otherwise(path)
+        what = f"loading keys from {path}" if path.exists() else f"generating keys into {path}"
+        with self.progress.step(what):
+            self._client.keys.load_if_exists_generate_and_save_otherwise(path)
         if path.exists():
             os.chmod(path, 0o600)
+        self._has_keys = True
 
     def evaluation_keys(self) -> bytes:
         """Serialized evaluation keys for the server (never the secret key)."""
@@ -129,12 +143,16 @@ class FheServer:
     ----------
     server : a bundle directory or its ``server/`` part.
     digest : the pinned digest of ``server`` (bundle or part); anything else is refused.
+    progress : where compilation reports its progress (default: nowhere).
     """
 
-    def __init__(self, server: str | Path, digest: str | None = None):
+    def __init__(
+        self, server: str | Path, digest: str | None = None, progress: Progress | None = None
+    ):
         root = read_part(server, "server", digest)
         data, specs = read_json(root / "program.json"), read_json(root / "client.specs.json")
-        circuit = compile_server(data)
+        with (progress or Progress(quiet=True)).step(f"compiling the circuit of {root}"):
+            circuit = compile_server(data)
         check_specs(circuit, specs, root)
         self._server = circuit.server
 
@@ -156,45 +174,55 @@ class FheServer:
         return self._server.run(value, evaluation_keys=evaluation_keys)
 
 
+def count_samples(progress: Progress, what: str, done: int, total: int, start: float) -> None:
+    """``what: 3/10 samples (0.52 s per sample)``, the last one always shown."""
+    import time
+
+    per = (time.perf_counter() - start) / done if done else 0.0
+    progress.count(f"{what}: {done}/{total} samples ({per:.2f} s per sample)", done == total)
+
+
 def predict_bundle(
     bundle: str | Path,
     X,
     fhe: str = "execute",
-    progress: bool = True,
+    progress: bool | Progress = True,
     key_dir=None,
     digest: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Predictions (and class probabilities, for classifiers) of a bundle on ``X``.
 
-    ``execute``: client and server in this process, keys in ``key_dir`` (default: temporary);
+    ``execute``: client and server in this process, keys in ``key_dir`` (default: in memory);
     ``simulate``: the server's circuit, simulated; ``disable``: the program in the clear.
-    ``digest``: the bundle's pinned digest (anything else is refused).
+    ``digest``: the bundle's pinned digest (anything else is refused). ``progress``: True
+    reports compilation, key generation and samples on stderr (or pass a :class:`Progress`).
     """
+    import time
+
     from autofhe.errors import ParameterError
 
     if fhe not in ("disable", "simulate", "execute"):
         raise ParameterError(f"fhe={fhe!r} is not a mode; use 'disable', 'simulate' or 'execute'.")
-    client = FheClient(bundle, key_dir, digest)
+    report = progress if isinstance(progress, Progress) else Progress(quiet=not progress)
+    client = FheClient(bundle, key_dir, digest, progress=report)
     x_int = client.quantize(X)
     if fhe == "execute":
-        server = FheServer(bundle, digest)
-        with tempfile.TemporaryDirectory() as tmp:
-            if key_dir is None:
-                client.key_dir = Path(tmp)
-            keys = client.evaluation_keys()
-            rows = range(len(x_int))
-            if progress and len(x_int) > 3:
-                from tqdm.auto import tqdm
-
-                rows = tqdm(rows, desc="FHE execute", unit="sample", leave=False)
-            outputs = [server.run(client.encrypt_row(x_int[i]), keys) for i in rows]
-            real = client.decrypt(outputs)
+        server = FheServer(bundle, digest, progress=report)
+        keys = client.evaluation_keys()  # key_dir None: in memory, gone with this process
+        report.say(f"evaluation keys: {megabytes(len(keys))}")
+        outputs, start = [], time.perf_counter()
+        for i, row in enumerate(x_int):
+            outputs.append(server.run(client.encrypt_row(row), keys))
+            count_samples(report, "encrypted predictions", i + 1, len(x_int), start)
+        real = client.decrypt(outputs)
     else:
         model = CompiledModel.load(bundle, digest)  # its circuit is checked against the specs
         if fhe == "disable":
             acc = model.program.run(x_int)
         else:
-            acc = np.stack([model.circuit.simulate(row) for row in x_int])
+            with report.step("compiling the circuit to simulate it"):
+                circuit = model.circuit  # compiled on first use, checked against the specs
+            acc = np.stack([circuit.simulate(row) for row in x_int])
         real = client.outputs(acc)
     proba = client.predict_proba(real) if client.info["task"] == "classification" else None
     return client.predict(real), proba

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from http import HTTPStatus
@@ -25,7 +26,8 @@ import numpy as np
 
 from autofhe.errors import HttpError
 from autofhe.fhe.bundle import read_manifest
-from autofhe.fhe.deploy import FheClient, FheServer
+from autofhe.fhe.deploy import FheClient, FheServer, count_samples
+from autofhe.fhe.progress import Progress, megabytes
 
 __all__ = ["HttpClient", "make_server", "openapi"]
 
@@ -117,18 +119,27 @@ def _evaluation_keys_size(server: FheServer, manifest: dict) -> int:
 
 
 def make_server(
-    bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, digest: str | None = None
+    bundle: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    digest: str | None = None,
+    progress: Progress | None = None,
 ):
     """An HTTP server for a bundle directory (``model.json`` + ``server/``).
 
     ``digest``: the bundle's pinned digest; any other bundle is refused before it is read.
     The circuit is compiled from the bundle's integer program (see :class:`FheServer`).
+    ``progress``: reports compilation, the key-size probe and each key registration. The
+    server's ``evaluation_keys_bytes`` attribute is the size of the keys a client uploads.
     """
     from concrete import fhe
 
+    progress = progress or Progress(quiet=True)
     manifest = read_manifest(bundle, digest)
-    server = FheServer(bundle, digest)
-    keys_size = _evaluation_keys_size(server, manifest)
+    server = FheServer(bundle, digest, progress=progress)
+    with progress.step("measuring this circuit's evaluation-key size (a throwaway keygen)") as r:
+        keys_size = _evaluation_keys_size(server, manifest)
+        r["detail"] = megabytes(keys_size)
     public = {k: manifest[k] for k in ("task", "n_features", "concrete_python", "autofhe")}
     public["evaluation_keys_bytes"] = keys_size
     keys: dict[str, object] = {}
@@ -209,6 +220,7 @@ def make_server(
                     if len(keys) >= MAX_REGISTERED_KEYS and key_id not in keys:
                         keys.pop(next(iter(keys)))  # oldest first
                     keys[key_id] = evaluation_keys
+                progress.say(f"evaluation keys {key_id[:12]} registered ({megabytes(len(body))})")
                 self._json(HTTPStatus.OK, {"key_id": key_id})
             elif self.path.startswith("/predict/"):
                 key_id = self.path.removeprefix("/predict/")
@@ -244,11 +256,33 @@ def make_server(
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
 
     try:
-        return ThreadingHTTPServer((host, port), Handler)
+        httpd = ThreadingHTTPServer((host, port), Handler)
     except OSError as exc:
         raise HttpError(
             f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port."
         ) from None
+    httpd.evaluation_keys_bytes = keys_size
+    return httpd
+
+
+class _Upload:
+    """A request body read in blocks by http.client, reporting bytes sent and the rate."""
+
+    def __init__(self, body: bytes, progress: Progress, what: str):
+        self._view, self._sent = memoryview(body), 0
+        self._progress, self._what = progress, what
+        self._start = time.perf_counter()
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else self._sent + size
+        block = self._view[self._sent : end].tobytes()
+        if block:
+            self._sent += len(block)
+            total = len(self._view)
+            elapsed = time.perf_counter() - self._start
+            line = self._progress.rate_line(self._what, self._sent, total, elapsed)
+            self._progress.count(line, final=self._sent == total)
+        return block
 
 
 class HttpClient:
@@ -260,18 +294,21 @@ class HttpClient:
         client: str | Path,
         key_dir: str | Path | None = None,
         digest: str | None = None,
+        progress: Progress | None = None,
     ):
         self.url = url.rstrip("/")
-        self.client = FheClient(client, key_dir, digest)
+        self.progress = progress or Progress(quiet=True)
+        self.client = FheClient(client, key_dir, digest, progress=self.progress)
         self.key_id: str | None = None
 
-    def _post(self, path: str, body: bytes) -> bytes:
-        request = urllib.request.Request(
-            self.url + path,
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/octet-stream"},
-        )
+    def _post(self, path: str, body: bytes, upload: str | None = None) -> bytes:
+        """POST ``body``; with ``upload`` (a label), its progress is reported as it is sent."""
+        headers = {"Content-Type": "application/octet-stream"}
+        data: bytes | _Upload = body
+        if upload:  # http.client then sends it in blocks, each one reported
+            data = _Upload(body, self.progress, upload)
+            headers["Content-Length"] = str(len(body))
+        request = urllib.request.Request(self.url + path, data=data, method="POST", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=3600) as response:
                 return response.read()
@@ -282,12 +319,20 @@ class HttpClient:
             raise HttpError(f"cannot reach {self.url}: {exc.reason}") from None
 
     def register(self) -> str:
-        self.key_id = json.loads(self._post("/keys", self.client.evaluation_keys()))["key_id"]
+        """Generate (or load) keys and upload the evaluation keys; returns the key id."""
+        keys = self.client.evaluation_keys()
+        self.progress.say(f"uploading {megabytes(len(keys))} of evaluation keys to {self.url}")
+        answer = self._post("/keys", keys, upload="evaluation keys uploaded")
+        self.key_id = json.loads(answer)["key_id"]
         return self.key_id
 
     def predict(self, X, proba: bool = False) -> np.ndarray:
+        x_int = self.client.quantize(X)  # bad input is refused before keys are made
         if self.key_id is None:
             self.register()
-        outputs = [self._post(f"/predict/{self.key_id}", x) for x in self.client.encrypt(X)]
+        outputs, start = [], time.perf_counter()
+        for i, row in enumerate(x_int):
+            outputs.append(self._post(f"/predict/{self.key_id}", self.client.encrypt_row(row)))
+            count_samples(self.progress, "encrypted predictions", i + 1, len(x_int), start)
         real = self.client.decrypt(outputs)
         return self.client.predict_proba(real) if proba else self.client.predict(real)

@@ -416,3 +416,86 @@ def test_predict_reads_features_only_csv(bundle, study_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     clear, _ = predict_bundle(bundle, X_valid[:3], fhe="disable")
     np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), clear)
+
+
+# -- progress of the deployment commands ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def linear_bundle(tmp_path_factory, wine):
+    """A quantized linear model (no table lookup: no bootstrap key, key generation in
+    milliseconds), so the deployment commands run end to end in a test."""
+    Xtr, Xte, ytr, _ = wine
+    work = tmp_path_factory.mktemp("linear")
+    model = NeuralNetClassifier(module__n_layers=1, max_epochs=2, random_state=0).fit(Xtr, ytr)
+    model.compile(Xtr).save(work / "model")
+    np.save(work / "X.npy", Xte[:3])
+    return work
+
+
+@pytest.mark.execute
+def test_predict_execute_reports_each_step_on_stderr(linear_bundle):
+    work = linear_bundle
+    args = ["predict", "--model", "model", "--data", "X.npy", "--fhe", "execute"]
+    result = _cli(args, work)
+    assert result.returncode == 0, result.stderr
+    err = result.stderr
+    steps = [
+        "compiling the circuit of model/server: done in",
+        "generating keys (in memory): done in",
+        "evaluation keys: ",
+        "encrypted predictions: 3/3 samples (",
+    ]
+    assert all(step in err for step in steps), err
+    assert [err.index(step) for step in steps] == sorted(err.index(step) for step in steps)
+    # stdout holds the predictions only
+    clear, _ = predict_bundle(work / "model", np.load(work / "X.npy"), fhe="disable")
+    assert result.stdout.split() == [str(c) for c in clear]
+    quiet = _cli([*args, "--quiet"], work)
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == result.stdout
+
+
+@pytest.mark.execute
+def test_serve_and_remote_predict_report_keys_sizes_and_samples(linear_bundle):
+    import socket
+
+    work = linear_bundle
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [AUTOFHE, "serve", "--model", "model", "--port", str(port)],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # printed once the server listens
+        expected = FheClient(work / "model").evaluation_keys()
+        assert f"http://127.0.0.1:{port}" in line
+        assert f"each client uploads {len(expected)} bytes of evaluation keys once" in line
+        url = f"http://127.0.0.1:{port}"
+        args = ["remote-predict", "--url", url, "--model", "model/client", "--data", "X.npy"]
+        result = _cli([*args, "--keys", "keys"], work)
+        assert result.returncode == 0, result.stderr
+        err = result.stderr
+        assert "generating keys into keys/keys-" in err
+        assert f"uploading {len(expected)} bytes of evaluation keys to {url}" in err
+        size = f"{len(expected)} bytes"
+        assert f"evaluation keys uploaded: {size} / {size} (" in err and "MB/s)" in err
+        assert "encrypted predictions: 3/3 samples (" in err
+        clear, _ = predict_bundle(work / "model", np.load(work / "X.npy"), fhe="disable")
+        assert result.stdout.split() == [str(c) for c in clear]
+        again = _cli([*args, "--keys", "keys", "--quiet"], work)
+        assert again.returncode == 0 and again.stderr == "" and again.stdout == result.stdout
+    finally:
+        proc.terminate()
+        _, serve_err = proc.communicate(timeout=10)
+    for step in (
+        "compiling the circuit of model/server: done in",
+        "measuring this circuit's evaluation-key size (a throwaway keygen): done in",
+        f"({len(expected)} bytes)",
+        "registered (",
+    ):
+        assert step in serve_err, serve_err
