@@ -25,7 +25,7 @@ SPEC = """
 [space]
 n_w_bits = { low = 2, high = 3 }
 n_a_bits = { low = 2, high = 3 }
-n_accum_bits = [5, 6]
+n_accum_bits = [6]  # the smallest budget 3-bit weights and activations allow
 module__activation_function = ["ReLU"]
 module__n_hidden_neurons_multiplier = { low = 0.1, high = 0.25 }
 
