@@ -1,6 +1,6 @@
 """Cost of an epoch of quantization-aware training next to a plain float torch MLP.
 
-    python benchmarks/qat_speed.py [--epochs 20] [--repeats 3] [--profile SHAPE]
+    python benchmarks/qat_speed.py [--epochs 20] [--repeats 3] [--profile SHAPE] [--brevitas]
 
 For each shape (issue 13): circles 750 x 2 -> 2-8-2, breast_cancer 426 x 30 -> 30-16-2,
 digits 1347 x 64 -> 64-32-10 (75% training splits of benchmarks/protocol.py), it trains
@@ -22,6 +22,24 @@ the other, ``--repeats`` times; the ratio is taken per repeat and its median pri
 this process's CPU time, not wall time: on a machine shared with other jobs, wall time counts
 the waits for a core, CPU time only the work (the work still slows somewhat under load, as
 caches are shared, so compare ratios, not milliseconds). Target (issue 13): ratio <= 3.
+
+``--brevitas`` trains through brevitas's own quantizer modules instead of the fused ones of
+``autofhe/nn/fused.py`` (same models bit for bit, the path before it). One run each, 5
+repeats, load average 3-6 on the shared 2-core machine (ratio, median over repeats):
+
+=====================  =========  ===============  ==============
+shape                  variant    fused (default)  ``--brevitas``
+=====================  =========  ===============  ==============
+2-8-2 on 750 rows      plain      1.81             3.20
+2-8-2 on 750 rows      accum 7    2.21             3.46
+2-8-2 on 750 rows      lookup 5   1.85             3.37
+30-16-2 on 426 rows    plain      2.16             3.91
+30-16-2 on 426 rows    accum 8    2.65             4.68
+30-16-2 on 426 rows    lookup 5   2.38             3.99
+64-32-10 on 1347 rows  plain      2.11             3.74
+64-32-10 on 1347 rows  accum 8    2.56             4.26
+64-32-10 on 1347 rows  lookup 5   2.22             4.32
+=====================  =========  ===============  ==============
 """
 
 from __future__ import annotations
@@ -37,6 +55,7 @@ import torch
 from skorch.callbacks import Callback
 from torch import nn
 
+import autofhe.nn.fused
 from autofhe import NeuralNetClassifier
 
 from protocol import split, table
@@ -111,8 +130,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", choices=list(SHAPES), help="cProfile one plain QAT fit of this shape"
     )
+    parser.add_argument(
+        "--brevitas",
+        action="store_true",
+        help="train through brevitas's quantizer modules instead of the fused quantizers",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.brevitas:  # every quantizer says "not fusable": the module calls brevitas
+        autofhe.nn.fused.fused_spec = lambda tensor_quant: None
     if args.profile:
         name, mult, _ = SHAPES[args.profile]
         Xtr, _, ytr, _ = split(name)

@@ -36,6 +36,7 @@ from brevitas.quant.fixed_point import (
 from torch import nn
 
 from autofhe.errors import ParameterError
+from autofhe.nn.fused import act_quant, calibrated, spec_of, weight_quant
 from autofhe.nn.pruning import (
     budget_limit,
     check_budget,
@@ -94,15 +95,24 @@ def _is_nonnegative(activation: nn.Module) -> bool:
         return bool(activation(grid).min() >= 0)
 
 
+def _tensor_quant(proxy: nn.Module) -> nn.Module:
+    """The brevitas tensor quantizer of a weight or activation quant proxy."""
+    quant = getattr(proxy, "fused_activation_quant_proxy", None)
+    return (proxy if quant is None else quant).tensor_quant
+
+
 def _quantize(proxy: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(quantized values, scale)`` of a brevitas weight or activation quant proxy.
 
-    Calls the proxy's tensor quantizer itself: the same brevitas computation without the
-    layer and proxy wrappers and the QuantTensor built around the result, which cost a tenth
-    of every quantizer call in training.
+    The fused computation of :mod:`autofhe.nn.fused` (brevitas's values bit for bit, a few
+    times cheaper) when it applies, else the proxy's tensor quantizer itself (without the
+    layer and proxy wrappers and the QuantTensor built around the result).
     """
-    quant = getattr(proxy, "fused_activation_quant_proxy", None)
-    out = (proxy if quant is None else quant).tensor_quant(x)
+    tensor_quant = _tensor_quant(proxy)
+    spec = spec_of(tensor_quant)
+    if spec is not None and calibrated(spec):
+        return weight_quant(x, spec) if spec.kind == "weight" else act_quant(x, spec)
+    out = tensor_quant(x)
     return out[0], out[1]
 
 
