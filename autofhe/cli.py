@@ -6,6 +6,7 @@ Errors become one line on stderr and a non-zero exit code; ``--debug`` shows the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -148,7 +149,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         f"{trials if trials else 'until the timeout'} more"
         + (f" with {args.workers} workers" if args.workers > 1 else "")
     )
-    run_workers(
+    codes = run_workers(
         url,
         name,
         args.workers,
@@ -158,13 +159,19 @@ def _cmd_search(args: argparse.Namespace) -> int:
         cost_model,
         progress=_progress_printer((before + trials) if trials else None),
     )
-    import optuna
-
-    study = optuna.load_study(study_name=name, storage=url)
     print(f"\nPareto front of {name!r} ({len(study.trials)} trials):")
     _print_table(_front_rows(study, pareto_front(study.get_trials(deepcopy=False))))
     print(f"\ninspect:  autofhe dashboard --storage {url}")
     print(f"export:   autofhe export --study {name} --storage {url} --pick knee --out model/")
+    failed = [c for c in codes if c != 0]
+    if failed:
+        print(
+            f"autofhe: error: {len(failed)} of {len(codes)} workers failed (exit codes "
+            f"{', '.join(map(str, failed))}); the front above is partial. Their errors are "
+            "above; resume with the same command.",
+            file=sys.stderr,
+        )
+        return max(failed) if all(c > 0 for c in failed) else 1
     return 0
 
 
@@ -189,24 +196,39 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_study(args):
-    import optuna
-    from sqlalchemy.exc import SQLAlchemyError
+def _open_storage(url: str):
+    """The process's pooled storage on ``url``; a database that cannot be read is one line."""
+    from pathlib import Path
 
     from autofhe.errors import StorageError
+    from autofhe.search.study import _storage
+
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        db = Path(url[len("sqlite:///") :])
+        if not db.is_file():  # never leave an empty database behind a mistyped path
+            raise StorageError(
+                f"no database file {str(db)!r} (storage {url}); check the path or --storage."
+            )
+    try:
+        return _storage(url)
+    except Exception as exc:  # driver errors, alembic, a file that is not a database
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise StorageError(f"cannot read storage {url!r}: {type(exc).__name__}: {first}") from None
+
+
+def _load_study(args):
+    import optuna
+
     from autofhe.search.study import resolve_storage
 
     url = resolve_storage(args.storage)
-    try:
-        names = optuna.get_all_study_names(storage=url)
-    except (SQLAlchemyError, ImportError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StorageError(f"cannot read storage {url!r}: {first}") from None
+    storage = _open_storage(url)
+    names = [s.study_name for s in storage.get_all_studies()]
     if args.study not in names:
         raise ParameterError(
             f"no study {args.study!r} in {url}; studies there: {', '.join(names) or 'none'}."
         )
-    return optuna.load_study(study_name=args.study, storage=url)
+    return optuna.load_study(study_name=args.study, storage=storage)
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
@@ -216,9 +238,10 @@ def _cmd_studies(args: argparse.Namespace) -> int:
     from autofhe.search.study import resolve_storage
 
     url = resolve_storage(args.storage)
+    storage = _open_storage(url)
     rows = []
-    for summary in optuna.get_all_study_summaries(storage=url, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=url)
+    for summary in optuna.get_all_study_summaries(storage=storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
         rows.append(
             {
@@ -244,6 +267,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         from autofhe.search.spec import parse_duration
 
         timeout = parse_duration(args.timeout)
+    if args.trials is not None and args.trials < 1:
+        raise ParameterError(f"--trials {args.trials}: pass a positive number of trials.")
     SearchSession(url, args.study, args.seed).run(
         args.trials, timeout, load_cost_model(), _progress_printer(None)
     )
@@ -254,17 +279,15 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna
     from optuna_dashboard import run_server
 
-    from autofhe.search.study import artifact_dir, resolve_storage
+    from autofhe.search.study import artifact_store, resolve_storage
 
     url = resolve_storage(args.storage)
-    artifacts = artifact_dir(url)
-    artifacts.mkdir(parents=True, exist_ok=True)
     print(f"optuna-dashboard on http://{args.host}:{args.port} (storage {url}); Ctrl-C stops it")
     run_server(
         optuna.storages.RDBStorage(url),
         host=args.host,
         port=args.port,
-        artifact_store=optuna.artifacts.FileSystemArtifactStore(str(artifacts)),
+        artifact_store=artifact_store(url),
     )
     return 0
 
@@ -366,7 +389,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import optuna
 
     from autofhe.fhe.bundle import read_manifest
-    from autofhe.search.study import artifact_dir, resolve_storage
+    from autofhe.search.study import artifact_store, resolve_storage
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -376,7 +399,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     study = _load_study(args)
     trial = _choose_trial(study, args)
     url = resolve_storage(args.storage)
-    store = optuna.artifacts.FileSystemArtifactStore(str(artifact_dir(url)))
+    store = artifact_store(url)
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "model.zip"
         try:
@@ -387,8 +410,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             )
         except Exception as exc:  # missing artifact store, deleted file
             raise ParameterError(
-                f"the model of trial {trial.number} is not in the artifact store "
-                f"{artifact_dir(url)} ({exc}); set $AUTOFHE_ARTIFACTS to where it is."
+                f"the model of trial {trial.number} is not in the artifact store ({exc}); if "
+                "it was stored in a folder, set $AUTOFHE_ARTIFACTS to that folder."
             ) from None
         staged = Path(tmp) / "bundle"
         _safe_extract(str(archive), staged)
@@ -563,6 +586,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (0 ok, 2 bad input, 1 anything else).
+
+    From the console script (``argv`` None) a failing code ends the process at once: after an
+    encrypted execution, concrete's exit hook would otherwise turn any exit status into 0.
+    """
+    try:
+        code = _main(argv)
+    except SystemExit:
+        raise  # argparse's usage errors (2) and --help (0), before any encrypted run
+    except BaseException:  # --debug: the traceback, and still a truthful status
+        if argv is not None:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    if argv is None and code != 0:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.debug:
@@ -581,6 +628,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autofhe: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # not ours: still one line (and exit 1), the traceback on --debug
+        if args.debug:
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        print(
+            f"autofhe: error: {type(exc).__name__}: {first} (rerun with --debug for details)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

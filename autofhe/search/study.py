@@ -1,16 +1,20 @@
 """Create or resume a study on a storage URL, run workers, keep the Pareto front.
 
 A study is an Optuna multi-objective study (metric max, predicted FHE latency min) plus
-autofhe's tables (pareto.py) holding its dataset, so any worker needs only the storage URL
-and the study name. Workers are plain processes running ``study.optimize`` with heartbeats:
-a killed worker's trial is marked failed and re-queued.
+autofhe's tables (pareto.py) holding its dataset and its front models, so any worker needs
+only the storage URL and the study name. Workers are plain processes asking the study for
+trials; a helper process of each worker beats for its trial and reaps (heartbeat.py): a
+killed worker's trial is failed and re-queued after the grace period, a live one never is.
 """
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,9 +25,11 @@ import numpy as np
 import optuna
 
 from autofhe.data import Dataset, check_Xy, split_dataset
-from autofhe.errors import DataError, ParameterError
+from autofhe.errors import AutofheError, DataError, ParameterError, StorageError
+from autofhe.search import heartbeat
+from autofhe.search.heartbeat import Heartbeat, make_storage
 from autofhe.search.objective import METRICS, SearchContext, objective
-from autofhe.search.pareto import ParetoStore, pareto_front, serialize_sqlite
+from autofhe.search.pareto import DatabaseArtifactStore, ParetoStore, pareto_front
 from autofhe.search.space import SEED_CONFIG
 from autofhe.search.spec import Spec
 
@@ -32,6 +38,7 @@ __all__ = [
     "STORAGE_ENV",
     "SearchSession",
     "artifact_dir",
+    "artifact_store",
     "check_search_inputs",
     "default_study_name",
     "open_study",
@@ -42,9 +49,12 @@ DEFAULT_STORAGE = "sqlite:///autofhe.db"
 STORAGE_ENV = "AUTOFHE_STORAGE"
 SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql")
 OBJECTIVE_NAMES = ["fhe_latency_s"]
-#: A worker beats every HEARTBEAT_S seconds; a trial silent for 3 beats is failed and re-queued.
-HEARTBEAT_S = int(os.environ.get("AUTOFHE_HEARTBEAT_S", "10"))
-GRACE_S = 3 * HEARTBEAT_S
+#: A worker's helper beats every HEARTBEAT_S seconds; a trial silent for GRACE_S is failed and
+#: re-queued ($AUTOFHE_HEARTBEAT_S, $AUTOFHE_GRACE_S).
+HEARTBEAT_S = heartbeat.HEARTBEAT_S
+GRACE_S = heartbeat.GRACE_S
+#: Seconds between two looks of `search --workers N` at its children's progress.
+PROGRESS_POLL_S = 5.0
 MEASURE_ALL_S = 2.0
 #: Validation predictions recorded per front trial, for checking exported models.
 RECORDED_PREDICTIONS = 16
@@ -63,8 +73,8 @@ def resolve_storage(url: str | None) -> str:
 
 
 def artifact_dir(url: str) -> Path:
-    """Artifacts live next to an SQLite file (``<db>.artifacts``), else in ./autofhe-artifacts
-    (override with $AUTOFHE_ARTIFACTS; share it between machines)."""
+    """The folder of file artifacts: $AUTOFHE_ARTIFACTS, else (older studies) next to an
+    SQLite file (``<db>.artifacts``), else ./autofhe-artifacts."""
     if os.environ.get("AUTOFHE_ARTIFACTS"):
         return Path(os.environ["AUTOFHE_ARTIFACTS"])
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
@@ -73,21 +83,22 @@ def artifact_dir(url: str) -> Path:
     return Path("autofhe-artifacts")
 
 
+def artifact_store(url: str):
+    """Where front models are stored and read: the database itself, so a worker anywhere
+    needs only the URL; a folder only when the user names one in $AUTOFHE_ARTIFACTS."""
+    if os.environ.get("AUTOFHE_ARTIFACTS"):
+        return optuna.artifacts.FileSystemArtifactStore(str(_mkdir(artifact_dir(url))))
+    legacy = artifact_dir(url) if url.startswith("sqlite:///") else None
+    return DatabaseArtifactStore(ParetoStore(url), legacy)
+
+
 def default_study_name(ds: Dataset, metric: str) -> str:
     return f"{ds.name}-{metric}"
 
 
 def _storage(url: str) -> optuna.storages.RDBStorage:
-    storage = optuna.storages.RDBStorage(
-        url,
-        heartbeat_interval=HEARTBEAT_S,
-        grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=2
-        ),
-    )
-    serialize_sqlite(storage.engine)  # workers must not both pop the same waiting trial
-    return storage
+    """This process's pooled, reconnecting storage for ``url`` (heartbeat.make_storage)."""
+    return make_storage(url, HEARTBEAT_S, GRACE_S)
 
 
 def _sampler(spec_sampler: str, seed: int | None):
@@ -149,7 +160,9 @@ def open_study(
         load_if_exists=True,
     )
     if info is None:
-        store.register_study(name, ds, metric, wanted)
+        if not store.register_study(name, ds, metric, wanted):
+            # another first run registered it between our look and our write: join it
+            return open_study(ds, spec, url, name, seed)
         study.set_metric_names([metric, *OBJECTIVE_NAMES])
         study.set_user_attr("autofhe_fingerprint", ds.fingerprint)
         study.set_user_attr("autofhe_task", ds.task)
@@ -243,7 +256,7 @@ class SearchSession:
                 trial.set_user_attr("keygen_s", measured["keygen_s"])
             except ResourceError as exc:
                 trial.set_user_attr("measure_error", str(exc))
-            store = optuna.artifacts.FileSystemArtifactStore(str(_mkdir(artifact_dir(url))))
+            store = artifact_store(url)
             with tempfile.TemporaryDirectory() as tmp:
                 bundle = save_bundle(
                     model, Path(tmp) / "bundle", {"study": name, "trial": trial.number}
@@ -267,10 +280,11 @@ class SearchSession:
         timeout: float | None,
         cost_model,
         progress: Callable | None = None,
-    ) -> None:
+    ) -> int:
         """Run trials in this process until ``n_trials`` more are done or ``timeout`` passes.
 
         ``cost_model`` None: this machine's cached latency model (calibrated if missing).
+        Returns the number of trials this process ran.
         """
         if cost_model is None:
             from autofhe.fhe.latency import load_cost_model
@@ -279,29 +293,91 @@ class SearchSession:
         store = ParetoStore(self.url)
         info = self._info(store)
         ctx = self._context(info, cost_model)
+        storage = _storage(self.url)
         study = optuna.load_study(
             study_name=self.name,
-            storage=_storage(self.url),
+            storage=storage,
             sampler=_sampler(info["spec"].get("sampler", "tpe"), self.seed + os.getpid()),
         )
 
-        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        def after_trial(trial: optuna.trial.FrozenTrial) -> None:
             trials = study.get_trials(deepcopy=False)
             front = pareto_front(trials)
             n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-            store.save_front(self.name, front, n_complete)
+            try:
+                store.save_front(self.name, front, n_complete)
+            except StorageError as exc:  # the next trial's snapshot catches up
+                print(f"autofhe: warning: front snapshot not saved: {exc}", file=sys.stderr)
             if progress:
                 progress(study, trial, trials, front)
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(
-            lambda trial: objective(trial, ctx),
-            n_trials=n_trials,
-            timeout=timeout,
-            callbacks=[after_trial],
-            catch=(Exception,),
-            gc_after_trial=True,
-        )
+        beat = Heartbeat(self.url, self.name, storage)
+        try:
+            return _optimize(study, ctx, n_trials, timeout, beat, after_trial)
+        finally:
+            beat.close()
+
+
+def _optimize(study, ctx, n_trials, timeout, beat: Heartbeat, after_trial: Callable) -> int:
+    """ask -> objective -> tell until ``n_trials`` are told or ``timeout`` passes.
+
+    Unlike ``study.optimize`` this survives a trial that another process ended (a reaper that
+    took it for dead): its result is dropped with a warning instead of a crash.
+    """
+    state = optuna.trial.TrialState
+    start, done = time.monotonic(), 0
+    while n_trials is None or done < n_trials:
+        if timeout is not None and time.monotonic() - start >= timeout:
+            break
+        trial = study.ask()
+        beat.start(trial._trial_id)
+        # who ran it (a system attribute: not one of the trial's results)
+        study._storage.set_trial_system_attr(trial._trial_id, "autofhe_worker", _worker_id())
+        values, ended = None, state.FAIL
+        try:
+            values, ended = objective(trial, ctx), None
+        except optuna.TrialPruned:
+            ended = state.PRUNED
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another process ended it: _tell says so
+        except Exception as exc:  # a crash fails this trial, not the worker
+            first = (str(exc).splitlines() or [""])[0]
+            print(
+                f"autofhe: trial {trial.number} failed: {type(exc).__name__}: {first}",
+                file=sys.stderr,
+            )
+        except BaseException:  # Ctrl-C: the trial is failed, not left RUNNING
+            beat.stop()
+            _tell(study, trial, None, state.FAIL)
+            raise
+        beat.stop()
+        frozen = _tell(study, trial, values, ended)
+        done += 1
+        if frozen is not None:
+            after_trial(frozen)
+        gc.collect()
+    return done
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _tell(study, trial, values, ended) -> optuna.trial.FrozenTrial | None:
+    """Report a trial; None (and a warning) when another process already ended it."""
+    try:
+        current = study._storage.get_trial(trial._trial_id)
+        if not current.state.is_finished():
+            return study.tell(trial, values, state=ended)
+    except optuna.exceptions.UpdateFinishedTrialError:  # ended between our look and our write
+        current = study._storage.get_trial(trial._trial_id)
+    print(
+        f"autofhe: warning: trial {trial.number} was ended by another process "
+        f"({current.state.name}, heartbeat older than {GRACE_S} s?); its result is dropped",
+        file=sys.stderr,
+    )
+    return None
 
 
 def _mkdir(path: Path) -> Path:
@@ -312,16 +388,30 @@ def _mkdir(path: Path) -> Path:
 def _worker_main(
     url: str, name: str, n_trials: int | None, timeout: float | None, seed: int
 ) -> None:
+    """A child of ``run_workers``; its exit code is explicit (concrete's exit hook, once an
+    encrypted run happened, would turn any exit into 0)."""
     import warnings
 
     warnings.filterwarnings("ignore")
-    import torch
+    code = 0
+    try:
+        import torch
 
-    # Small networks train as fast on one thread: N workers then use N cores, not 2N threads.
-    torch.set_num_threads(1)
-    from autofhe.fhe.latency import load_cost_model
+        # Small networks train as fast on one thread: N workers use N cores, not 2N threads.
+        torch.set_num_threads(1)
+        from autofhe.fhe.latency import load_cost_model
 
-    SearchSession(url, name, seed).run(n_trials, timeout, load_cost_model())
+        SearchSession(url, name, seed).run(n_trials, timeout, load_cost_model())
+    except AutofheError as exc:
+        print(f"autofhe: worker error: {exc}", file=sys.stderr)
+        code = 2
+    except BaseException as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        print(f"autofhe: worker error: {type(exc).__name__}: {first}", file=sys.stderr)
+        code = 130 if isinstance(exc, KeyboardInterrupt) else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_workers(
@@ -333,11 +423,14 @@ def run_workers(
     seed: int,
     cost_model,
     progress=None,
-) -> None:
-    """Run the study with ``workers`` processes (1: in this process)."""
+) -> list[int]:
+    """Run the study with ``workers`` processes (1: in this process).
+
+    Returns the exit codes of the worker processes (empty with one worker: its errors raise).
+    """
     if workers <= 1:
         SearchSession(url, name, seed).run(n_trials, timeout, cost_model, progress)
-        return
+        return []
     shares = [None] * workers
     if n_trials is not None:
         shares = [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
@@ -350,12 +443,19 @@ def run_workers(
     for p in procs:
         p.start()
     try:
+        # one storage (one small pool) for every look, and a look every few seconds only
+        study = optuna.load_study(study_name=name, storage=_storage(url)) if progress else None
+        seen = -1
         while any(p.is_alive() for p in procs):
-            time.sleep(1.0)
-            if progress:
-                study = optuna.load_study(study_name=name, storage=url)
+            for p in procs:
+                p.join(timeout=PROGRESS_POLL_S / len(procs))
+            if study is not None:
                 trials = study.get_trials(deepcopy=False)
-                progress(study, None, trials, pareto_front(trials))
+                finished = sum(t.state.is_finished() for t in trials)
+                if finished != seen:
+                    seen = finished
+                    progress(study, None, trials, pareto_front(trials))
     finally:
         for p in procs:
             p.join()
+    return [p.exitcode for p in procs]
