@@ -17,6 +17,7 @@ import socket
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,6 +313,8 @@ class SearchSession:
                 progress(study, trial, trials, front)
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # our helper process beats for the asked trials (Optuna assumes its own thread)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         beat = Heartbeat(self.url, self.name, storage)
         try:
             return _optimize(study, ctx, n_trials, timeout, beat, after_trial)
@@ -390,8 +393,6 @@ def _worker_main(
 ) -> None:
     """A child of ``run_workers``; its exit code is explicit (concrete's exit hook, once an
     encrypted run happened, would turn any exit into 0)."""
-    import warnings
-
     warnings.filterwarnings("ignore")
     code = 0
     try:
