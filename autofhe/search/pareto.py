@@ -157,10 +157,10 @@ class ParetoStore:
                     else f"install the Python package {exc.name!r}."
                 )
             ) from None
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, ValueError) as exc:  # ValueError: e.g. a port that is no number
             raise StorageError(
                 f"cannot open storage {url!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
-            ) from exc
+            ) from None
 
     @contextmanager
     def session(self) -> Iterator[sa.Connection]:
