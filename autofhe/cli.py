@@ -144,6 +144,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     cost_model = load_cost_model()
     study, _, name = open_study(ds, spec, url, args.study, args.seed)
     before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    at_start = study.get_trials(deepcopy=False)
+    queued = {t.number for t in at_start if t.state.name == "WAITING"}  # run by this search
     print(
         f"study {name!r} on {url}: {before} trials so far; running "
         f"{trials if trials else 'until the timeout'} more"
@@ -163,6 +165,19 @@ def _cmd_search(args: argparse.Namespace) -> int:
     _print_table(_front_rows(study, pareto_front(study.get_trials(deepcopy=False))))
     print(f"\ninspect:  autofhe dashboard --storage {url}")
     print(f"export:   autofhe export --study {name} --storage {url} --pick knee --out model/")
+    new = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.number >= len(at_start) or t.number in queued
+    ]
+    if new and all(t.state.name == "FAIL" for t in new):
+        error = new[-1].user_attrs.get("error", "see the messages above")
+        print(
+            f"autofhe: error: all {len(new)} trials of this run failed (last: {error}); "
+            "fix the spec or the data and rerun.",
+            file=sys.stderr,
+        )
+        return 1
     failed = [c for c in codes if c != 0]
     if failed:
         print(

@@ -120,7 +120,49 @@ def check_search_inputs(ds: Dataset, spec: Spec, seed: int = 0) -> str:
         )
     spec.metric = metric
     split_dataset(ds, seed)  # too few rows fail here, before any write
+    _dry_run(ds, spec, seed)
     return metric
+
+
+def _dry_run(ds: Dataset, spec: Spec, seed: int) -> None:
+    """Draw one configuration from the space and train it for one epoch on a few rows.
+
+    A spec whose every trial would crash (a [fixed] value of the wrong kind, ``step = 0``)
+    is refused here, before anything is written, instead of filling a study with FAIL trials.
+    """
+    from autofhe.errors import AccumulatorBudgetError
+    from autofhe.nn.estimators import NeuralNetClassifier, NeuralNetRegressor
+    from autofhe.search.space import suggest, to_estimator_params
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+    try:
+        params = suggest(trial, spec.space)
+    except (ValueError, TypeError) as exc:
+        raise ParameterError(f"search space: {exc}; fix the [space] of the spec.") from None
+    classification = ds.task == "classification"
+    if classification:  # a few rows of every class
+        rows = np.concatenate([np.flatnonzero(ds.y == c)[:4] for c in np.unique(ds.y)])
+    else:
+        rows = np.arange(min(len(ds.y), 16))
+    cls = NeuralNetClassifier if classification else NeuralNetRegressor
+    merged = to_estimator_params({**spec.fixed, **params, "verbose": 0})
+    epochs = merged.get("max_epochs", 1)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ParameterError(
+            f"the spec's max_epochs = {epochs!r} cannot be trained; pass a positive integer."
+        )
+    merged["max_epochs"] = 1  # one epoch shows that the values work
+    try:
+        cls(random_state=seed, **merged).fit(ds.X[rows], ds.y[rows])
+    except AccumulatorBudgetError:
+        pass  # this drawn configuration is infeasible: the search prices it, the spec is fine
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ParameterError(
+            f"the spec's configuration {params} with [fixed] {spec.fixed} cannot be trained "
+            f"({type(exc).__name__}: {first}); fix the [fixed] / [space] values."
+        ) from None
 
 
 def open_study(
@@ -346,6 +388,7 @@ def _optimize(study, ctx, n_trials, timeout, beat: Heartbeat, after_trial: Calla
             pass  # another process ended it: _tell says so
         except Exception as exc:  # a crash fails this trial, not the worker
             first = (str(exc).splitlines() or [""])[0]
+            _record_error(trial, f"{type(exc).__name__}: {first}")
             print(
                 f"autofhe: trial {trial.number} failed: {type(exc).__name__}: {first}",
                 file=sys.stderr,
@@ -361,6 +404,14 @@ def _optimize(study, ctx, n_trials, timeout, beat: Heartbeat, after_trial: Calla
             after_trial(frozen)
         gc.collect()
     return done
+
+
+def _record_error(trial, text: str) -> None:
+    """What crashed a trial, for the person who inspects it (and `search`'s exit message)."""
+    try:
+        trial.set_user_attr("error", text[:500])
+    except Exception:  # the trial may be ended already: the error is printed anyway
+        pass
 
 
 def _worker_id() -> str:

@@ -442,3 +442,39 @@ def test_studies_on_a_bad_storage_is_one_line_and_creates_nothing(tmp_path, stor
     assert pattern in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert (tmp_path / "notadb.db").read_text() == "not a database\n"
+
+
+@pytest.mark.parametrize(
+    ("spec", "pattern"),
+    [
+        ('[fixed]\nmax_epochs = "x"\n', "cannot be trained"),
+        ("[fixed]\nbatch_size = -3\n", "cannot be trained"),
+        ("[space]\nmax_epochs = { low = 1, high = 5, step = 0 }\n", "search space"),
+        ("space = 5\n", "[space] must be a section"),
+        ('fixed = "x"\n', "[fixed] must be a section"),
+    ],
+)
+def test_a_spec_whose_trials_would_all_crash_is_refused_before_any_write(tmp_path, spec, pattern):
+    (tmp_path / "bad.toml").write_text(spec)
+    result = subprocess.run(
+        [
+            AUTOFHE,
+            "search",
+            "--data",
+            "sklearn:wine",
+            "--spec",
+            "bad.toml",
+            "--trials",
+            "1",
+            "--storage",
+            f"sqlite:///{tmp_path}/s.db",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert pattern in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]  # no database written
