@@ -406,7 +406,8 @@ def test_heartbeat_goes_on_while_the_worker_holds_the_gil(tmp_path):
 
 
 def test_a_trial_ended_by_another_process_is_skipped_not_a_crash(tmp_path, capsys):
-    from autofhe.search.study import _tell, make_storage
+    from autofhe.search.heartbeat import make_storage
+    from autofhe.search.workers import _tell
 
     storage = make_storage(f"sqlite:///{tmp_path}/t.db", 1, 3)
     study = optuna.create_study(study_name="t", storage=storage, directions=["maximize"])
