@@ -420,19 +420,30 @@ def test_a_trial_ended_by_another_process_is_skipped_not_a_crash(tmp_path, capsy
 
 
 @pytest.mark.parametrize(
-    ("storage", "pattern"),
+    ("args", "pattern"),
     [
-        ("sqlite:///{tmp}/missing/x.db", "no database file"),
-        ("sqlite:///{tmp}/typo.db", "no database file"),
-        ("sqlite:///{tmp}/notadb.db", "cannot read storage"),
-        ("postgresql://u@127.0.0.1:notaport/db", "storage"),
+        (["studies", "--storage", "sqlite:///{tmp}/missing/x.db"], "no database file"),
+        (["studies", "--storage", "sqlite:///{tmp}/typo.db"], "no database file"),
+        (["studies", "--storage", "sqlite:///{tmp}/notadb.db"], "cannot read storage"),
+        (["studies", "--storage", "postgresql://u@127.0.0.1:notaport/db"], "notaport"),
+        (["studies", "--storage", "mysql://u@127.0.0.1/db"], "cannot read storage"),
+        (
+            ["export", "--study", "s", "--storage", "sqlite:///{tmp}/typo.db", "--out", "m"],
+            "no database file",
+        ),
+        (["worker", "--study", "s", "--storage", "sqlite:///{tmp}/typo.db"], "no database file"),
+        (
+            ["search", "--data", "sklearn:wine", "--storage", "postgresql://u@h:notaport/db"],
+            "notaport",
+        ),
+        (["search", "--data", "sklearn:wine", "--workers", "0"], "--workers 0"),
     ],
 )
-def test_studies_on_a_bad_storage_is_one_line_and_creates_nothing(tmp_path, storage, pattern):
+def test_bad_storage_input_is_one_line_exit_2_and_creates_nothing(tmp_path, args, pattern):
     (tmp_path / "notadb.db").write_text("not a database\n")
     before = sorted(p.name for p in tmp_path.iterdir())
     result = subprocess.run(
-        [AUTOFHE, "studies", "--storage", storage.format(tmp=tmp_path)],
+        [AUTOFHE, *(a.format(tmp=tmp_path) for a in args)],
         capture_output=True,
         text=True,
         timeout=120,
