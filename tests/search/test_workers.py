@@ -490,3 +490,34 @@ def test_a_spec_whose_trials_would_all_crash_is_refused_before_any_write(tmp_pat
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert pattern in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]  # no database written
+
+
+def test_search_exit_code_reflects_its_failed_workers(tmp_path, monkeypatch, capsys):
+    from autofhe import cli
+    from autofhe.search import study as study_mod
+
+    (tmp_path / "spec.toml").write_text(SPEC)
+    calls = []
+
+    def one_worker_failed(*args, **kwargs):
+        calls.append(args)
+        return [0, 3]
+
+    monkeypatch.setattr(study_mod, "run_workers", one_worker_failed)
+    argv = [
+        "search",
+        "--data",
+        "sklearn:wine",
+        "--spec",
+        str(tmp_path / "spec.toml"),
+        "--storage",
+        f"sqlite:///{tmp_path}/s.db",
+        "--trials",
+        "2",
+        "--workers",
+        "2",
+    ]
+    assert cli.main(argv) == 3  # was 0 with a partial front
+    assert len(calls) == 1
+    err = capsys.readouterr().err
+    assert "1 of 2 workers failed (exit codes 3)" in err
