@@ -96,6 +96,8 @@ def serialize_sqlite(engine: sa.Engine) -> sa.Engine:
 def _lost_connection(exc: BaseException) -> bool:
     """A database that went away (restart, network), as opposed to a bad statement."""
     cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) else exc
+    if isinstance(cause, sa.exc.PendingRollbackError):  # a session left on a dead connection
+        return True
     if not isinstance(cause, DBAPIError):
         return False
     if cause.connection_invalidated:
@@ -127,29 +129,21 @@ class _ReconnectingStorage(optuna.storages.RDBStorage):
     """RDBStorage whose calls wait out a database restart instead of failing the trial."""
 
 
-for _name in (
-    "create_new_study",
-    "set_study_user_attr",
-    "set_study_system_attr",
-    "get_study_id_from_name",
-    "get_study_name_from_id",
-    "get_study_directions",
-    "get_study_user_attrs",
-    "get_study_system_attrs",
-    "get_all_studies",
-    "create_new_trial",
-    "set_trial_param",
-    "get_trial_param",
-    "set_trial_state_values",
-    "set_trial_intermediate_value",
-    "set_trial_user_attr",
-    "set_trial_system_attr",
-    "get_trial_id_from_study_id_trial_number",
-    "get_trial",
-    "get_all_trials",
-    "record_heartbeat",
-    "_get_stale_trial_ids",
-):
+_NOT_DATABASE_CALLS = {
+    "check_trial_is_updatable",
+    "get_all_versions",
+    "get_current_version",
+    "get_failed_trial_callback",
+    "get_head_version",
+    "get_heartbeat_interval",
+    "get_heartbeat_stale_trial_callback",
+    "remove_session",
+    "upgrade",
+}
+for _name, _method in vars(optuna.storages.RDBStorage).items():
+    if callable(_method) and not _name.startswith("_") and _name not in _NOT_DATABASE_CALLS:
+        setattr(_ReconnectingStorage, _name, _reconnecting(_method))
+for _name in ("_get_stale_trial_ids", "_get_trials"):
     setattr(_ReconnectingStorage, _name, _reconnecting(getattr(optuna.storages.RDBStorage, _name)))
 
 _STORAGES: dict[tuple, optuna.storages.RDBStorage] = {}

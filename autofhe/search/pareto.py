@@ -211,8 +211,11 @@ class ParetoStore:
         return True
 
     def study_info(self, name: str) -> dict | None:
-        with self.session() as conn:
-            row = conn.execute(sa.select(studies).where(studies.c.study_name == name)).first()
+        row = self.transact(
+            lambda conn: conn.execute(
+                sa.select(studies).where(studies.c.study_name == name)
+            ).first()
+        )
         if row is None:
             return None
         info = dict(row._mapping)
@@ -227,7 +230,7 @@ class ParetoStore:
 
     # -- Pareto snapshots ---------------------------------------------------------------------
     def latest_front(self, name: str) -> list[dict]:
-        with self.session() as conn:
+        def read(conn) -> list[dict]:
             snap = conn.execute(
                 sa.select(snapshots.c.id)
                 .where(snapshots.c.study_name == name)
@@ -241,7 +244,9 @@ class ParetoStore:
                 .where(points.c.snapshot_id == snap)
                 .order_by(points.c.metric.desc(), points.c.predicted_latency_s)
             ).all()
-        return [dict(r._mapping) for r in rows]
+            return [dict(r._mapping) for r in rows]
+
+        return self.transact(read)
 
     def snapshot_count(self, name: str) -> int:
         with self.session() as conn:
@@ -258,6 +263,7 @@ class ParetoStore:
         current = {p["trial_number"] for p in self.latest_front(name)}
         if current == {t.number for t in front}:
             return False
+
         def write(conn) -> None:
             snap = conn.execute(
                 snapshots.insert().values(

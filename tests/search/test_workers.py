@@ -227,7 +227,7 @@ def test_four_workers_on_postgres_lose_nothing_and_pool_connections(pg_url, wine
 
 
 def test_killed_worker_trial_is_retried_within_twice_the_grace(pg_url, wine, tmp_path):
-    grace = 5
+    grace = 8  # the retry waits for a survivor to finish its trial: keep that a small part
     name = _study(pg_url, wine, tmp_path)
     procs = _workers(
         pg_url, name, 3, 8, tmp_path, AUTOFHE_HEARTBEAT_S="1", AUTOFHE_GRACE_S=str(grace)
