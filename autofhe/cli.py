@@ -6,6 +6,7 @@ Errors become one line on stderr and a non-zero exit code; ``--debug`` shows the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -149,12 +150,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
         cost_model = load_cost_model()
     study, _, name = open_study(ds, spec, url, args.study, args.seed)
     before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    at_start = study.get_trials(deepcopy=False)
+    queued = {t.number for t in at_start if t.state.name == "WAITING"}  # run by this search
     print(
         f"study {name!r} on {url}: {before} trials so far; running "
         f"{trials if trials else 'until the timeout'} more"
         + (f" with {args.workers} workers" if args.workers > 1 else "")
     )
-    run_workers(
+    codes = run_workers(
         url,
         name,
         args.workers,
@@ -164,13 +167,32 @@ def _cmd_search(args: argparse.Namespace) -> int:
         cost_model,
         progress=_progress_printer((before + trials) if trials else None),
     )
-    import optuna
-
-    study = optuna.load_study(study_name=name, storage=url)
     print(f"\nPareto front of {name!r} ({len(study.trials)} trials):")
     _print_table(_front_rows(study, pareto_front(study.get_trials(deepcopy=False))))
     print(f"\ninspect:  autofhe dashboard --storage {url}")
     print(f"export:   autofhe export --study {name} --storage {url} --pick knee --out model/")
+    new = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.number >= len(at_start) or t.number in queued
+    ]
+    if new and all(t.state.name == "FAIL" for t in new):
+        error = new[-1].user_attrs.get("error", "see the messages above")
+        print(
+            f"autofhe: error: all {len(new)} trials of this run failed (last: {error}); "
+            "fix the spec or the data and rerun.",
+            file=sys.stderr,
+        )
+        return 1
+    failed = [c for c in codes if c != 0]
+    if failed:
+        print(
+            f"autofhe: error: {len(failed)} of {len(codes)} workers failed (exit codes "
+            f"{', '.join(map(str, failed))}); the front above is partial. Their errors are "
+            "above; resume with the same command.",
+            file=sys.stderr,
+        )
+        return max(failed) if all(c > 0 for c in failed) else 1
     return 0
 
 
@@ -229,15 +251,40 @@ def _storage_url(args) -> str:
     return resolve_storage(args.storage)
 
 
+def _open_storage(url: str):
+    """The process's pooled storage on ``url``; a database that cannot be read is one line.
+
+    heartbeat.py, not study.py: study.py imports the training side (torch)."""
+    from pathlib import Path
+
+    from autofhe.errors import StorageError
+    from autofhe.search.heartbeat import GRACE_S, HEARTBEAT_S, make_storage
+
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        db = Path(url[len("sqlite:///") :])
+        if not db.is_file():  # never leave an empty database behind a mistyped path
+            raise StorageError(
+                f"no database file {str(db)!r} (storage {url}); run `autofhe search` first, "
+                "or pass --storage / set $AUTOFHE_STORAGE to the study database."
+            )
+    try:
+        return make_storage(url, HEARTBEAT_S, GRACE_S)
+    except Exception as exc:  # driver errors, alembic, a file that is not a database
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise StorageError(f"cannot read storage {url!r}: {type(exc).__name__}: {first}") from None
+
+
 def _load_study(args):
     """The study of ``--study`` (or the database's only one); sets ``args.study``."""
     import optuna
 
-    from autofhe.search.locate import resolve_study, study_names
+    from autofhe.search.locate import resolve_study
 
     url = _storage_url(args)
-    args.study = resolve_study(args.study, study_names(url), url)
-    return optuna.load_study(study_name=args.study, storage=url)
+    storage = _open_storage(url)
+    names = [s.study_name for s in storage.get_all_studies()]
+    args.study = resolve_study(args.study, names, url)
+    return optuna.load_study(study_name=args.study, storage=storage)
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
@@ -247,9 +294,10 @@ def _cmd_studies(args: argparse.Namespace) -> int:
     from autofhe.search.pareto import pareto_front
 
     url = resolve_storage(args.storage)
+    storage = _open_storage(url)
     rows = []
-    for summary in optuna.get_all_study_summaries(storage=url, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=url)
+    for summary in optuna.get_all_study_summaries(storage=storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
         rows.append(
             {
@@ -275,6 +323,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         from autofhe.search.spec import parse_duration
 
         timeout = parse_duration(args.timeout)
+    if args.trials is not None and args.trials < 1:
+        raise ParameterError(f"--trials {args.trials}: pass a positive number of trials.")
     SearchSession(url, args.study, args.seed).run(
         args.trials, timeout, load_cost_model(), _progress_printer(None)
     )
@@ -282,26 +332,23 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    import optuna
     from optuna_dashboard import run_server
 
     from autofhe.search.feasibility import patch_dashboard
-    from autofhe.search.locate import artifact_dir, resolve_storage
+    from autofhe.search.locate import artifact_store, resolve_storage
     from autofhe.search.notes import publish_missing_fronts
 
     url = resolve_storage(args.storage)
     patch_dashboard()  # "best" = the feasible front, as in `autofhe pareto`
-    storage = optuna.storages.RDBStorage(url)
+    storage = _open_storage(url)
     for name in publish_missing_fronts(storage):
         print(f"study {name!r}: front note and plot written (it was searched before they existed)")
-    artifacts = artifact_dir(url)
-    artifacts.mkdir(parents=True, exist_ok=True)
     print(f"optuna-dashboard on http://{args.host}:{args.port} (storage {url}); Ctrl-C stops it")
     run_server(
         storage,
         host=args.host,
         port=args.port,
-        artifact_store=optuna.artifacts.FileSystemArtifactStore(str(artifacts)),
+        artifact_store=artifact_store(url),
     )
     return 0
 
@@ -365,7 +412,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import optuna
 
     from autofhe.fhe.bundle import bundle_digest, unpack_bundle
-    from autofhe.search.locate import artifact_dir, resolve_storage
+    from autofhe.search.locate import artifact_store, resolve_storage
 
     out = Path(args.out)
     url = resolve_storage(args.storage)
@@ -378,7 +425,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         _check_replaceable(out, url)
     study = _load_study(args)
     trial = _choose_trial(study, args)
-    store = optuna.artifacts.FileSystemArtifactStore(str(artifact_dir(url)))
+    store = artifact_store(url)
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "model.zip"
         try:
@@ -389,8 +436,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             )
         except Exception as exc:  # missing artifact store, deleted file
             raise ParameterError(
-                f"the model of trial {trial.number} is not in the artifact store "
-                f"{artifact_dir(url)} ({exc}); set $AUTOFHE_ARTIFACTS to where it is."
+                f"the model of trial {trial.number} is not in the artifact store ({exc}); if "
+                "it was stored in a folder, set $AUTOFHE_ARTIFACTS to that folder."
             ) from None
         staged = Path(tmp) / "bundle"
         unpack_bundle(archive, staged)  # path-checked, then checksums and versions
@@ -645,6 +692,30 @@ OPTUNA_COMMANDS = ("demo", "search", "worker", "pareto", "trials", "studies", "d
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (0 ok, 2 bad input, 1 anything else).
+
+    From the console script (``argv`` None) a failing code ends the process at once: after an
+    encrypted execution, concrete's exit hook would otherwise turn any exit status into 0.
+    """
+    try:
+        code = _main(argv)
+    except SystemExit:
+        raise  # argparse's usage errors (2) and --help (0), before any encrypted run
+    except BaseException:  # --debug: the traceback, and still a truthful status
+        if argv is not None:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    if argv is None and code != 0:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.debug:
@@ -667,6 +738,15 @@ def main(argv: list[str] | None = None) -> int:
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
+        return 1
+    except Exception as exc:  # not ours: still one line (and exit 1), the traceback on --debug
+        if args.debug:
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        print(
+            f"autofhe: error: {type(exc).__name__}: {first} (rerun with --debug for details)",
+            file=sys.stderr,
+        )
         return 1
 
 

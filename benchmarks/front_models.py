@@ -9,13 +9,13 @@ from pathlib import Path
 import optuna
 
 from autofhe.fhe.bundle import load_program, unpack_bundle
-from autofhe.search.locate import artifact_dir
+from autofhe.search.locate import artifact_store
 from autofhe.search.pareto import pareto_front
 
 
 def front_bundles(url: str, study_name: str, trials) -> Iterator[tuple]:
     """``(trial, manifest, program, bundle directory)`` per front trial with an artifact."""
-    store = optuna.artifacts.FileSystemArtifactStore(str(artifact_dir(url)))
+    store = artifact_store(url)
     for t in pareto_front(trials):
         if not t.user_attrs.get("artifact_id"):
             continue

@@ -30,10 +30,11 @@ from autofhe.data import load_dataset
 from autofhe.fhe.bundle import load_program, unpack_bundle
 from autofhe.fhe.deploy import measure_bundle
 from autofhe.fhe.latency import load_cost_model
+from autofhe.search.locate import artifact_store
 from autofhe.search.pareto import pareto_front
 from autofhe.search.select import choose
 from autofhe.search.spec import load_spec, parse_duration
-from autofhe.search.study import artifact_dir, open_study, run_workers
+from autofhe.search.study import open_study, run_workers
 
 from protocol import split, table
 
@@ -55,7 +56,7 @@ COLUMNS = ["dataset", "model", "valid acc", "test acc", "latency s (search)", "l
 
 def front_rows(dataset: str, url: str, name: str, Xte, yte) -> list[dict]:
     study = optuna.load_study(study_name=name, storage=url)
-    store = optuna.artifacts.FileSystemArtifactStore(str(artifact_dir(url)))
+    store = artifact_store(url)
     rows = []
     trials = study.get_trials(deepcopy=False)
     front = pareto_front(trials)

@@ -17,6 +17,7 @@ __all__ = [
     "SCHEMES",
     "STORAGE_ENV",
     "artifact_dir",
+    "artifact_store",
     "resolve_storage",
     "resolve_study",
     "study_names",
@@ -40,8 +41,8 @@ def resolve_storage(url: str | None) -> str:
 
 
 def artifact_dir(url: str) -> Path:
-    """Artifacts live next to an SQLite file (``<db>.artifacts``), else in ./autofhe-artifacts
-    (override with $AUTOFHE_ARTIFACTS; share it between machines)."""
+    """The folder of file artifacts: $AUTOFHE_ARTIFACTS, else (older studies) next to an
+    SQLite file (``<db>.artifacts``), else ./autofhe-artifacts."""
     if os.environ.get("AUTOFHE_ARTIFACTS"):
         return Path(os.environ["AUTOFHE_ARTIFACTS"])
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
@@ -93,3 +94,18 @@ def resolve_study(name: str | None, names: list[str], url: str) -> str:
     if name not in names:
         raise ParameterError(f"no study {name!r} in {url}; studies there: {listed}.")
     return name
+
+
+def artifact_store(url: str):
+    """Where front models are stored and read: the database itself, so a worker anywhere
+    needs only the URL; a folder only when the user names one in $AUTOFHE_ARTIFACTS."""
+    import optuna
+
+    from autofhe.search.pareto import DatabaseArtifactStore, ParetoStore
+
+    if os.environ.get("AUTOFHE_ARTIFACTS"):
+        folder = artifact_dir(url)
+        folder.mkdir(parents=True, exist_ok=True)
+        return optuna.artifacts.FileSystemArtifactStore(str(folder))
+    legacy = artifact_dir(url) if url.startswith("sqlite:///") else None
+    return DatabaseArtifactStore(ParetoStore(url), legacy)

@@ -3,7 +3,9 @@
 - ``autofhe_studies``: per study, the dataset (npz bytes, so a worker on another machine needs
   only the storage URL), its fingerprint, task, metric and spec;
 - ``autofhe_pareto_snapshots`` / ``autofhe_pareto_points``: the Pareto front after each
-  change, with measured latency and the artifact of each front model.
+  change, with measured latency and the artifact of each front model;
+- ``autofhe_artifacts``: the front models themselves (zip archives of a few KB), so a worker
+  anywhere stores them where every reader of the database finds them.
 
 SQLAlchemy lives here only; database errors surface as :class:`StorageError`.
 """
@@ -12,46 +14,29 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from autofhe.errors import StorageError
+from autofhe.search import heartbeat
+from autofhe.search.heartbeat import engine_kwargs, serialize_sqlite
 
-__all__ = ["ParetoStore", "StorageError", "pareto_front", "serialize_sqlite"]
-
-#: Seconds an SQLite writer waits for another worker's transaction before giving up.
-SQLITE_LOCK_TIMEOUT_S = 60
-
-
-def serialize_sqlite(engine: sa.Engine) -> sa.Engine:
-    """Make every transaction on an SQLite ``engine`` take the write lock when it begins.
-
-    SQLite ignores ``SELECT ... FOR UPDATE``, so two workers can both read a WAITING trial
-    (the enqueued seed, a retried one) and both start it; the second then crashes when it
-    reports a trial that is already COMPLETE. ``BEGIN IMMEDIATE`` serializes such read-then-
-    write sequences, which is what PostgreSQL's row locks give Optuna. Other engines are
-    returned unchanged.
-    """
-    if engine.dialect.name != "sqlite":
-        return engine
-
-    @sa.event.listens_for(engine, "connect")
-    def _no_implicit_begin(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None  # the driver's own BEGIN would be DEFERRED
-        dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_LOCK_TIMEOUT_S * 1000}")
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin_immediate(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections opened before the listeners existed are dropped
-    return engine
-
+__all__ = [
+    "DatabaseArtifactStore",
+    "ParetoStore",
+    "StorageError",
+    "pareto_front",
+    "serialize_sqlite",
+]
 
 metadata = sa.MetaData()
 
@@ -91,6 +76,17 @@ points = sa.Table(
     sa.Column("artifact_id", sa.String(128), nullable=True),
 )
 
+artifacts = sa.Table(
+    "autofhe_artifacts",
+    metadata,
+    sa.Column("artifact_id", sa.String(128), primary_key=True),
+    sa.Column("data", sa.LargeBinary(length=2**32 - 1), nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+)
+
+#: One engine per process and URL: every ParetoStore of a process shares its small pool.
+_ENGINES: dict[tuple[str, int], sa.Engine] = {}
+
 
 def pareto_front(trials) -> list:
     """Feasible COMPLETE trials not dominated on (metric max, latency min), by metric.
@@ -128,22 +124,43 @@ def _completion_order(trial) -> tuple:
     return (done is None, done.timestamp() if done else 0.0, trial.number)
 
 
+def _engine(url: str) -> sa.Engine:
+    """This process's engine for ``url``, its tables created (racing creators retry)."""
+    key = (url, os.getpid())
+    if key not in _ENGINES:
+        engine = serialize_sqlite(sa.create_engine(url, **engine_kwargs(url, "autofhe")))
+        for attempt in range(8):
+            try:
+                metadata.create_all(engine)
+                break
+            except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
+                # another process created a table between our check and our CREATE
+                if attempt == 7:
+                    raise
+                time.sleep(0.2 + random.random())
+        _ENGINES[key] = engine
+    return _ENGINES[key]
+
+
 class ParetoStore:
     """Reads and writes autofhe's tables on an SQLAlchemy URL."""
 
     def __init__(self, url: str):
         try:
-            self.engine = serialize_sqlite(sa.create_engine(url))
-            metadata.create_all(self.engine)
+            self.engine = _engine(url)
         except ImportError as exc:
             raise StorageError(
                 f"storage {url!r} needs a database driver that is not installed ({exc.name}); "
-                "for PostgreSQL: pip install 'autofhe[postgres]'."
+                + (
+                    "for PostgreSQL: pip install 'autofhe[postgres]'."
+                    if url.startswith("postgresql")
+                    else f"install the Python package {exc.name!r}."
+                )
             ) from None
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, ValueError) as exc:  # ValueError: e.g. a port that is no number
             raise StorageError(
                 f"cannot open storage {url!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
-            ) from exc
+            ) from None
 
     @contextmanager
     def session(self) -> Iterator[sa.Connection]:
@@ -154,27 +171,51 @@ class ParetoStore:
         except SQLAlchemyError as exc:
             raise StorageError(f"database error: {str(exc).splitlines()[0]}") from exc
 
+    def transact(self, work):
+        """``work(conn)`` in a transaction, run again while the database is restarting (for up
+        to heartbeat.RECONNECT_S); other database errors are a :class:`StorageError`."""
+        deadline = time.monotonic() + heartbeat.RECONNECT_S
+        while True:
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except SQLAlchemyError as exc:
+                if not heartbeat._lost_connection(exc) or time.monotonic() > deadline:
+                    raise StorageError(f"database error: {str(exc).splitlines()[0]}") from exc
+                time.sleep(0.5 + random.random())
+
     # -- studies ------------------------------------------------------------------------------
-    def register_study(self, name: str, ds, metric: str, spec: dict) -> None:
+    def register_study(self, name: str, ds, metric: str, spec: dict) -> bool:
+        """Store the study's data and settings; False when another process registered it first
+        (the caller then joins that study after checking it holds the same data)."""
         buf = io.BytesIO()
         np.savez_compressed(buf, X=ds.X, y=ds.y)
-        with self.session() as conn:
-            conn.execute(
-                studies.insert().values(
-                    study_name=name,
-                    fingerprint=ds.fingerprint,
-                    task=ds.task,
-                    metric=metric,
-                    source=ds.source,
-                    spec=json.dumps(spec),
-                    dataset=buf.getvalue(),
-                    created=time.time(),
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    studies.insert().values(
+                        study_name=name,
+                        fingerprint=ds.fingerprint,
+                        task=ds.task,
+                        metric=metric,
+                        source=ds.source,
+                        spec=json.dumps(spec),
+                        dataset=buf.getvalue(),
+                        created=time.time(),
+                    )
                 )
-            )
+        except sa.exc.IntegrityError:
+            return False
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database error: {str(exc).splitlines()[0]}") from exc
+        return True
 
     def study_info(self, name: str) -> dict | None:
-        with self.session() as conn:
-            row = conn.execute(sa.select(studies).where(studies.c.study_name == name)).first()
+        row = self.transact(
+            lambda conn: conn.execute(
+                sa.select(studies).where(studies.c.study_name == name)
+            ).first()
+        )
         if row is None:
             return None
         info = dict(row._mapping)
@@ -189,7 +230,7 @@ class ParetoStore:
 
     # -- Pareto snapshots ---------------------------------------------------------------------
     def latest_front(self, name: str) -> list[dict]:
-        with self.session() as conn:
+        def read(conn) -> list[dict]:
             snap = conn.execute(
                 sa.select(snapshots.c.id)
                 .where(snapshots.c.study_name == name)
@@ -203,7 +244,9 @@ class ParetoStore:
                 .where(points.c.snapshot_id == snap)
                 .order_by(points.c.metric.desc(), points.c.predicted_latency_s)
             ).all()
-        return [dict(r._mapping) for r in rows]
+            return [dict(r._mapping) for r in rows]
+
+        return self.transact(read)
 
     def snapshot_count(self, name: str) -> int:
         with self.session() as conn:
@@ -220,7 +263,8 @@ class ParetoStore:
         current = {p["trial_number"] for p in self.latest_front(name)}
         if current == {t.number for t in front}:
             return False
-        with self.session() as conn:
+
+        def write(conn) -> None:
             snap = conn.execute(
                 snapshots.insert().values(
                     study_name=name, created=time.time(), n_complete=n_complete
@@ -237,4 +281,46 @@ class ParetoStore:
                         artifact_id=t.user_attrs.get("artifact_id"),
                     )
                 )
+
+        self.transact(write)
         return True
+
+
+class DatabaseArtifactStore:
+    """An Optuna artifact store on the ``autofhe_artifacts`` table of a study's database.
+
+    ``fallback`` is a folder read when an artifact is not in the table: the folder that older
+    studies kept next to their SQLite file.
+    """
+
+    def __init__(self, store: ParetoStore, fallback: Path | None = None):
+        self.store = store
+        self.fallback = fallback
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        data = self.store.transact(
+            lambda conn: conn.execute(
+                sa.select(artifacts.c.data).where(artifacts.c.artifact_id == artifact_id)
+            ).scalar()
+        )
+        if data is not None:
+            return io.BytesIO(data)
+        if self.fallback is not None and (self.fallback / artifact_id).is_file():
+            return open(self.fallback / artifact_id, "rb")
+        raise ArtifactNotFound(f"artifact {artifact_id!r} is not in the database")
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        row = {"artifact_id": artifact_id, "data": content_body.read(), "created": time.time()}
+        self.store.transact(lambda conn: conn.execute(artifacts.insert().values(**row)))
+
+    def remove(self, artifact_id: str) -> None:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        with self.store.session() as conn:
+            deleted = conn.execute(
+                artifacts.delete().where(artifacts.c.artifact_id == artifact_id)
+            ).rowcount
+        if not deleted:
+            raise ArtifactNotFound(f"artifact {artifact_id!r} is not in the database")

@@ -104,6 +104,12 @@ def load_spec(path: str | Path | None) -> Spec:
             f"spec file {path}: unknown section(s) {sorted(unknown)}; use [study], [space], "
             "[fixed]."
         )
+    for section in ("study", "space", "fixed"):
+        if not isinstance(data.get(section, {}), dict):
+            raise ParameterError(
+                f"spec file {path}: {section} = {data[section]!r}; [{section}] must be a "
+                "section of `name = value` lines."
+            )
     study = data.get("study", {})
     if set(study) - _STUDY_KEYS:
         raise ParameterError(

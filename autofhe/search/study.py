@@ -1,17 +1,18 @@
 """Create or resume a study on a storage URL, run workers, keep the Pareto front.
 
 A study is an Optuna multi-objective study (metric max, predicted FHE latency min) plus
-autofhe's tables (pareto.py) holding its dataset, so any worker needs only the storage URL
-and the study name. Workers are plain processes running ``study.optimize`` with heartbeats:
-a killed worker's trial is marked failed and re-queued.
+autofhe's tables (pareto.py) holding its dataset and its front models, so any worker needs
+only the storage URL and the study name. Workers are plain processes asking the study for
+trials; a helper process of each worker beats for its trial and reaps (heartbeat.py): a
+killed worker's trial is failed and re-queued after the grace period, a live one never is.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import sys
 import tempfile
-import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,30 +21,42 @@ import numpy as np
 import optuna
 
 from autofhe.data import Dataset, check_Xy, split_dataset
-from autofhe.errors import DataError, ParameterError
-from autofhe.search.locate import DEFAULT_STORAGE, STORAGE_ENV, artifact_dir, resolve_storage
+from autofhe.errors import DataError, ParameterError, StorageError
+from autofhe.search import heartbeat
+from autofhe.search.heartbeat import Heartbeat, make_storage
+from autofhe.search.locate import (
+    DEFAULT_STORAGE,
+    STORAGE_ENV,
+    artifact_dir,
+    artifact_store,
+    resolve_storage,
+)
 from autofhe.search.notes import publish_front, publish_trial
-from autofhe.search.objective import METRICS, SearchContext, objective
-from autofhe.search.pareto import ParetoStore, pareto_front, serialize_sqlite
+from autofhe.search.objective import METRICS, SearchContext
+from autofhe.search.pareto import ParetoStore, pareto_front
 from autofhe.search.plan import make_plan, project
 from autofhe.search.space import SEED_CONFIG
 from autofhe.search.spec import Spec
+from autofhe.search.workers import optimize, run_workers
 
 __all__ = [
     "DEFAULT_STORAGE",
     "STORAGE_ENV",
     "SearchSession",
     "artifact_dir",
+    "artifact_store",
     "check_search_inputs",
     "default_study_name",
     "open_study",
     "resolve_storage",
+    "run_workers",
 ]
 
 OBJECTIVE_NAMES = ["fhe_latency_s"]
-#: A worker beats every HEARTBEAT_S seconds; a trial silent for 3 beats is failed and re-queued.
-HEARTBEAT_S = int(os.environ.get("AUTOFHE_HEARTBEAT_S", "10"))
-GRACE_S = 3 * HEARTBEAT_S
+#: A worker's helper beats every HEARTBEAT_S seconds; a trial silent for GRACE_S is failed and
+#: re-queued ($AUTOFHE_HEARTBEAT_S, $AUTOFHE_GRACE_S).
+HEARTBEAT_S = heartbeat.HEARTBEAT_S
+GRACE_S = heartbeat.GRACE_S
 MEASURE_ALL_S = 2.0
 #: Validation predictions recorded per front trial, for checking exported models.
 RECORDED_PREDICTIONS = 16
@@ -54,16 +67,8 @@ def default_study_name(ds: Dataset, metric: str) -> str:
 
 
 def _storage(url: str) -> optuna.storages.RDBStorage:
-    storage = optuna.storages.RDBStorage(
-        url,
-        heartbeat_interval=HEARTBEAT_S,
-        grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=2
-        ),
-    )
-    serialize_sqlite(storage.engine)  # workers must not both pop the same waiting trial
-    return storage
+    """This process's pooled, reconnecting storage for ``url`` (heartbeat.make_storage)."""
+    return make_storage(url, HEARTBEAT_S, GRACE_S)
 
 
 def _sampler(spec_sampler: str, seed: int | None):
@@ -84,7 +89,49 @@ def check_search_inputs(ds: Dataset, spec: Spec, seed: int = 0) -> str:
         )
     spec.metric = metric
     split_dataset(ds, seed)  # too few rows fail here, before any write
+    _dry_run(ds, spec, seed)
     return metric
+
+
+def _dry_run(ds: Dataset, spec: Spec, seed: int) -> None:
+    """Draw one configuration from the space and train it for one epoch on a few rows.
+
+    A spec whose every trial would crash (a [fixed] value of the wrong kind, ``step = 0``)
+    is refused here, before anything is written, instead of filling a study with FAIL trials.
+    """
+    from autofhe.errors import AccumulatorBudgetError
+    from autofhe.nn.estimators import NeuralNetClassifier, NeuralNetRegressor
+    from autofhe.search.space import suggest, to_estimator_params
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+    try:
+        params = suggest(trial, spec.space)
+    except (ValueError, TypeError) as exc:
+        raise ParameterError(f"search space: {exc}; fix the [space] of the spec.") from None
+    classification = ds.task == "classification"
+    if classification:  # a few rows of every class
+        rows = np.concatenate([np.flatnonzero(ds.y == c)[:4] for c in np.unique(ds.y)])
+    else:
+        rows = np.arange(min(len(ds.y), 16))
+    cls = NeuralNetClassifier if classification else NeuralNetRegressor
+    merged = to_estimator_params({**spec.fixed, **params, "verbose": 0})
+    epochs = merged.get("max_epochs", 1)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ParameterError(
+            f"the spec's max_epochs = {epochs!r} cannot be trained; pass a positive integer."
+        )
+    merged["max_epochs"] = 1  # one epoch shows that the values work
+    try:
+        cls(random_state=seed, **merged).fit(ds.X[rows], ds.y[rows])
+    except AccumulatorBudgetError:
+        pass  # this drawn configuration is infeasible: the search prices it, the spec is fine
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ParameterError(
+            f"the spec's configuration {params} with [fixed] {spec.fixed} cannot be trained "
+            f"({type(exc).__name__}: {first}); fix the [fixed] / [space] values."
+        ) from None
 
 
 def open_study(
@@ -128,7 +175,9 @@ def open_study(
         plan = make_plan(
             ds.task, metric, split_dataset(ds, seed), spec.space, spec.fixed, spec.folds
         )
-        store.register_study(name, ds, metric, wanted)
+        if not store.register_study(name, ds, metric, wanted):
+            # another first run registered it between our look and our write: join it
+            return open_study(ds, spec, url, name, seed)
         study.set_metric_names([metric, *OBJECTIVE_NAMES])
         study.set_user_attr("autofhe_fingerprint", ds.fingerprint)
         study.set_user_attr("autofhe_task", ds.task)
@@ -222,7 +271,7 @@ class SearchSession:
                 record_measurement_conditions(trial, conditions)
             except ResourceError as exc:
                 trial.set_user_attr("measure_error", str(exc))
-            store = optuna.artifacts.FileSystemArtifactStore(str(_mkdir(artifact_dir(url))))
+            store = artifact_store(url)
             with tempfile.TemporaryDirectory() as tmp:
                 provenance = {"study": name, "trial": trial.number}
                 archive = model.compiled_model.save_archive(
@@ -244,10 +293,11 @@ class SearchSession:
         timeout: float | None,
         cost_model,
         progress: Callable | None = None,
-    ) -> None:
+    ) -> int:
         """Run trials in this process until ``n_trials`` more are done or ``timeout`` passes.
 
         ``cost_model`` None: this machine's cached latency model (calibrated if missing).
+        Returns the number of trials this process ran.
         """
         if cost_model is None:
             from autofhe.fhe.latency import load_cost_model
@@ -255,86 +305,37 @@ class SearchSession:
             cost_model = load_cost_model()
         store = ParetoStore(self.url)
         info = self._info(store)
+        storage = _storage(self.url)
         study = optuna.load_study(
             study_name=self.name,
-            storage=_storage(self.url),
+            storage=storage,
             sampler=_sampler(info["spec"].get("sampler", "tpe"), self.seed + os.getpid()),
         )
         ctx = self._context(info, cost_model, study.user_attrs.get("autofhe_plan"))
 
-        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        def after_trial(trial: optuna.trial.FrozenTrial) -> None:
             trials = study.get_trials(deepcopy=False)
             front = pareto_front(trials)
             n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
             publish_trial(study, trial)  # what optuna-dashboard shows first, for people
-            if store.save_front(self.name, front, n_complete):
-                publish_front(study, front, n_complete)
+            try:
+                if store.save_front(self.name, front, n_complete):
+                    publish_front(study, front, n_complete)
+            except StorageError as exc:  # the next trial's snapshot catches up
+                print(f"autofhe: warning: front snapshot not saved: {exc}", file=sys.stderr)
             if progress:
                 progress(study, trial, trials, front)
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(
-            lambda trial: objective(trial, ctx),
-            n_trials=n_trials,
-            timeout=timeout,
-            callbacks=[after_trial],
-            catch=(Exception,),
-            gc_after_trial=True,
-        )
+        # our helper process beats for the asked trials (Optuna assumes its own thread)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        beat = Heartbeat(self.url, self.name, storage)
+        try:
+            return optimize(study, ctx, n_trials, timeout, beat, after_trial)
+        finally:
+            beat.close()
 
 
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _worker_main(
-    url: str, name: str, n_trials: int | None, timeout: float | None, seed: int
-) -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    import torch
-
-    # Small networks train as fast on one thread: N workers then use N cores, not 2N threads.
-    torch.set_num_threads(1)
-    from autofhe.fhe.latency import load_cost_model
-
-    SearchSession(url, name, seed).run(n_trials, timeout, load_cost_model())
-
-
-def run_workers(
-    url: str,
-    name: str,
-    workers: int,
-    n_trials: int | None,
-    timeout: float | None,
-    seed: int,
-    cost_model,
-    progress=None,
-) -> None:
-    """Run the study with ``workers`` processes (1: in this process)."""
-    if workers <= 1:
-        SearchSession(url, name, seed).run(n_trials, timeout, cost_model, progress)
-        return
-    shares = [None] * workers
-    if n_trials is not None:
-        shares = [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
-    ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_worker_main, args=(url, name, share, timeout, seed + i))
-        for i, share in enumerate(shares)
-        if share != 0
-    ]
-    for p in procs:
-        p.start()
-    try:
-        while any(p.is_alive() for p in procs):
-            time.sleep(1.0)
-            if progress:
-                study = optuna.load_study(study_name=name, storage=url)
-                trials = study.get_trials(deepcopy=False)
-                progress(study, None, trials, pareto_front(trials))
-    finally:
-        for p in procs:
-            p.join()
