@@ -13,11 +13,14 @@ from autofhe.search.locate import artifact_store
 from autofhe.search.pareto import pareto_front
 
 
-def front_bundles(url: str, study_name: str, trials) -> Iterator[tuple]:
-    """``(trial, manifest, program, bundle directory)`` per front trial with an artifact."""
+def front_bundles(url: str, study_name: str, trials, every: bool = False) -> Iterator[tuple]:
+    """``(trial, manifest, program, bundle directory)`` per front trial with an artifact;
+    ``every``: front trials without one too, as ``(trial, None, None, None)``."""
     store = artifact_store(url)
     for t in pareto_front(trials):
         if not t.user_attrs.get("artifact_id"):
+            if every:
+                yield t, None, None, None
             continue
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(tmp) / "model.zip"

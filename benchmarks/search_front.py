@@ -27,15 +27,14 @@ import numpy as np
 import optuna
 
 from autofhe.data import load_dataset
-from autofhe.fhe.bundle import load_program, unpack_bundle
 from autofhe.fhe.deploy import measure_bundle
 from autofhe.fhe.latency import load_cost_model
-from autofhe.search.locate import artifact_store
 from autofhe.search.pareto import pareto_front
 from autofhe.search.select import choose
 from autofhe.search.spec import load_spec, parse_duration
 from autofhe.search.study import open_study, run_workers
 
+from front_models import front_bundles
 from protocol import split, table
 
 warnings.filterwarnings("ignore")
@@ -56,7 +55,6 @@ COLUMNS = ["dataset", "model", "valid acc", "test acc", "latency s (search)", "l
 
 def front_rows(dataset: str, url: str, name: str, Xte, yte) -> list[dict]:
     study = optuna.load_study(study_name=name, storage=url)
-    store = artifact_store(url)
     rows = []
     trials = study.get_trials(deepcopy=False)
     front = pareto_front(trials)
@@ -66,26 +64,15 @@ def front_rows(dataset: str, url: str, name: str, Xte, yte) -> list[dict]:
         if any(t.user_attrs.get("artifact_id") for t in front)
         else None
     )
-    for t in front:
-        test_acc = None
-        if t.user_attrs.get("artifact_id"):
-            with tempfile.TemporaryDirectory() as tmp:
-                archive = Path(tmp) / "model.zip"
-                optuna.artifacts.download_artifact(
-                    artifact_store=store,
-                    file_path=str(archive),
-                    artifact_id=t.user_attrs["artifact_id"],
-                )
-                unpack_bundle(archive, Path(tmp) / "bundle")  # path-checked, then checksums
-                manifest, program = load_program(Path(tmp) / "bundle")
-                classes = np.asarray(manifest["classes"])
-                pred = classes[program.predict_raw(Xte).argmax(axis=1)]
-                test_acc = float(np.mean(pred == yte))
-                in_search = t.user_attrs.get("measured_latency_s")
-                n = 5 if in_search is not None and in_search <= SLOW_S else 1
-                measured = measure_bundle(Path(tmp) / "bundle", Xte, n=n)["latency_s"]
-        else:
-            in_search = measured = None
+    for t, manifest, program, bundle in front_bundles(url, name, trials, every=True):
+        test_acc = in_search = measured = None
+        if program is not None:
+            classes = np.asarray(manifest["classes"])
+            pred = classes[program.predict_raw(Xte).argmax(axis=1)]
+            test_acc = float(np.mean(pred == yte))
+            in_search = t.user_attrs.get("measured_latency_s")
+            n = 5 if in_search is not None and in_search <= SLOW_S else 1
+            measured = measure_bundle(bundle, Xte, n=n)["latency_s"]
         rows.append(
             {
                 "dataset": dataset,

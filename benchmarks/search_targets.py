@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from front_models import front_bundles
 from sklearn import datasets
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import train_test_split
@@ -35,6 +34,7 @@ from autofhe.fhe.latency import load_cost_model
 from autofhe.search.spec import load_spec, parse_duration
 from autofhe.search.study import open_study, run_workers
 
+from front_models import front_bundles
 from protocol import split, table
 
 warnings.filterwarnings("ignore")

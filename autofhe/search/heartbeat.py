@@ -3,15 +3,15 @@
 A trial's heartbeat cannot come from a thread of the worker: concrete holds the GIL for longer
 than any sensible grace period (key generation, encrypted runs), the thread starves, another
 worker fails the live trial and the original then reports into a finished trial. So every
-worker starts one small helper *process* (this file, run by path) that
+worker starts one small helper *process* (``python -m autofhe.search.heartbeat``) that
 
 - records the heartbeat of the worker's current trial every ``interval`` seconds, whatever the
   worker is doing, and stops as soon as the worker dies (its stdin reaches end of file);
 - reaps: fails the study's stale trials every ``interval`` seconds and re-queues them, so a
   killed worker's trial is retried after the grace period even when no trial starts.
 
-This module imports nothing from autofhe (the package imports torch): the helper starts in
-about a second and holds little memory. Database errors never end the helper; a storage call
+This module imports nothing from autofhe (whose package imports are lazy: no torch), so the
+helper starts in about a second and holds little memory. Database errors never end the helper; a storage call
 of a worker that lost its connection (a database restart) is retried for ``RECONNECT_S``.
 """
 
@@ -197,7 +197,8 @@ class Heartbeat:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                os.path.abspath(__file__),
+                "-m",  # not by path: its folder would shadow the standard library (select)
+                "autofhe.search.heartbeat",
                 url,
                 study_name,
                 str(storage.heartbeat_interval),

@@ -25,22 +25,11 @@ from autofhe.search.space import SEED_CONFIG
 from autofhe.search.spec import load_spec
 from autofhe.search.study import open_study, run_workers
 
+from specs import fast_spec
+
 AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
 COST = CostModel(base=0.002, per_byte=1e-8, seconds_per_unit=1e-3, seconds_per_pbs=1e-3, cores=2)
-FAST_SPEC = """
-[study]
-max_key_size = "2GB"
-
-[space]
-n_w_bits = { low = 2, high = 4 }
-n_a_bits = { low = 2, high = 4 }
-n_accum_bits = ["none", 8, 10]
-module__activation_function = ["ReLU", "Tanh"]
-
-[fixed]
-module__n_layers = 1
-max_epochs = 3
-"""
+FAST_SPEC = fast_spec(max_epochs=3)
 
 
 @pytest.fixture(scope="module")

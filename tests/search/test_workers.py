@@ -28,22 +28,11 @@ from autofhe.search.pareto import ParetoStore, pareto_front
 from autofhe.search.spec import load_spec
 from autofhe.search.study import open_study, run_workers
 
+from specs import fast_spec
+
 AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
 OPTUNA = str(Path(sys.executable).with_name("optuna"))
-SPEC = """
-[study]
-max_key_size = "2GB"
-
-[space]
-n_w_bits = { low = 2, high = 4 }
-n_a_bits = { low = 2, high = 4 }
-n_accum_bits = ["none", 8, 10]
-module__activation_function = ["ReLU", "Tanh"]
-
-[fixed]
-module__n_layers = 1
-max_epochs = 2
-"""
+SPEC = fast_spec(max_epochs=2)
 State = optuna.trial.TrialState
 
 
