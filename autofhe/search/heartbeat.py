@@ -11,8 +11,9 @@ worker starts one small helper *process* (``python -m autofhe.search.heartbeat``
   killed worker's trial is retried after the grace period even when no trial starts.
 
 This module imports nothing from autofhe (whose package imports are lazy: no torch), so the
-helper starts in about a second and holds little memory. Database errors never end the helper; a storage call
-of a worker that lost its connection (a database restart) is retried for ``RECONNECT_S``.
+helper starts in about a second and holds little memory. Database errors never end the
+helper; a storage call of a worker that lost its connection (a database restart) is retried
+for ``RECONNECT_S``.
 """
 
 from __future__ import annotations
