@@ -6,14 +6,18 @@ Protocol (bodies are raw bytes, ``application/octet-stream``):
 - ``POST /predict/<key_id>``: one serialized encrypted input -> the serialized encrypted output;
 - ``GET /info``: model metadata (task, features, versions); ``GET /openapi.json``.
 
-Errors are JSON ``{"error": "..."}`` with a 4xx status for the client's mistakes (malformed
-payload, unknown key, too large) and never stop the server.
+Every error is JSON ``{"error": "..."}`` with its status: 400 malformed request or payload,
+404 unknown route or key, 405 (with ``Allow``) another method, 408 body not sent in time, 413
+too large, 503 no upload slot free. None stops the server. Each connection has a socket
+timeout, and a key upload must also finish within a deadline set by its size, so a client that
+stalls is dropped and cannot hold one of the few upload slots for long.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -24,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from autofhe.errors import HttpError
+from autofhe.errors import HttpError, ParameterError
 from autofhe.fhe.bundle import read_manifest
 from autofhe.fhe.deploy import FheClient, FheServer, count_samples
+from autofhe.fhe.openapi import openapi
 from autofhe.fhe.progress import Progress, megabytes
 
 __all__ = ["HttpClient", "make_server", "openapi"]
@@ -35,73 +40,35 @@ MAX_INPUT_BYTES = 64 * 1024**2
 #: Key sets kept in memory (oldest dropped first) and key uploads read at once.
 MAX_REGISTERED_KEYS = 8
 MAX_CONCURRENT_UPLOADS = 2
+#: Seconds a connection may stay silent (``AUTOFHE_SERVE_TIMEOUT`` overrides it), and the
+#: slowest upload rate accepted: a body must arrive within timeout + size / rate.
+DEFAULT_TIMEOUT_S = 30.0
+MIN_UPLOAD_BYTES_PER_S = 256 * 1024
+#: The methods of each route, for 405 answers and their ``Allow`` header.
+ROUTES = {"/info": "GET", "/openapi.json": "GET", "/keys": "POST", "/predict/": "POST"}
 
 
-def openapi(info: dict) -> dict:
-    octet = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
-    error = {
-        "application/json": {
-            "schema": {"type": "object", "properties": {"error": {"type": "string"}}}
-        }
-    }
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "autofhe encrypted inference", "version": info.get("autofhe", "?")},
-        "paths": {
-            "/info": {
-                "get": {
-                    "summary": "Model metadata",
-                    "responses": {
-                        "200": {
-                            "description": "task, features, versions",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        }
-                    },
-                }
-            },
-            "/keys": {
-                "post": {
-                    "summary": "Register serialized evaluation keys",
-                    "requestBody": {"required": True, "content": octet},
-                    "responses": {
-                        "200": {
-                            "description": "registered",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {"key_id": {"type": "string"}},
-                                    }
-                                }
-                            },
-                        },
-                        "400": {"description": "malformed keys", "content": error},
-                        "413": {"description": "too large", "content": error},
-                    },
-                }
-            },
-            "/predict/{key_id}": {
-                "post": {
-                    "summary": "Run one serialized encrypted input",
-                    "parameters": [
-                        {
-                            "name": "key_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "requestBody": {"required": True, "content": octet},
-                    "responses": {
-                        "200": {"description": "serialized encrypted output", "content": octet},
-                        "400": {"description": "malformed input", "content": error},
-                        "404": {"description": "unknown key_id", "content": error},
-                        "413": {"description": "too large", "content": error},
-                    },
-                }
-            },
-        },
-    }
+def _allowed(path: str) -> str | None:
+    """The methods of the route ``path`` belongs to, or None for no route."""
+    for route, methods in ROUTES.items():
+        if path == route or (route.endswith("/") and path.startswith(route)):
+            return methods
+    return None
+
+
+def _timeout(timeout: float | None) -> float:
+    if timeout is None:
+        raw = os.environ.get("AUTOFHE_SERVE_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+        try:
+            timeout = float(raw)
+        except ValueError:
+            timeout = -1.0
+    if not timeout > 0:  # also refuses NaN
+        raise ParameterError(
+            f"serve timeout {timeout!r} (or $AUTOFHE_SERVE_TIMEOUT) is not a positive number "
+            "of seconds; pass e.g. 30."
+        )
+    return timeout
 
 
 def _evaluation_keys_size(server: FheServer, manifest: dict) -> int:
@@ -124,6 +91,7 @@ def make_server(
     port: int = 8000,
     digest: str | None = None,
     progress: Progress | None = None,
+    timeout: float | None = None,
 ):
     """An HTTP server for a bundle directory (``model.json`` + ``server/``).
 
@@ -131,9 +99,12 @@ def make_server(
     The circuit is compiled from the bundle's integer program (see :class:`FheServer`).
     ``progress``: reports compilation, the key-size probe and each key registration. The
     server's ``evaluation_keys_bytes`` attribute is the size of the keys a client uploads.
+    ``timeout``: seconds a connection may stay silent before it is dropped (default
+    ``$AUTOFHE_SERVE_TIMEOUT`` or 30); also how long a key upload waits for a free slot.
     """
     from concrete import fhe
 
+    timeout = _timeout(timeout)
     progress = progress or Progress(quiet=True)
     manifest = read_manifest(bundle, digest)
     server = FheServer(bundle, digest, progress=progress)
@@ -152,21 +123,98 @@ def make_server(
         def log_message(self, fmt, *args):  # quiet: one line per request on stderr is noise
             return
 
-        def _send(self, status: int, body: bytes, ctype: str) -> None:
+        def setup(self):
+            self.timeout = timeout  # StreamRequestHandler applies it to the socket
+            super().setup()
+
+        def __getattr__(self, name: str):
+            # http.server answers a method without a do_<METHOD> with an HTML 501 page; every
+            # method this server does not declare gets a JSON 405 (404 off the routes) instead
+            if name.startswith("do_"):
+                return self._not_allowed
+            raise AttributeError(name)
+
+        def _not_allowed(self) -> None:
+            allowed = _allowed(self.path)
+            if allowed is None:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
+            elif self.command == "OPTIONS":
+                self.send_response(HTTPStatus.NO_CONTENT)
+                self.send_header("Allow", f"{allowed}, OPTIONS")
+                self.end_headers()
+            else:
+                message = f"{self.command} is not allowed on {self.path}; use {allowed}"
+                self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": message}, allow=allowed)
+
+        def parse_request(self) -> bool:
+            if not super().parse_request():
+                return False
+            if self.request_version == "HTTP/0.9":  # its answers have no status line
+                self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 requests are not supported")
+                return False
+            return True
+
+        def send_error(self, code, message=None, explain=None):
+            # http.server's own errors (bad request line, headers too long...) as JSON too;
+            # before the request line is parsed the version is unknown: answer in HTTP/1.0
+            if getattr(self, "request_version", "") in ("", "HTTP/0.9"):
+                self.request_version = "HTTP/1.0"
+            short = self.responses.get(code, ("error",))[0]
+            self._json(code, {"error": message or short})
+
+        def _send(self, status: int, body: bytes, ctype: str, allow: str | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
+            if allow:
+                self.send_header("Allow", allow)
+            if status >= 400:  # an unread body would be parsed as the next request
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
-        def _json(self, status: int, payload: dict) -> None:
-            self._send(status, json.dumps(payload).encode(), "application/json")
+        def _json(self, status: int, payload: dict, allow: str | None = None) -> None:
+            self._send(status, json.dumps(payload).encode(), "application/json", allow)
+
+        def _read(self, length: int) -> bytes | None:
+            """``length`` bytes of body, or None (and a 408) when the client stalls or is
+            slower than the upload deadline: it then holds its slot a bounded time only."""
+            deadline = time.monotonic() + timeout + length / MIN_UPLOAD_BYTES_PER_S
+            blocks, received = [], 0
+            try:
+                while received < length:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    self.connection.settimeout(min(timeout, left))
+                    block = self.rfile.read1(min(length - received, 1 << 20))
+                    if not block:  # the client closed the connection mid-body
+                        self.close_connection = True
+                        return None
+                    blocks.append(block)
+                    received += len(block)
+            except TimeoutError:
+                message = f"request body not received in time ({received} of {length} bytes)"
+                try:
+                    self._json(HTTPStatus.REQUEST_TIMEOUT, {"error": message})
+                except OSError:
+                    self.close_connection = True
+                return None
+            finally:
+                self.connection.settimeout(timeout)
+            return b"".join(blocks)
 
         def _body(self, limit: int) -> bytes | None:
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
+            raw = self.headers.get("Content-Length")
+            if raw is None:
                 self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"})
+                return None
+            try:
+                length = int(raw)
+            except ValueError:
+                self._json(HTTPStatus.BAD_REQUEST, {"error": f"Content-Length {raw!r} is invalid"})
                 return None
             if length <= 0:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": "empty body"})
@@ -177,7 +225,7 @@ def make_server(
                     {"error": f"body of {length} bytes is over the {limit}-byte limit"},
                 )
                 return None
-            return self.rfile.read(length)
+            return self._read(length)
 
         def do_GET(self):
             if self.path == "/info":
@@ -185,11 +233,13 @@ def make_server(
             elif self.path == "/openapi.json":
                 self._json(HTTPStatus.OK, openapi(public))
             else:
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
+                self._not_allowed()
 
         def do_POST(self):
             if self.path == "/keys":
-                if not uploads.acquire(blocking=False):
+                # a stalled upload is dropped within `timeout`, so waiting that long for a
+                # slot gets one unless every slot holds a live (slow) upload
+                if not uploads.acquire(timeout=timeout):
                     self._json(
                         HTTPStatus.SERVICE_UNAVAILABLE,
                         {"error": "too many key uploads at once; retry shortly"},
@@ -253,7 +303,7 @@ def make_server(
                     return
                 self._send(HTTPStatus.OK, result.serialize(), "application/octet-stream")
             else:
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
+                self._not_allowed()
 
     try:
         httpd = ThreadingHTTPServer((host, port), Handler)
