@@ -465,11 +465,27 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from autofhe.data import load_features
     from autofhe.fhe.deploy import predict_bundle
 
+    _check_out(args.out)  # before the (possibly long) encrypted run, not after it
     X = load_features(args.data, label_column=args.label_column)
     pred, _ = predict_bundle(
         args.model, X, fhe=args.fhe, progress=not args.quiet, digest=args.digest
     )
     return _write_predictions(pred, args.out, f"predictions ({args.fhe})")
+
+
+def _check_out(out: str | None) -> None:
+    """Refuse a predictions path that cannot be written, before any work is done."""
+    from pathlib import Path
+
+    if out is None:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise ParameterError(f"--out {out} is a directory; pass a file path such as p.npy.")
+    if not path.parent.is_dir():
+        raise ParameterError(
+            f"--out {out}: directory {path.parent} does not exist; create it or pass another path."
+        )
 
 
 def _write_predictions(pred, out: str | None, what: str) -> int:
@@ -490,7 +506,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from autofhe.fhe.serve import make_server
 
     progress = Progress(quiet=args.quiet)
-    httpd = make_server(args.model, args.host, args.port, digest=args.digest, progress=progress)
+    httpd = make_server(
+        args.model, args.host, args.port, args.digest, progress, timeout=args.timeout
+    )
     host, port = httpd.server_address[:2]
     print(
         f"serving {args.model} on http://{host}:{port} (OpenAPI: /openapi.json); each client "
@@ -509,6 +527,7 @@ def _cmd_remote_predict(args: argparse.Namespace) -> int:
     from autofhe.fhe.progress import Progress
     from autofhe.fhe.serve import HttpClient
 
+    _check_out(args.out)
     X = load_features(args.data, label_column=args.label_column)
     client = HttpClient(
         args.url, args.model, args.keys, digest=args.digest, progress=Progress(quiet=args.quiet)
@@ -666,6 +685,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--digest",
         default=None,
         help="refuse the bundle unless its digest (printed by export) is this",
+    )
+    serve.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds a client may stay silent before it is dropped "
+        "(default $AUTOFHE_SERVE_TIMEOUT or 30)",
     )
     serve.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     serve.set_defaults(func=_cmd_serve)

@@ -267,8 +267,13 @@ def read_manifest(directory: str | Path, digest: str | None = None) -> dict:
         raise BundleError(f"{root} is not an autofhe bundle: model.json is missing.")
     _check_digest(root, digest)
     manifest = read_json(root / "model.json")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict):
+        raise BundleError(
+            f"bundle {root}: model.json holds a JSON {type(manifest).__name__}, not the "
+            "object autofhe writes (modified or not a bundle); re-export the model."
+        )
+    if manifest.get("format") != FORMAT:
+        found = manifest.get("format")
         raise BundleError(
             f"bundle format {found!r} is not supported (this autofhe reads format {FORMAT}, "
             "which carries no compiled code); re-export the model with this version."

@@ -365,6 +365,9 @@ def test_predict_bad_input_one_line_errors(bundle, tmp_path):
     incomplete = tmp_path / "incomplete"
     shutil.copytree(bundle, incomplete)
     (incomplete / "server" / "program.json").unlink()
+    listed = tmp_path / "listed"  # model.json holding a JSON list, not an object
+    shutil.copytree(bundle, listed)
+    (listed / "model.json").write_text("[1, 2]")
     np.save(tmp_path / "five.npy", np.zeros((2, 5)))
     nan = np.zeros((2, 13))
     nan[1, 3] = np.nan
@@ -375,11 +378,18 @@ def test_predict_bad_input_one_line_errors(bundle, tmp_path):
         (["--model", "incomplete", "--data", "ok.npy"], "server/program.json is missing"),
         (["--model", str(bundle), "--data", "five.npy"], "X has 5 features"),
         (["--model", str(bundle), "--data", "nan.npy"], "NaN"),
+        (["--model", "listed", "--data", "ok.npy"], "model.json holds a JSON list, not the"),
+        (
+            ["--model", str(bundle), "--data", "ok.npy", "--out", "missing/p.npy"],
+            "directory missing does not exist",
+        ),
+        (["--model", str(bundle), "--data", "ok.npy", "--out", "."], "--out . is a directory"),
     ]
     for args, message in cases:
         result = _cli(["predict", *args, "--fhe", "disable"], tmp_path)
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "missing").exists()
 
 
 def test_key_files_are_private_and_per_model(bundle, tmp_path):
