@@ -80,6 +80,29 @@ def test_stalled_uploads_do_not_block_other_key_uploads(served):
             s.close()
 
 
+def test_a_trickling_upload_is_dropped_at_its_deadline(served):
+    """One byte every 0.3 s never trips the 1 s socket timeout; the upload deadline (timeout
+    + size / minimum rate) still ends it, so it cannot hold an upload slot for long."""
+    size = served.evaluation_keys_bytes
+    head = f"POST /keys HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode()
+    with socket.create_connection(served.server_address[:2], timeout=10) as s:
+        s.sendall(head)
+        start, sent = time.monotonic(), 0
+        s.setblocking(False)
+        answer = b""
+        while sent < size - 1 and time.monotonic() - start < 5 * TIMEOUT:
+            try:
+                answer = s.recv(65536)
+                break
+            except BlockingIOError:
+                s.send(b"k")
+                sent += 1
+                time.sleep(0.3)
+        elapsed = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.0 408 "), (answer, sent, elapsed)
+    assert elapsed < 3 * TIMEOUT and sent < size, (elapsed, sent)
+
+
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "HEAD"])
 def test_undeclared_methods_get_json_405_with_allow(served, method):
     status, headers, body = _request(served, method, "/keys")
