@@ -127,6 +127,19 @@ def make_server(
             self.timeout = timeout  # StreamRequestHandler applies it to the socket
             super().setup()
 
+        def handle_one_request(self):
+            try:
+                super().handle_one_request()
+            except OSError:  # the client went away (reset, broken pipe): nobody to answer
+                self.close_connection = True
+            except Exception as exc:  # a bug of ours: still a JSON answer, and serving goes on
+                self.close_connection = True
+                message = f"internal error ({type(exc).__name__}); the server keeps serving"
+                try:
+                    self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": message})
+                except OSError:
+                    pass
+
         def __getattr__(self, name: str):
             # http.server answers a method without a do_<METHOD> with an HTML 501 page; every
             # method this server does not declare gets a JSON 405 (404 off the routes) instead
@@ -179,8 +192,7 @@ def make_server(
             self._send(status, json.dumps(payload).encode(), "application/json", allow)
 
         def _read(self, length: int) -> bytes | None:
-            """``length`` bytes of body, or None (and a 408) when the client stalls or is
-            slower than the upload deadline: it then holds its slot a bounded time only."""
+            """``length`` body bytes, or None (and a 408) on a stall or past the deadline."""
             deadline = time.monotonic() + timeout + length / MIN_UPLOAD_BYTES_PER_S
             blocks, received = [], 0
             try:

@@ -144,6 +144,16 @@ def test_malformed_requests_get_json_400(served, request_line, error):
     assert json.loads(body) == {"error": error}
 
 
+def test_an_unexpected_failure_is_a_json_500(served, monkeypatch):
+    def broken(info):
+        raise KeyError("boom")
+
+    monkeypatch.setattr("autofhe.fhe.serve.openapi", broken)
+    status, headers, body = _request(served, "GET", "/openapi.json")
+    assert (status, headers["content-type"]) == (500, "application/json")
+    assert json.loads(body) == {"error": "internal error (KeyError); the server keeps serving"}
+
+
 def test_server_still_serves_after_all_of_the_above(served):
     status, _, body = _request(served, "GET", "/info")
     assert status == 200 and json.loads(body)["n_features"] == 3
