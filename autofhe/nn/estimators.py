@@ -121,6 +121,13 @@ class _QuantNet:
             raise ParameterError(f"n_init={self.n_init!r} must be a positive integer.")
         if self.n_init < 1:
             raise ParameterError(f"n_init={self.n_init} must be at least 1 (one training run).")
+        batch = self.batch_size
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or (
+            batch < 1 and batch != -1
+        ):
+            raise ParameterError(
+                f"batch_size={batch!r} must be a positive integer, or -1 for all rows at once."
+            )
 
     def _fit_quant(self, X, y_train, *, reinit: bool, **fit_params):
         self._check_params()

@@ -242,7 +242,7 @@ def test_export_force_deletes_only_a_bundle(study_dir, tmp_path, monkeypatch, ca
     shutil.copytree(work, db_folder, ignore=shutil.ignore_patterns("model", "m*"))
     db_url = f"sqlite:///{db_folder}/autofhe.db"
     inside_store = tmp_path / "db" / "autofhe.db.artifacts"
-    (inside_store / "sub").mkdir()
+    (inside_store / "sub").mkdir(parents=True)  # a folder store of an older study
     (inside_store / "sub" / "model.json").write_text(json.dumps({"autofhe": "0", "format": 2}))
     not_a_bundle = tmp_path / "photos"
     not_a_bundle.mkdir()

@@ -40,9 +40,10 @@ def searched(tmp_path_factory):
     study, _, name = open_study(
         load_dataset("sklearn:wine"), load_spec(tmp / "spec.toml"), url, "w"
     )
-    # after the seed's (feasible) configuration, one that no network can fit in 3 bits
+    # after the plan's (feasible) seeds, one that no network can fit in 3 bits
     study.enqueue_trial({"n_accum_bits": 3, "n_w_bits": 4, "n_a_bits": 4})
-    run_workers(url, name, 1, 3, None, 0, COST)
+    waiting = study.get_trials(states=[optuna.trial.TrialState.WAITING])
+    run_workers(url, name, 1, len(waiting), None, 0, COST)
     return optuna.load_study(study_name=name, storage=url)
 
 
@@ -78,5 +79,7 @@ def test_study_note_holds_the_front_with_measurement_conditions(searched):
 def test_the_search_made_both_kinds_of_trial(searched):
     """The tests above see feasible and infeasible trials and a measured front model."""
     done = searched.get_trials(states=[optuna.trial.TrialState.COMPLETE])
-    assert {bool(t.user_attrs["reason"]) for t in done} == {True, False}
+    rejected = searched.get_trials(states=[optuna.trial.TrialState.PRUNED])
+    assert {bool(t.user_attrs["reason"]) for t in done + rejected} == {True, False}
+    assert any(t.user_attrs.get("rejected_before_training") for t in rejected)
     assert any("measured_latency_s" in t.user_attrs for t in pareto_front(done))
