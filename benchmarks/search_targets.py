@@ -124,7 +124,7 @@ def run(name: str, budget: float, workers: int, workdir: Path, cost_model) -> li
         f"FAIL {len(failed)}, sentinel values {len(sentinels)}",
     ]
     rows = []
-    for t, manifest, program, bundle in front_bundles(url, study_name, trials):
+    for t, _, _, bundle in front_bundles(url, study_name, trials):
         test = score(ds.task, bundle, Xte, yte)
         alone = measure_bundle(bundle, Xte, n=3)["latency_s"] if bundle else None
         params = t.user_attrs.get("estimator_params", t.params)
