@@ -15,15 +15,24 @@ from sklearn.preprocessing import StandardScaler
 CLASSIFICATION_SETS = ("breast_cancer", "wine", "digits")
 
 
+#: datasets whose target is a real value (unstratified split)
+REGRESSION_SETS = ("diabetes",)
+
+
 def load(name: str):
     if name == "circles":
         return datasets.make_circles(1000, noise=0.2, factor=0.5, random_state=0)
+    if name == "classification6000":
+        return datasets.make_classification(
+            n_samples=6000, n_features=8, n_informative=5, random_state=0
+        )
     return getattr(datasets, f"load_{name}")(return_X_y=True)
 
 
 def split(name: str):
     X, y = load(name)
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
+    strat = None if name in REGRESSION_SETS else y
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=0, stratify=strat)
     scaler = StandardScaler().fit(Xtr)
     return (
         scaler.transform(Xtr).astype(np.float32),

@@ -23,10 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from sklearn import datasets
 from sklearn.linear_model import Ridge
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 
 from autofhe.data import Dataset, check_Xy
 from autofhe.fhe.deploy import measure_bundle
@@ -36,7 +33,7 @@ from autofhe.search.spec import load_spec, parse_duration
 from autofhe.search.study import open_study, run_workers
 
 from front_models import front_bundles
-from protocol import split, table
+from protocol import REGRESSION_SETS, split, table
 
 warnings.filterwarnings("ignore")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -53,30 +50,8 @@ TARGETS = {
 TRIALS_PER_HOUR = {"classification6000": 300}  # >= 100 trials in 20 minutes
 
 
-def protocol_split(name: str):
-    """75/25 split, random_state=0 (stratified for classification), standardized."""
-    if name in ("circles", "breast_cancer", "wine", "digits"):
-        return split(name)
-    if name == "classification6000":
-        X, y = datasets.make_classification(
-            n_samples=6000, n_features=8, n_informative=5, random_state=0
-        )
-        strat = y
-    else:
-        X, y = datasets.load_diabetes(return_X_y=True)
-        strat = None
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=0, stratify=strat)
-    scaler = StandardScaler().fit(Xtr)
-    return (
-        scaler.transform(Xtr).astype(np.float32),
-        scaler.transform(Xte).astype(np.float32),
-        ytr,
-        yte,
-    )
-
-
 def dataset(name: str, Xtr, ytr) -> Dataset:
-    task = "regression" if name == "diabetes" else "classification"
+    task = "regression" if name in REGRESSION_SETS else "classification"
     X, y = check_Xy(Xtr, ytr, classification=task == "classification")
     import hashlib
 
@@ -96,7 +71,7 @@ def score(task: str, bundle: Path, Xte, yte) -> float:
 
 
 def run(name: str, budget: float, workers: int, workdir: Path, cost_model) -> list[str]:
-    Xtr, Xte, ytr, yte = protocol_split(name)
+    Xtr, Xte, ytr, yte = split(name)
     ds = dataset(name, Xtr, ytr)
     url = f"sqlite:///{workdir}/{name}.db"
     study, _, study_name = open_study(ds, load_spec(None), url, None, seed=0)
