@@ -288,12 +288,20 @@ def _load_study(args):
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
-    import optuna
-
     from autofhe.search.locate import resolve_storage  # not study.py: it imports torch
-    from autofhe.search.pareto import pareto_front
+    from autofhe.search.summary import sqlite_summaries
 
     url = resolve_storage(args.storage)
+    rows = sqlite_summaries(url)  # an SQLite file: read without Optuna (a tenth of the time)
+    if rows is not None:
+        _print_table(rows) if rows else print(f"no studies in {url}")
+        return 0
+    import optuna
+
+    from autofhe.search.pareto import pareto_front
+
+    if not args.debug:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _open_storage(url)
     rows = []
     for summary in optuna.get_all_study_summaries(storage=storage, include_best_trial=False):
@@ -713,8 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: commands whose Optuna log lines are noise unless --debug
-OPTUNA_COMMANDS = ("demo", "search", "worker", "pareto", "trials", "studies", "dashboard", "export")
+#: commands whose Optuna log lines are noise unless --debug (`studies` quiets Optuna itself:
+#: on an SQLite file it never imports it)
+OPTUNA_COMMANDS = ("demo", "search", "worker", "pareto", "trials", "dashboard", "export")
 
 
 def main(argv: list[str] | None = None) -> int:
