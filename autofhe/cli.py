@@ -269,6 +269,10 @@ def _open_storage(url: str):
             )
     try:
         return make_storage(url, HEARTBEAT_S, GRACE_S)
+    except ImportError as exc:
+        from autofhe.search.locate import missing_driver
+
+        raise missing_driver(url, exc) from None
     except Exception as exc:  # driver errors, alembic, a file that is not a database
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise StorageError(f"cannot read storage {url!r}: {type(exc).__name__}: {first}") from None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,20 +260,27 @@ def _load_npy(path: Path) -> np.ndarray:
         )
     try:
         return np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise _refuse_pickle(path) from None
-        raise DataError(
-            f"cannot read {path} as a .npy file ({exc}); save it again with np.save."
-        ) from None
     except (OSError, EOFError) as exc:
         raise DataError(
             f"cannot read {path} as a .npy file ({exc or type(exc).__name__}: it looks "
             "truncated); save it again with np.save."
         ) from None
+    except Exception as exc:  # a damaged header: ValueError, SyntaxError, TokenError...
+        raise _unreadable(path, ".npy file", "np.save", exc) from None
 
 
-def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _unreadable(path: Path, form: str, saver: str, exc: Exception) -> DataError:
+    """The error for a file NumPy cannot parse (a damaged header or member)."""
+    if "allow_pickle" in str(exc):
+        return _refuse_pickle(path)
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return DataError(
+        f"cannot read {path} as a {form} ({type(exc).__name__}: {first}); save it again "
+        f"with {saver}."
+    )
+
+
+def _load_npz(path: Path, keys: tuple[str, ...] = ("X", "y")) -> tuple[np.ndarray, ...]:
     if _read_magic(path)[: len(_ZIP_MAGIC)] != _ZIP_MAGIC:
         raise DataError(
             f"{path} is not a NumPy .npz archive; save it with np.savez(path, X=X, y=y), or use "
@@ -283,25 +289,17 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             found = sorted(archive.files)
-            missing = [key for key in ("X", "y") if key not in found]
+            missing = [key for key in keys if key not in found]
             if missing:
                 raise DataError(
                     f"{path} has no array named {' or '.join(repr(m) for m in missing)}; it "
                     f"holds {found}. Save it with np.savez(path, X=features, y=labels)."
                 )
-            return archive["X"], archive["y"]
+            return tuple(archive[key] for key in keys)
     except DataError:
         raise
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise _refuse_pickle(path) from None
-        raise DataError(
-            f"cannot read {path} as a .npz archive ({exc}); save it again with np.savez."
-        ) from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(
-            f"cannot read {path} as a .npz archive ({exc}); save it again with np.savez."
-        ) from None
+    except Exception as exc:  # not a zip, a damaged member, a pickled member...
+        raise _unreadable(path, ".npz archive", "np.savez", exc) from None
 
 
 def _parse_labels(cells: list[str]) -> np.ndarray:
@@ -316,7 +314,11 @@ def _parse_labels(cells: list[str]) -> np.ndarray:
         return np.array(cells, dtype=str)
 
 
-def _load_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndarray]:
+def _load_csv(
+    path: Path, label_column: str | None, features_only: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Features and labels of a CSV file with a header; ``features_only`` (prediction): no
+    label column is needed, and ``label_column`` is dropped when the header has it."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             rows = [(line, row) for line, row in _csv_rows(fh) if any(c.strip() for c in row)]
@@ -333,13 +335,19 @@ def _load_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndar
         raise DataError(f"{path} is empty; a .csv file needs a header row and data rows.")
     header = [c.strip() for c in rows[0][1]]
     columns = ", ".join(repr(c) for c in header)
-    if label_column is None:
+    if features_only and (label_column is None or label_column.strip() not in header):
+        label_column = None
+    elif label_column is None:
         raise DataError(
             f"{path} is a CSV file: say which column holds the labels with --label-column NAME "
             f"(label_column= in Python); the columns are {columns}."
         )
-    hits = [i for i, c in enumerate(header) if c == label_column.strip()]
-    if not hits:
+    hits = (
+        []
+        if label_column is None
+        else [i for i, c in enumerate(header) if c == label_column.strip()]
+    )
+    if label_column is not None and not hits:
         raise DataError(
             f"label column {label_column!r} is not in the header of {path}; the columns are "
             f"{columns}."
@@ -349,7 +357,7 @@ def _load_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndar
             f"label column {label_column!r} appears {len(hits)} times in the header of {path} "
             f"(columns {hits}); rename the duplicates so the label column is unique."
         )
-    label_at = hits[0]
+    label_at = hits[0] if hits else None
     features = [i for i in range(len(header)) if i != label_at]
     X = np.empty((len(rows) - 1, len(features)), dtype=np.float64)
     labels: list[str] = []
@@ -359,8 +367,8 @@ def _load_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndar
                 f"{path}, line {line} has {len(row)} cells but the header has {len(header)}; "
                 "every row needs one cell per column."
             )
-        label = row[label_at].strip()
-        if not label:
+        label = "" if label_at is None else row[label_at].strip()
+        if label_at is not None and not label:
             raise DataError(
                 f"{path}, line {line} has no label in column {label_column!r}; drop the rows "
                 "without a label."
@@ -382,7 +390,7 @@ def _load_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndar
                     "which is not a number; feature columns must be numeric: encode "
                     "categorical columns as numbers first (e.g. one-hot), or drop the column."
                 ) from None
-    return X, _parse_labels(labels)
+    return X, (None if label_at is None else _parse_labels(labels))
 
 
 def _csv_rows(fh):
@@ -579,36 +587,17 @@ def split_dataset(
 
 def load_features(path: str | os.PathLike, *, label_column: str | None = None) -> np.ndarray:
     """Features only, for prediction: ``.npy``, ``.npz`` (array ``X``) or a ``.csv`` with a
-    header (``label_column``, when given, is dropped). Validated like training features."""
+    header (``label_column``, when given, is dropped). Read and validated like training data."""
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p} is a folder, not a file; pass the path of the features to predict.")
     if not p.is_file():
         raise DataError(f"{p} does not exist; pass the path of the features to predict.")
     suffix = p.suffix.lower()
     if suffix == ".npy":
         return check_X(_load_npy(p))
     if suffix == ".npz":
-        with np.load(p, allow_pickle=False) as archive:
-            if "X" not in archive.files:
-                raise DataError(f"{p} has no array named 'X'; it holds {sorted(archive.files)}.")
-            return check_X(archive["X"])
+        return check_X(_load_npz(p, ("X",))[0])
     if suffix != ".csv":
         raise DataError(f"{p}: use a .npy, .npz or .csv file of features.")
-    with open(p, newline="") as fh:
-        rows = [row for row in csv.reader(fh) if row]
-    if not rows:
-        raise DataError(f"{p} is empty; pass a header row and at least one row of features.")
-    header, body = rows[0], rows[1:]
-    keep = [i for i, name in enumerate(header) if name != label_column]
-    values = np.empty((len(body), len(keep)), dtype=np.float64)
-    for r, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise DataError(f"{p}: row {r} has {len(row)} cells, the header has {len(header)}.")
-        for c, i in enumerate(keep):
-            try:
-                values[r - 2, c] = float(row[i])
-            except ValueError:
-                raise DataTypeError(
-                    f"{p}: row {r}, column {header[i]!r} holds {row[i]!r}, not a number; pass "
-                    "numeric features (and --label-column for the label column)."
-                ) from None
-    return check_X(values)
+    return check_X(_load_csv(p, label_column, features_only=True)[0])

@@ -87,6 +87,16 @@ def check_X(X, *, n_features: int | None = None, estimator: str = "the model") -
                 f"row {row}, column {col}); remove those rows or impute them, e.g. with "
                 "sklearn.impute.SimpleImputer."
             )
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        # finite here, infinite once in float32: say so rather than "infinity" later
+        huge = np.abs(arr) > np.finfo(np.float32).max
+        if huge.any():
+            row, col = (int(i) for i in np.argwhere(huge)[0])
+            raise DataError(
+                f"X holds {arr[row, col]:g} at row {row}, column {col} ({int(huge.sum())} values "
+                f"beyond float32's range of +-{np.finfo(np.float32).max:.1e}); rescale that "
+                "feature (e.g. log or sklearn.preprocessing.StandardScaler) or drop the rows."
+            )
     if n_features is not None and arr.shape[1] != n_features:
         raise DataError(
             f"X has {arr.shape[1]} features, but {estimator} is expecting {n_features} features "

@@ -18,6 +18,7 @@ __all__ = [
     "STORAGE_ENV",
     "artifact_dir",
     "artifact_store",
+    "missing_driver",
     "resolve_storage",
     "resolve_study",
     "study_names",
@@ -25,7 +26,29 @@ __all__ = [
 
 DEFAULT_STORAGE = "sqlite:///autofhe.db"
 STORAGE_ENV = "AUTOFHE_STORAGE"
-SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql")
+SCHEMES = (
+    "sqlite",
+    "postgresql",
+    "postgresql+psycopg2",
+    "postgresql+psycopg",
+    "mysql",
+    "mysql+pymysql",
+)
+
+
+def missing_driver(url: str, exc: ImportError) -> StorageError:
+    """The error for a storage URL whose database driver is not installed, with the fix."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
+    module = cause.name or "its driver"
+    if url.startswith("postgresql"):
+        fix = "pip install 'autofhe[postgres]'"
+    elif url.startswith("mysql"):
+        fix = "pip install pymysql and use a mysql+pymysql:// URL"
+    else:
+        fix = f"install the Python package that provides {module!r}"
+    return StorageError(
+        f"storage {url!r} needs a database driver that is not installed ({module}); {fix}."
+    )
 
 
 def resolve_storage(url: str | None) -> str:

@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from autofhe.errors import StorageError
 from autofhe.search import heartbeat
 from autofhe.search.heartbeat import engine_kwargs, serialize_sqlite
+from autofhe.search.locate import missing_driver
 
 __all__ = [
     "DatabaseArtifactStore",
@@ -149,14 +150,7 @@ class ParetoStore:
         try:
             self.engine = _engine(url)
         except ImportError as exc:
-            raise StorageError(
-                f"storage {url!r} needs a database driver that is not installed ({exc.name}); "
-                + (
-                    "for PostgreSQL: pip install 'autofhe[postgres]'."
-                    if url.startswith("postgresql")
-                    else f"install the Python package {exc.name!r}."
-                )
-            ) from None
+            raise missing_driver(url, exc) from None
         except (SQLAlchemyError, ValueError) as exc:  # ValueError: e.g. a port that is no number
             raise StorageError(
                 f"cannot open storage {url!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"

@@ -415,7 +415,7 @@ def test_a_trial_ended_by_another_process_is_skipped_not_a_crash(tmp_path, capsy
         (["studies", "--storage", "sqlite:///{tmp}/typo.db"], "no database file"),
         (["studies", "--storage", "sqlite:///{tmp}/notadb.db"], "cannot read storage"),
         (["studies", "--storage", "postgresql://u@127.0.0.1:notaport/db"], "notaport"),
-        (["studies", "--storage", "mysql://u@127.0.0.1/db"], "cannot read storage"),
+        (["studies", "--storage", "mysql://u@127.0.0.1/db"], "pip install pymysql"),
         (
             ["export", "--study", "s", "--storage", "sqlite:///{tmp}/typo.db", "--out", "m"],
             "no database file",
