@@ -246,6 +246,43 @@ class Heartbeat:
             self.proc.wait()
 
 
+_UNBEATEN = sa.text(
+    "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+    "WHERE t.study_id = :study_id AND t.state = 'RUNNING' AND h.trial_id IS NULL "
+    "AND t.datetime_start < :cutoff"
+).bindparams(sa.bindparam("cutoff", type_=sa.DateTime))
+
+
+def fail_unbeaten(storage: optuna.storages.RDBStorage, study: optuna.Study, grace: int) -> list:
+    """Fail (and re-queue) RUNNING trials that never beat, started over ``grace`` s ago.
+
+    Optuna's stale-trial check looks only at trials with a heartbeat row; a worker killed
+    between asking for a trial and its first beat would leave the trial RUNNING for ever.
+    (Trial start times are local and naive in Optuna's tables, hence ``datetime.now()``.)
+    """
+    from datetime import datetime, timedelta
+
+    cutoff = datetime.now() - timedelta(seconds=grace)
+    with storage.engine.connect() as conn:
+        ids = [
+            row[0]
+            for row in conn.execute(_UNBEATEN, {"study_id": study._study_id, "cutoff": cutoff})
+        ]
+    failed = []
+    retry = storage.get_heartbeat_stale_trial_callback()
+    for trial_id in ids:
+        try:
+            if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
+                continue
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # its worker (or another reaper) ended it meanwhile
+        frozen = storage.get_trial(trial_id)
+        failed.append(frozen.number)
+        if retry is not None:
+            retry(study, frozen)
+    return failed
+
+
 def _serve(url: str, study_name: str, interval: int, grace: int) -> None:
     """The helper's loop; ends when the worker closes stdin or dies."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -278,6 +315,7 @@ def _serve(url: str, study_name: str, interval: int, grace: int) -> None:
             if now >= next_reap:
                 next_reap = now + interval
                 optuna.storages.fail_stale_trials(study)
+                fail_unbeaten(storage, study, grace)
             failing = False
         except Exception as exc:  # never die of a database error: retry on the next tick
             next_beat, next_reap = now + 1.0, now + 1.0

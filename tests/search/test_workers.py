@@ -394,6 +394,33 @@ def test_heartbeat_goes_on_while_the_worker_holds_the_gil(tmp_path):
     assert len(retries) == 1 and retries[0].state == State.WAITING
 
 
+def test_a_trial_whose_worker_died_before_its_first_beat_is_reaped(tmp_path):
+    """Killed between ask and the first heartbeat: no heartbeat row, which Optuna's stale
+    check never looks at (the trial stayed RUNNING for ever)."""
+    from autofhe.search.heartbeat import Heartbeat, make_storage
+
+    url = f"sqlite:///{tmp_path}/u.db"
+    storage = make_storage(url, 1, 2)
+    study = optuna.create_study(study_name="u", storage=storage, directions=["maximize"])
+    orphan = study.ask()  # never beaten
+    live = study.ask()
+    beat = Heartbeat(url, "u", storage)  # another worker's helper: it reaps every second
+    try:
+        beat.start(live._trial_id)
+        deadline = time.monotonic() + 10
+        while storage.get_trial(orphan._trial_id).state == State.RUNNING:
+            assert time.monotonic() < deadline, "the never-beaten trial was not reaped"
+            time.sleep(0.5)
+        failed = storage.get_trial(orphan._trial_id)
+        assert failed.state == State.FAIL
+        assert (failed.datetime_complete - failed.datetime_start).total_seconds() >= 2  # grace
+        assert storage.get_trial(live._trial_id).state == State.RUNNING  # it beats: kept
+    finally:
+        beat.close()
+    retries = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1 and retries[0].state == State.WAITING
+
+
 def test_a_trial_ended_by_another_process_is_skipped_not_a_crash(tmp_path, capsys):
     from autofhe.search.heartbeat import make_storage
     from autofhe.search.workers import _tell
