@@ -197,6 +197,11 @@ def _finish(
             "target as numbers."
         )
     X, y = check_Xy(X, y, classification=task == "classification")
+    if len(X) > 1 and (X == X[0]).all():
+        raise DataError(
+            f"every feature of {source} is constant (all {len(X)} rows are equal): no model "
+            "can learn from it; check that the right columns were saved as X."
+        )
     return Dataset(
         X=X,
         y=y,

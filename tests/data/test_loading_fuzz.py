@@ -131,3 +131,14 @@ def test_a_folder_is_named_a_folder(tmp_path):
         load_dataset(str(tmp_path / "X.npy"))
     with pytest.raises(DataError, match="is a folder"):
         load_features(tmp_path / "X.npy")
+
+
+def test_all_constant_features_are_refused_before_any_trial(tmp_path):
+    """Was: the search ran and its trials ended as "compile: 35-bit accumulators"."""
+    np.savez(tmp_path / "d.npz", X=np.ones((50, 4)), y=np.arange(50) % 2)
+    with pytest.raises(DataError, match="every feature .* is constant"):
+        load_dataset(str(tmp_path / "d.npz"))
+    X = np.ones((50, 4))
+    X[:, 2] = np.arange(50)  # one varying column is data
+    np.savez(tmp_path / "e.npz", X=X, y=np.arange(50) % 2)
+    assert load_dataset(str(tmp_path / "e.npz")).X.shape == (50, 4)
