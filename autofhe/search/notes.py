@@ -70,7 +70,9 @@ def _conditions(attrs: dict) -> str:
     load, cores = attrs.get("measured_loadavg_1m"), attrs.get("measured_cores")
     if load is None or cores is None:
         return "-"
-    return f"load {load:g} on {cores} cores"
+    quiet = attrs.get("measured_quiet")  # None: stored before workers paused to measure
+    alone = {True: ", other workers paused", False: ", beside other work"}.get(quiet, "")
+    return f"load {load:g} on {cores} cores{alone}"
 
 
 def front_note(study_name: str, metric: str, front: Sequence, n_complete: int) -> str:

@@ -26,11 +26,13 @@ import optuna
 import torch
 from sklearn import metrics
 from sklearn.model_selection import KFold, StratifiedKFold
+from skorch.callbacks import Callback
 
 from autofhe.errors import AutofheError, CompilationError, ParameterError
 from autofhe.fhe.latency import CostModel
 from autofhe.fhe.program import softmax
 from autofhe.nn.estimators import NeuralNetClassifier, NeuralNetRegressor
+from autofhe.search import quiet
 from autofhe.search.fidelity import RungStop, clear_outputs, peers_at
 from autofhe.search.pricing import Price, price
 from autofhe.search.space import suggest_raw, to_estimator_params
@@ -86,6 +88,13 @@ def evaluate_metric(name: str, y_true, y_pred=None, proba=None, classes=None) ->
     raise ParameterError(f"unknown metric {name!r}; use one of {', '.join(METRICS)}.")
 
 
+class QuietCheckpoint(Callback):
+    """Each epoch's end is a checkpoint where a worker measuring latency may pause this one."""
+
+    def on_epoch_end(self, net, **kwargs):
+        quiet.checkpoint()
+
+
 @dataclass
 class SearchContext:
     """Everything a trial needs besides its parameters."""
@@ -119,8 +128,10 @@ class SearchContext:
     def estimator(self, params: dict[str, Any], rungs=None):
         """An unfitted estimator of (resolved) ``params``; ``rungs``: a RungStop callback."""
         cls = NeuralNetClassifier if self.task == "classification" else NeuralNetRegressor
-        extra = {} if rungs is None else {"callbacks": [("rungs", rungs)]}
-        return cls(random_state=self.seed, **params, **extra)
+        callbacks = [("quiet", QuietCheckpoint())]
+        if rungs is not None:
+            callbacks.append(("rungs", rungs))
+        return cls(random_state=self.seed, callbacks=callbacks, **params)
 
     @property
     def n_outputs(self) -> int:
@@ -365,6 +376,7 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price:
         clear.append(ctx.outputs(model, X_val, "disable"))
         if i == 0:  # a hopeless configuration stops after its first model
             _maybe_prune(trial, ctx.metric_of(y_val, clear, _classes(model)), ctx.metric)
+        quiet.checkpoint()
         t0 = time.perf_counter()
         try:
             model.compile(X_fit)
@@ -375,6 +387,7 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price:
             trial.set_user_attr("latency_source", "priced")
             return value
         spent("compile_s", t0)
+        quiet.checkpoint()
         t0 = time.perf_counter()
         simulated.append(ctx.simulated_outputs(model, X_val, clear[-1]))
         spent("simulate_s", t0)

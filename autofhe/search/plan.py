@@ -97,9 +97,18 @@ def seed_trials(nonlinear: bool, n_features: int) -> list[dict[str, Any]]:
     # lookups that keep a small network's decisions; long cosine schedules and two starts
     # steady tiny networks, whose single runs often stall.
     hidden = [
-        {**common, "module__n_layers": 2, "module__n_hidden_neurons_multiplier": w / n_features,
-         "n_w_bits": 3, "n_a_bits": 4, "accum_slack": 1, "module__lookup_bits": 5, "lr": 0.02,
-         "max_epochs": 300, "n_init": 2}
+        {
+            **common,
+            "module__n_layers": 2,
+            "module__n_hidden_neurons_multiplier": w / n_features,
+            "n_w_bits": 3,
+            "n_a_bits": 4,
+            "accum_slack": 1,
+            "module__lookup_bits": 5,
+            "lr": 0.02,
+            "max_epochs": 300,
+            "n_init": 2,
+        }
         for w in (6, 12, 24)
     ]
     return hidden + linear[:1] if nonlinear else linear + hidden[:1]

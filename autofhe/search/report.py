@@ -54,6 +54,7 @@ def front_records(study: Any, front: list, max_latency: float | None = None) -> 
                 "measured_latency_s": measured,
                 "measured_loadavg_1m": a.get("measured_loadavg_1m"),
                 "measured_cores": a.get("measured_cores"),
+                "measured_quiet": a.get("measured_quiet"),
                 "max_latency_s": max_latency,
                 "over_max_latency": (
                     None if measured is None or max_latency is None else measured > max_latency
@@ -105,6 +106,8 @@ def latency_warnings(records: list[dict]) -> list[str]:
             if r["measured_loadavg_1m"] is not None
             else ""
         )
+        if r.get("measured_quiet") is False:
+            load += " beside another worker's training"
         messages.append(
             f"trial {r['trial']} measured {r['measured_latency_s']:.4g} s per sample{load}, "
             f"over the study's --max-latency {r['max_latency_s']:g} s (predicted "

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import optuna
 
 from autofhe.errors import AutofheError
+from autofhe.search import quiet
 from autofhe.search.heartbeat import GRACE_S, Heartbeat
 from autofhe.search.objective import objective
 from autofhe.search.pareto import pareto_front
@@ -39,9 +40,11 @@ def optimize(study, ctx, n_trials, timeout, beat: Heartbeat, after_trial: Callab
     """
     state = optuna.trial.TrialState
     start, done = time.monotonic(), 0
+    quiet.working()  # this process pauses at checkpoints while another one measures
     while n_trials is None or done < n_trials:
         if timeout is not None and time.monotonic() - start >= timeout:
             break
+        quiet.checkpoint()
         trial = study.ask()
         beat.start(trial._trial_id)
         # who ran it (a system attribute: not one of the trial's results)

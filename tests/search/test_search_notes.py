@@ -74,6 +74,9 @@ def test_study_note_holds_the_front_with_measurement_conditions(searched):
             assert t.user_attrs["measured_cores"] >= 1
             assert t.user_attrs["measured_loadavg_1m"] >= 0
             assert f"load {t.user_attrs['measured_loadavg_1m']:g} on" in note
+            # one worker in this search: nobody to pause, so measured alone
+            assert t.user_attrs["measured_quiet"] is True
+            assert "other workers paused" in note
 
 
 def test_the_search_made_both_kinds_of_trial(searched):

@@ -1,0 +1,120 @@
+"""Quiet latency measurements: the workers of one machine pause while one of them measures.
+
+A front model's latency is measured under real encryption while the search runs. With a
+second worker training beside it, a 2-core machine measured 1.4-2.2x the quiet figure (and
+up to 30x with more load), so the stored latency said more about the neighbours than about
+the model. Workers on one machine therefore share two file locks (``flock``; processes on
+other machines use other CPUs and are not concerned):
+
+- *work*: every worker holds it shared while it trains, compiles or simulates, and lets go
+  of it at each checkpoint (the end of an epoch, before compiling, before simulating);
+- *gate*: a measuring worker takes it exclusively, so that no worker starts new work, then
+  takes *work* exclusively, which it gets once every other worker has reached a checkpoint.
+
+A worker at a checkpoint waits on *gate* while someone measures. The measuring worker waits
+at most ``WAIT_S`` for the others; past it, it measures anyway and the measurement is
+recorded as taken under load. Locks die with their process: a killed worker blocks nobody.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no pausing, every measurement is recorded as not quiet
+    fcntl = None
+
+__all__ = ["LOCK_PATH", "WAIT_S", "checkpoint", "measuring", "working"]
+
+#: Shared by every user's workers on this machine; override with $AUTOFHE_MEASURE_LOCK.
+LOCK_PATH = Path(
+    os.environ.get("AUTOFHE_MEASURE_LOCK", Path(tempfile.gettempdir()) / "autofhe-measure.lock")
+)
+#: How long a measuring worker waits for the others to pause (seconds).
+WAIT_S = float(os.environ.get("AUTOFHE_QUIET_WAIT_S", "60"))
+
+_fds: dict[str, int] = {}
+_holding = False  # this process holds *work* shared
+
+
+def _fd(kind: str) -> int | None:
+    if fcntl is None:
+        return None
+    if kind not in _fds:
+        path = f"{LOCK_PATH}.{kind}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            return None  # an unwritable temp folder: measure without pausing anyone
+        _fds[kind] = fd
+    return _fds[kind]
+
+
+def _try(fd: int, mode: int, deadline: float) -> bool:
+    """Take ``fd``'s lock in ``mode``, polling until ``deadline`` (monotonic seconds)."""
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+def working() -> None:
+    """Declare this process a worker: it holds *work* shared from now on."""
+    global _holding
+    fd = _fd("work")
+    if fd is not None and not _holding:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        _holding = True
+
+
+def checkpoint() -> None:
+    """Let a measuring worker in: release *work*, wait while *gate* is taken, retake *work*."""
+    work, gate = _fd("work"), _fd("gate")
+    if not _holding or work is None or gate is None:
+        return
+    fcntl.flock(work, fcntl.LOCK_UN)
+    fcntl.flock(gate, fcntl.LOCK_SH)  # blocks while another worker measures
+    fcntl.flock(gate, fcntl.LOCK_UN)
+    fcntl.flock(work, fcntl.LOCK_SH)
+
+
+@contextmanager
+def measuring(wait_s: float | None = None) -> Iterator[bool]:
+    """Hold the machine's other workers at their checkpoints while the block runs.
+
+    Yields whether they all paused within ``wait_s`` (default ``WAIT_S``): False means the
+    measurement is taken beside other work and must be recorded as such.
+    """
+    global _holding
+    work, gate = _fd("work"), _fd("gate")
+    if work is None or gate is None:
+        yield False
+        return
+    was_holding = _holding
+    if _holding:
+        fcntl.flock(work, fcntl.LOCK_UN)
+        _holding = False
+    deadline = time.monotonic() + (WAIT_S if wait_s is None else wait_s)
+    # the gate first (no new work starts), waiting out another worker's measurement
+    gated = _try(gate, fcntl.LOCK_EX, deadline + 120)
+    quiet = gated and _try(work, fcntl.LOCK_EX, deadline)
+    try:
+        yield quiet
+    finally:
+        if quiet:
+            fcntl.flock(work, fcntl.LOCK_UN)
+        if gated:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        if was_holding:
+            fcntl.flock(work, fcntl.LOCK_SH)
+            _holding = True
