@@ -56,7 +56,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         url = _storage_url(args)
         X = f"d.load_{args.dataset}(return_X_y=True)[0][:5]"
         print(
-            "rows:     python -c \"import numpy, sklearn.datasets as d; "
+            'rows:     python -c "import numpy, sklearn.datasets as d; '
             f"numpy.save('rows.npy', {X})\"   # features only\n"
             "predict:  autofhe predict --model model/ --data rows.npy --fhe execute\n"
             f"(running `autofhe demo` again adds {args.trials} trials to the same study in {url})"

@@ -105,4 +105,3 @@ def check_param(name: str, value: Any) -> Any:
             f"{name}={value!r} is not a schedule; use one of {', '.join(map(repr, LR_SCHEDULES))}."
         )
     return value
-

@@ -77,9 +77,7 @@ def main() -> int:
         for name, cmd in commands.items():
             wall, cpu = _time(cmd, args.repeat, tmp)
             median = statistics.median(wall)
-            print(
-                f"{name:<18} {median:>14.3f} {max(wall):>11.3f} {statistics.median(cpu):>13.3f}"
-            )
+            print(f"{name:<18} {median:>14.3f} {max(wall):>11.3f} {statistics.median(cpu):>13.3f}")
             if name.startswith("autofhe") and median >= LIMIT_S:
                 over.append(name)
     if over:

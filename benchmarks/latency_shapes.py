@@ -26,7 +26,7 @@ import numpy as np
 from autofhe.errors import AutofheError
 from autofhe.fhe.compile import circuit_report, compile_program
 from autofhe.fhe.latency import load_cost_model, measure_circuit
-from autofhe.search.pricing import Shape, _stand_in
+from autofhe.fhe.standin import Shape, stand_in
 
 warnings.filterwarnings("ignore")
 
@@ -78,7 +78,7 @@ def main() -> None:
     done = 0
     while done < args.n:
         shape = random_shape(rng)
-        program = _stand_in(shape)
+        program = stand_in(shape)
         low, high = -(2 ** (shape.n_a_bits - 1)), 2 ** (shape.n_a_bits - 1) - 1
         X = rng.integers(low, high + 1, size=(32, shape.dims[0]))
         try:

@@ -122,8 +122,10 @@ class _QuantNet:
         if self.n_init < 1:
             raise ParameterError(f"n_init={self.n_init} must be at least 1 (one training run).")
         batch = self.batch_size
-        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or (
-            batch < 1 and batch != -1
+        if (
+            isinstance(batch, bool)
+            or not isinstance(batch, (int, np.integer))
+            or (batch < 1 and batch != -1)
         ):
             raise ParameterError(
                 f"batch_size={batch!r} must be a positive integer, or -1 for all rows at once."
