@@ -146,7 +146,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     check_search_inputs(ds, spec, args.seed)
     cost_model = load_cost_model(calibrate_if_missing=False)
     if cost_model is None:
-        print("cost model: calibrating it on this machine (first run here, about a minute)")
+        print("cost model: calibrating it on this machine (first run here, about two minutes)")
         cost_model = load_cost_model()
     study, _, name = open_study(ds, spec, url, args.study, args.seed)
     before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))

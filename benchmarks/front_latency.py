@@ -40,14 +40,14 @@ from protocol import split, table
 warnings.filterwarnings("ignore")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-DATASETS = ["circles", "classification6000", "diabetes", "digits", "breast_cancer", "wine"]
+DATASETS = ["circles", "moons", "classification6000", "diabetes", "breast_cancer"]
 
 
 def search(name: str, budget: float, workers: int, workdir: Path, max_latency, cost_model):
     Xtr, _, ytr, _ = split(name)
     spec = load_spec(None)
     if max_latency is not None:
-        spec["max_latency"] = max_latency
+        spec.max_latency = max_latency
     url = f"sqlite:///{workdir}/{name}.db"
     _, _, study_name = open_study(dataset(name, Xtr, ytr), spec, url, None, seed=0)
     run_workers(url, study_name, workers, None, budget, 0, cost_model)

@@ -22,6 +22,8 @@ REGRESSION_SETS = ("diabetes",)
 def load(name: str):
     if name == "circles":
         return datasets.make_circles(1000, noise=0.2, factor=0.5, random_state=0)
+    if name == "moons":  # a second low-dimensional nonlinear boundary, for latency work
+        return datasets.make_moons(1000, noise=0.3, random_state=0)
     if name == "classification6000":
         return datasets.make_classification(
             n_samples=6000, n_features=8, n_informative=5, random_state=0

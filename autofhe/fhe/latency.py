@@ -3,20 +3,30 @@
 Measured: key generation once, then per sample encrypt / run / decrypt; the per-sample figure
 is the median of encrypt + run + decrypt, key generation excluded.
 
-Predicted: a PBS costs a fixed overhead (key switching, scheduling) plus an amount in
-proportion to the work its crypto parameters imply (blind rotation over ``n`` LWE
-coefficients, each an external product of ``level * (k + 1)`` polynomials of size ``N``:
-``n * level * (k + 1) * N * (log2 N + k + 1)``); the independent lookups of a layer run in
-parallel across cores; encryption and decryption cost in proportion to the ciphertext bytes
-of the inputs and outputs. So
+Predicted, from what compilation reports (no keys needed):
 
-    latency = base + per_byte * (input + output bytes)
+    latency = base + per_byte * (input + output ciphertext bytes)
+              + per_bsk_byte * bootstrap key bytes + per_ksk_byte * keyswitch key bytes
               + (seconds_per_unit * sum(count * work) + seconds_per_pbs * n_pbs) / parallelism
 
-where ``parallelism`` = lookups / sum over layers of ceil(lookups_in_layer / cores). All of it
-is known right after compilation. The four coefficients are measured on this machine by a
-short micro-benchmark (about a minute) and cached in ``~/.cache/autofhe`` under a key made of
-concrete-python's version and the CPU, so a new version or another CPU recalibrates.
+- The key terms are a cost every *run* pays once, whatever the number of lookups: measured on
+  circuits of one parameter set, 2 lookups took 1.0 s and 4 lookups 1.3 s, so the runtime
+  goes through the evaluation keys of each parameter set per call (about 0.5 s per GB of
+  bootstrap key here). Without them the model priced 1-2-lookup circuits 2x too cheap and
+  48-lookup circuits 2x too dear (``benchmarks/latency_shapes.py``).
+- A PBS costs in proportion to the work its crypto parameters imply (blind rotation over
+  ``n`` LWE coefficients, each an external product of ``level * (k + 1)`` polynomials of size
+  ``N``: ``n * level * (k + 1) * N * (log2 N + k + 1)``), plus a fixed amount; the independent
+  lookups of a layer run in parallel across cores: ``parallelism`` = lookups / sum over
+  layers of ceil(lookups_in_layer / cores).
+- Encryption and decryption cost in proportion to the ciphertext bytes.
+
+The bootstrap key bytes are those of the keys in the Fourier domain, computed from each
+parameter set (``n * level * (k + 1)^2 * N`` doubles). The coefficients are measured on this
+machine (``calibrate``: circuits shaped like the ones searches produce, 1 to 48 lookups,
+5-8-bit lookups with and without truncation, a few minutes) and cached in
+``~/.cache/autofhe`` under a key made of concrete-python's version and the CPU, so a new
+version or another CPU recalibrates.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ __all__ = [
 ]
 
 #: Bumped when the cost model's form changes: older caches are recalibrated, not misread.
-COST_MODEL_FORMAT = 2
+COST_MODEL_FORMAT = 3
 CACHE_DIR = Path(os.environ.get("AUTOFHE_CACHE", Path.home() / ".cache" / "autofhe"))
 
 
@@ -135,17 +145,26 @@ class CostModel:
         seconds_per_pbs: float,
         cores: int,
         meta: dict | None = None,
+        per_bsk_byte: float = 0.0,
+        per_ksk_byte: float = 0.0,
     ):
         self.base, self.per_byte = float(base), float(per_byte)
         self.seconds_per_unit = float(seconds_per_unit)
         self.seconds_per_pbs = float(seconds_per_pbs)
+        self.per_bsk_byte, self.per_ksk_byte = float(per_bsk_byte), float(per_ksk_byte)
         self.cores = int(cores)
         self.meta = meta or {}
 
     def lookup_seconds(self, report: dict) -> float:
-        """Predicted time of the circuit's table lookups alone."""
+        """Predicted time of the circuit's table lookups alone (keys, then the PBS)."""
         work, n_pbs = lookup_terms(report, self.cores)
-        return self.seconds_per_unit * work + self.seconds_per_pbs * n_pbs
+        bsk, ksk = key_bytes(report)
+        return (
+            self.per_bsk_byte * bsk
+            + self.per_ksk_byte * ksk
+            + self.seconds_per_unit * work
+            + self.seconds_per_pbs * n_pbs
+        )
 
     def predict(self, report: dict) -> float:
         """Seconds per sample: encrypt + run + decrypt (key generation excluded)."""
@@ -157,6 +176,8 @@ class CostModel:
             "per_byte": self.per_byte,
             "seconds_per_unit": self.seconds_per_unit,
             "seconds_per_pbs": self.seconds_per_pbs,
+            "per_bsk_byte": self.per_bsk_byte,
+            "per_ksk_byte": self.per_ksk_byte,
             "cores": self.cores,
             "meta": self.meta,
         }
@@ -170,7 +191,26 @@ class CostModel:
             data["seconds_per_pbs"],
             data["cores"],
             data.get("meta"),
+            data.get("per_bsk_byte", 0.0),
+            data.get("per_ksk_byte", 0.0),
         )
+
+
+def key_bytes(report: dict) -> tuple[float, float]:
+    """``(bootstrap key bytes in the Fourier domain, keyswitch key bytes)`` of a circuit with
+    lookups (0, 0 without): what every run goes through once."""
+    params = report.get("pbs_params", [])
+    if not params:
+        return 0.0, 0.0
+    bsk = sum(
+        p["input_lwe_dimension"]
+        * p["level"]
+        * (p["glwe_dimension"] + 1) ** 2
+        * p["polynomial_size"]
+        * 8
+        for p in params
+    )
+    return float(bsk), float(report.get("size_of_keyswitch_keys", 0))
 
 
 def io_bytes(report: dict) -> int:
@@ -178,20 +218,18 @@ def io_bytes(report: dict) -> int:
     return int(report["size_of_inputs"]) + int(report["size_of_outputs"])
 
 
-def fit_lookup_costs(
-    work: np.ndarray, n_pbs: np.ndarray, seconds: np.ndarray
-) -> tuple[float, float]:
-    """``(seconds_per_unit, seconds_per_pbs)`` minimising the squared relative error of
-    ``a * work + b * n_pbs`` against ``seconds`` (work and counts already divided by the
-    parallelism), both non-negative: a negative one is dropped and the other refit."""
-    columns = np.stack([work / seconds, n_pbs / seconds], axis=1)
-    ones = np.ones(len(seconds))
-    coef = np.linalg.lstsq(columns, ones, rcond=None)[0]
-    if (coef >= 0).all():
-        return float(coef[0]), float(coef[1])
-    single = [float(np.sum(c) / np.sum(c**2)) if np.any(c) else 0.0 for c in columns.T]
-    errors = [np.sum((single[i] * columns[:, i] - 1) ** 2) for i in range(2)]
-    return (single[0], 0.0) if errors[0] <= errors[1] else (0.0, single[1])
+def fit_costs(columns: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients ``c`` minimising the squared relative error of
+    ``columns @ c`` against ``seconds`` (one row per circuit, one column per cost term)."""
+    from scipy.optimize import nnls
+
+    coef, _ = nnls(columns / seconds[:, None], np.ones(len(seconds)))
+    return coef
+
+
+def cost_terms(report: dict, cores: int) -> list[float]:
+    """The columns :func:`fit_costs` weighs: key bytes, then the lookups' work and count."""
+    return [*key_bytes(report), *lookup_terms(report, cores)]
 
 
 def _machine_key() -> str:
@@ -214,83 +252,66 @@ def _machine_key() -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def _synthetic(n_lookups: int, acc_bits: int, lsbs: int, n_inputs: int):
-    """A program with ``n_lookups`` ReLU lookups on ``acc_bits``-bit accumulators (none: a
-    linear model on ``n_inputs`` inputs); widths are worst cases, as for trained models."""
-    from autofhe.fhe.bits import signed_bits, worst_case_accumulator
-    from autofhe.fhe.program import IntegerProgram, ProgramLayer, real_lookup
-
-    rng = np.random.default_rng(acc_bits * 100 + n_lookups)
-    x_max = 2  # signed 2-bit inputs
-
-    def layer(n_out, n_in, in_max, limit, **kwargs):
-        w_max = max(1, limit // (n_in * in_max))
-        # full-magnitude weights: every neuron reaches the intended width
-        weight = rng.choice([-w_max, w_max], size=(n_out, n_in))
-        bias = np.zeros(n_out, dtype=np.int64)
-        worst = int(worst_case_accumulator(weight, bias, in_max).max())
-        return ProgramLayer(weight=weight, bias=bias, acc_bits=signed_bits(worst), **kwargs)
-
-    if not n_lookups:
-        layers = [layer(2, n_inputs, x_max, 2**8)]
-    else:
-        limit = 2 ** (acc_bits - 1) - 1
-        n_inputs = int(np.clip(limit // x_max, 1, 16))
-        hidden = layer(
-            n_lookups,
-            n_inputs,
-            x_max,
-            limit,
-            function=real_lookup(
-                lambda real: np.maximum(real, 0),
-                np.full(n_lookups, 2.0 / 2 ** (acc_bits - 1)),
-                0.25,
-                (0, 7),
-            ),
-            out_bits=3,
-            out_signed=False,
-        ).with_rounding(lsbs)
-        layers = [hidden, layer(2, n_lookups, 7, 2**7)]
-    return IntegerProgram(
-        input_scale=np.ones(n_inputs), input_bits=2, layers=layers, output_scale=np.ones(2)
-    )
+#: The calibration circuits: stand-ins (fhe/standin.py) of shapes searches produce, from one
+#: lookup to 48, lookups of 5 to 8 bits on accumulators of 5 to 10 bits, 0-4 bits truncated.
+CALIBRATION = [
+    # dims, n_w_bits, n_a_bits, hidden signed, accumulator bits, low bits truncated
+    ((2, 2, 10), 3, 4, True, (6, 6), (0, 0)),
+    ((6, 24, 10), 3, 2, False, (5, 5), (0, 0)),
+    ((30, 3, 3), 3, 2, False, (5, 5), (0, 0)),
+    ((4, 1, 3), 2, 5, False, (7, 7), (2, 0)),
+    ((8, 4, 3), 5, 3, False, (9, 9), (2, 0)),
+    ((30, 6, 6, 2), 7, 3, False, (10, 10, 10), (4, 4, 0)),
+    ((2, 2, 2), 2, 4, True, (8, 8), (0, 0)),
+    ((2, 2, 2, 3), 4, 2, False, (6, 6, 6), (0, 0, 0)),
+    ((64, 4, 1), 2, 4, False, (9, 9), (1, 0)),
+    ((13, 3, 3, 1), 2, 4, False, (8, 8, 8), (3, 3, 0)),
+    ((13, 12, 12, 10), 3, 3, False, (7, 7, 7), (1, 1, 0)),
+    ((4, 8, 8, 10), 3, 3, False, (8, 8, 8), (2, 2, 0)),
+    ((8, 1, 10), 5, 2, True, (8, 8), (1, 0)),
+]
+#: Circuits without lookups (4 to 64 inputs, 5- to 12-bit accumulators, so ciphertexts of
+#: several sizes): the fixed cost of a run and the cost per ciphertext byte.
+LINEAR = [
+    ((4, 2), 2, 2, False, (5,), (0,)),
+    ((8, 2), 4, 2, False, (9,), (0,)),
+    ((30, 10), 3, 3, False, (8,), (0,)),
+    ((64, 2), 4, 2, False, (12,), (0,)),
+]
 
 
-#: (lookups, accumulator bits, low bits truncated) of the calibration circuits.
-CALIBRATION = [(16, 4, 0), (16, 5, 0), (4, 6, 0), (16, 6, 0), (8, 7, 2), (16, 8, 3), (2, 5, 0)]
+def _timed(spec: tuple, n: int) -> tuple[float, dict]:
+    from autofhe.fhe.compile import circuit_report, compile_program
+    from autofhe.fhe.standin import Shape, stand_in, stand_in_samples
 
-
-def _timed(program, n: int) -> tuple[float, dict]:
-    from autofhe.fhe.compile import circuit_report, compile_program, inputset
-
-    X = np.random.default_rng(0).integers(-2, 2, size=(16, program.n_features))
-    X = X.astype(np.float32)
-    circuit = compile_program(program, inputset(program, X))
+    shape = Shape(*spec)
+    program = stand_in(shape)
+    samples = stand_in_samples(shape)
+    circuit = compile_program(program, samples)
     report = circuit_report(circuit, program)
-    return measure_circuit(circuit, list(program.quantize(X)), n)["latency_s"], report
+    return measure_circuit(circuit, samples[:n], n)["latency_s"], report
 
 
 def calibrate(n: int = 4, verbose: bool = False) -> CostModel:
-    """Measure this machine's costs (about a minute) and cache the model."""
+    """Measure this machine's costs (a few minutes) and cache the model."""
     cores = os.cpu_count() or 1
     say = print if verbose else (lambda *a, **k: None)
     # Circuits without lookups: encryption / decryption cost per ciphertext byte.
-    (t_small, r_small), (t_large, r_large) = (_timed(_synthetic(0, 0, 0, k), n) for k in (8, 64))
-    per_byte = max(0.0, (t_large - t_small) / (io_bytes(r_large) - io_bytes(r_small)))
-    base = max(0.0, t_small - per_byte * io_bytes(r_small))
+    timed = [_timed(spec, n) for spec in LINEAR]
+    io = np.array([[1.0, io_bytes(report)] for _, report in timed])
+    base, per_byte = fit_costs(io, np.array([t for t, _ in timed]))
     say(f"calibration: no lookups: base {base * 1e3:.1f} ms, {per_byte * 1e9:.1f} ns/byte")
-    model = CostModel(base, per_byte, 0.0, 0.0, cores)
     terms, seconds = [], []
-    for n_lookups, bits, lsbs in CALIBRATION:
-        t, report = _timed(_synthetic(n_lookups, bits, lsbs, 0), n)
-        terms.append(lookup_terms(report, cores))
+    for i, spec in enumerate(CALIBRATION, 1):
+        t, report = _timed(spec, n)
+        terms.append(cost_terms(report, cores))
         seconds.append(max(1e-4, t - base - per_byte * io_bytes(report)))
         say(
-            f"calibration: {n_lookups} lookups at {report['lookup_bits_per_layer']} bits "
-            f"({lsbs} truncated): {t:.3f} s"
+            f"calibration {i}/{len(CALIBRATION)}: {report['lookups_per_layer']} lookups at "
+            f"{report['lookup_bits_per_layer']} bits ({report['pbs_count']} PBS): {t:.3f} s"
         )
-    work, n_pbs = np.array(terms).T
-    model.seconds_per_unit, model.seconds_per_pbs = fit_lookup_costs(work, n_pbs, np.array(seconds))
+    bsk, ksk, unit, pbs = fit_costs(np.array(terms), np.array(seconds))
+    model = CostModel(base, per_byte, unit, pbs, cores, per_bsk_byte=bsk, per_ksk_byte=ksk)
     model.meta = {"key": _machine_key(), "created": time.time()}
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     (CACHE_DIR / f"latency-{model.meta['key']}.json").write_text(json.dumps(model.to_json()))

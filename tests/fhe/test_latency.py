@@ -56,14 +56,42 @@ def test_prediction_and_json_roundtrip():
     assert back.predict(_report([16], 16)) == MODEL.predict(_report([16], 16))
 
 
-def test_lookup_costs_are_fit_on_relative_error_and_never_negative():
-    work = np.array([0.1, 0.4, 1.0, 2.0, 0.05])
-    n_pbs = np.array([8.0, 8.0, 2.0, 16.0, 1.0])
-    seconds = 0.3 * work + 0.004 * n_pbs
-    assert latency.fit_lookup_costs(work, n_pbs, seconds) == pytest.approx((0.3, 0.004))
-    # timings that only the work explains: no negative per-PBS cost, the work's one refit
-    a, b = latency.fit_lookup_costs(work, n_pbs, 0.3 * work * (1 + 0.01 * n_pbs[::-1]))
-    assert b == 0.0 and a == pytest.approx(0.3, rel=0.2)
+def test_costs_are_fit_on_relative_error_and_never_negative():
+    work = np.array([0.1, 0.4, 1.0, 2.0, 0.05, 0.3])
+    n_pbs = np.array([8.0, 8.0, 2.0, 16.0, 1.0, 4.0])
+    bsk = np.array([1e8, 5e8, 1e9, 2e8, 1e8, 3e8])
+    seconds = 5e-10 * bsk + 0.3 * work + 0.004 * n_pbs
+    columns = np.stack([bsk, np.zeros(6), work, n_pbs], axis=1)
+    assert latency.fit_costs(columns, seconds) == pytest.approx([5e-10, 0, 0.3, 0.004], rel=1e-6)
+    # timings that the work alone explains, with noise: no term goes negative
+    noisy = 0.3 * work * (1 + 0.05 * np.sin(n_pbs))
+    coef = latency.fit_costs(columns, noisy)
+    assert (coef >= 0).all() and coef[2] == pytest.approx(0.3, rel=0.2)
+
+
+def test_every_run_pays_for_its_keys_once():
+    """The term that was missing: a circuit with 2 lookups on big parameters costs far more
+    than 2/24 of one with 24 lookups on the same parameters."""
+    model = CostModel(0.003, 1e-8, 0.2, 0.005, 2, per_bsk_byte=5e-10, per_ksk_byte=1e-10)
+    big = {"polynomial_size": 8192, "glwe_dimension": 1, "input_lwe_dimension": 850, "level": 2}
+    report = {
+        "lookups_per_layer": [2],
+        "pbs_params": [{**big, "count": 2}],
+        "size_of_inputs": 4000,
+        "size_of_outputs": 2000,
+        "size_of_keyswitch_keys": 1e8,
+    }
+    bsk = 850 * 2 * 4 * 8192 * 8
+    assert latency.key_bytes(report) == (bsk, 1e8)
+    work, n_pbs = latency.lookup_terms(report, 2)
+    expected = 0.003 + 6000e-8 + 5e-10 * bsk + 1e-10 * 1e8 + 0.2 * work + 0.005 * n_pbs
+    assert model.predict(report) == pytest.approx(expected)
+    many = {**report, "lookups_per_layer": [24], "pbs_params": [{**big, "count": 24}]}
+    assert model.predict(many) < 12 * model.predict(report) * 0.5
+    linear = {"lookups_per_layer": [], "pbs_params": [], "size_of_inputs": 10, "size_of_outputs": 0}
+    assert latency.key_bytes(linear) == (0.0, 0.0)
+    back = CostModel.from_json(json.loads(json.dumps(model.to_json())))
+    assert back.predict(report) == model.predict(report)
 
 
 def test_cache_is_keyed_by_concrete_version_and_cpu(monkeypatch, tmp_path):
