@@ -35,6 +35,7 @@ from autofhe.search.notes import publish_front, publish_trial
 from autofhe.search.objective import METRICS, SearchContext
 from autofhe.search.pareto import ParetoStore, pareto_front
 from autofhe.search.plan import make_plan, project
+from autofhe.search.refine import maybe_refine
 from autofhe.search.space import SEED_CONFIG
 from autofhe.search.spec import Spec
 from autofhe.search.workers import optimize, run_workers
@@ -322,6 +323,10 @@ class SearchSession:
             front = pareto_front(trials)
             n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
             publish_trial(study, trial)  # what optuna-dashboard shows first, for people
+            try:
+                maybe_refine(study, trials, front, ctx.space, ctx.seed)
+            except Exception as exc:  # a refinement is a bonus: never a worker's end
+                print(f"autofhe: warning: no refinement enqueued: {exc}", file=sys.stderr)
             try:
                 if store.save_front(self.name, front, n_complete):
                     publish_front(study, front, n_complete)
