@@ -115,6 +115,7 @@ def _progress_printer(total: int | None):
 def _cmd_search(args: argparse.Namespace) -> int:
     from autofhe.data import load_dataset
     from autofhe.fhe.latency import load_cost_model
+    from autofhe.search.locate import check_writable
     from autofhe.search.pareto import pareto_front
     from autofhe.search.spec import check_folds, load_spec, parse_duration
     from autofhe.search.study import (
@@ -126,6 +127,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     # Everything the user gave is checked before the database is touched.
     url = resolve_storage(args.storage)
+    check_writable(url)
     spec = load_spec(args.spec)
     if args.metric:
         spec.metric = args.metric
@@ -326,10 +328,12 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     from autofhe.fhe.latency import load_cost_model
+    from autofhe.search.locate import check_writable
     from autofhe.search.study import SearchSession, resolve_storage
 
     url = resolve_storage(args.storage)
     _load_study(args)
+    check_writable(url)
     timeout = None
     if args.timeout:
         from autofhe.search.spec import parse_duration

@@ -18,6 +18,7 @@ __all__ = [
     "STORAGE_ENV",
     "artifact_dir",
     "artifact_store",
+    "check_writable",
     "missing_driver",
     "resolve_storage",
     "resolve_study",
@@ -49,6 +50,33 @@ def missing_driver(url: str, exc: ImportError) -> StorageError:
     return StorageError(
         f"storage {url!r} needs a database driver that is not installed ({module}); {fix}."
     )
+
+
+def check_writable(url: str) -> None:
+    """Refuse an SQLite database this process cannot write (a search or worker would fail
+    at its first commit with Optuna's "invalid data in the commit" message)."""
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return
+    import tempfile
+
+    db = Path(url[len("sqlite:///") :])
+    folder = db.parent if str(db.parent) else Path(".")
+    if not folder.is_dir():
+        raise StorageError(
+            f"storage {url}: the folder {str(folder)!r} does not exist; create it, or pass "
+            "--storage with a file in an existing folder."
+        )
+    try:
+        if db.exists():
+            os.close(os.open(db, os.O_RDWR))  # what permissions and an immutable flag allow
+        with tempfile.TemporaryFile(dir=folder):  # SQLite writes its journal next to the file
+            pass
+    except OSError as exc:
+        where = db if db.exists() and exc.filename == str(db) else folder
+        raise StorageError(
+            f"storage {url} is not writable ({exc.strerror}: {where}); a search writes its "
+            "trials there: fix the permissions, or pass --storage with a writable file."
+        ) from None
 
 
 def resolve_storage(url: str | None) -> str:

@@ -472,6 +472,54 @@ def test_bad_storage_input_is_one_line_exit_2_and_creates_nothing(tmp_path, args
     assert (tmp_path / "notadb.db").read_text() == "not a database\n"
 
 
+@pytest.fixture()
+def read_only_db(tmp_path):
+    """An Optuna database this process cannot write: mode 0444 for a user; for root (whom
+    permissions do not stop) the immutable flag, where the file system has one."""
+    import hashlib
+
+    path = tmp_path / "ro.db"
+    optuna.create_study(study_name="s", storage=f"sqlite:///{path}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+    elif subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without the immutable flag")
+    yield path
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # never changed
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["search", "--data", "sklearn:iris", "--trials", "1"],
+        ["worker", "--study", "s", "--trials", "1"],
+    ],
+)
+def test_a_read_only_database_is_one_line_exit_2(read_only_db, args, tmp_path):
+    """Was: "StorageInternalError: An exception is raised during the commit ... exceeding max
+    length", exit 1."""
+    result = subprocess.run(
+        [AUTOFHE, *args, "--storage", f"sqlite:///{read_only_db}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "is not writable" in line and str(read_only_db) in line
+    listing = subprocess.run(
+        [AUTOFHE, "studies", "--storage", f"sqlite:///{read_only_db}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listing.returncode == 0 and "s " in listing.stdout  # reading still works
+
+
 @pytest.mark.parametrize(
     ("spec", "pattern"),
     [
