@@ -299,29 +299,14 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 
     url = resolve_storage(args.storage)
     rows = sqlite_summaries(url)  # an SQLite file: read without Optuna (a tenth of the time)
-    if rows is not None:
-        _print_table(rows) if rows else print(f"no studies in {url}")
-        return 0
-    import optuna
+    if rows is None:
+        import optuna
 
-    from autofhe.search.pareto import pareto_front
+        from autofhe.search.summary import optuna_summaries
 
-    if not args.debug:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = _open_storage(url)
-    rows = []
-    for summary in optuna.get_all_study_summaries(storage=storage, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        trials = study.get_trials(deepcopy=False)
-        rows.append(
-            {
-                "study": summary.study_name,
-                "trials": len(trials),
-                "front": len(pareto_front(trials)),
-                "metric": (study.metric_names or ["?"])[0],
-                "source": study.user_attrs.get("autofhe_source", "-"),
-            }
-        )
+        if not args.debug:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+        rows = optuna_summaries(_open_storage(url))
     _print_table(rows) if rows else print(f"no studies in {url}")
     return 0
 

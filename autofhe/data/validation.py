@@ -54,6 +54,13 @@ def _as_numeric(values, name: str) -> np.ndarray:
     )
 
 
+def _refuse_first(arr: np.ndarray, bad: np.ndarray, message: str) -> None:
+    """Raise ``message`` (formatted with the first bad value, its place and the count)."""
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(message.format(n=int(bad.sum()), value=arr[row, col], row=row, col=col))
+
+
 def check_X(X, *, n_features: int | None = None, estimator: str = "the model") -> np.ndarray:
     """Return ``X`` as a finite 2-D float32 array, or raise a :class:`DataError`."""
     arr = _as_numeric(X, "X")
@@ -79,24 +86,20 @@ def check_X(X, *, n_features: int | None = None, estimator: str = "the model") -
             "pass at least one column."
         )
     if arr.dtype.kind == "f":
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            row, col = (int(i) for i in np.argwhere(bad)[0])
-            raise DataError(
-                f"X contains NaN or infinity ({int(bad.sum())} values; first {arr[row, col]} at "
-                f"row {row}, column {col}); remove those rows or impute them, e.g. with "
-                "sklearn.impute.SimpleImputer."
-            )
-    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        _refuse_first(
+            arr,
+            ~np.isfinite(arr),
+            "X contains NaN or infinity ({n} values; first {value} at row {row}, column {col}); "
+            "remove those rows or impute them, e.g. with sklearn.impute.SimpleImputer.",
+        )
         # finite here, infinite once in float32: say so rather than "infinity" later
-        huge = np.abs(arr) > np.finfo(np.float32).max
-        if huge.any():
-            row, col = (int(i) for i in np.argwhere(huge)[0])
-            raise DataError(
-                f"X holds {arr[row, col]:g} at row {row}, column {col} ({int(huge.sum())} values "
-                f"beyond float32's range of +-{np.finfo(np.float32).max:.1e}); rescale that "
-                "feature (e.g. log or sklearn.preprocessing.StandardScaler) or drop the rows."
-            )
+        _refuse_first(
+            arr,
+            np.abs(arr) > np.finfo(np.float32).max,
+            "X holds {value:g} at row {row}, column {col} ({n} values beyond float32's range "
+            "of +-3.4e+38); rescale that feature (e.g. log or "
+            "sklearn.preprocessing.StandardScaler) or drop the rows.",
+        )
     if n_features is not None and arr.shape[1] != n_features:
         raise DataError(
             f"X has {arr.shape[1]} features, but {estimator} is expecting {n_features} features "

@@ -19,7 +19,7 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-__all__ = ["front_size", "sqlite_summaries"]
+__all__ = ["front_size", "optuna_summaries", "sqlite_summaries"]
 
 _VALUE = {"INF_POS": math.inf, "INF_NEG": -math.inf}
 
@@ -115,6 +115,28 @@ def _read(db: sqlite3.Connection) -> list[dict]:
                 "front": front_size(points.get(study_id, [])),
                 "metric": names[0],
                 "source": source,
+            }
+        )
+    return rows
+
+
+def optuna_summaries(storage) -> list[dict]:
+    """The same rows through Optuna's own reading (any database, e.g. PostgreSQL)."""
+    import optuna
+
+    from autofhe.search.pareto import pareto_front
+
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage=storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        rows.append(
+            {
+                "study": summary.study_name,
+                "trials": len(trials),
+                "front": len(pareto_front(trials)),
+                "metric": (study.metric_names or ["?"])[0],
+                "source": study.user_attrs.get("autofhe_source", "-"),
             }
         )
     return rows

@@ -10,8 +10,7 @@ import optuna
 import pytest
 
 from autofhe.search.feasibility import record_constraints
-from autofhe.search.pareto import pareto_front
-from autofhe.search.summary import front_size, sqlite_summaries
+from autofhe.search.summary import front_size, optuna_summaries, sqlite_summaries
 
 
 @pytest.mark.parametrize(
@@ -28,23 +27,6 @@ from autofhe.search.summary import front_size, sqlite_summaries
 )
 def test_front_size(points, size):
     assert front_size(points) == size
-
-
-def _optuna_rows(url: str) -> list[dict]:
-    rows = []
-    for summary in optuna.get_all_study_summaries(storage=url, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=url)
-        trials = study.get_trials(deepcopy=False)
-        rows.append(
-            {
-                "study": summary.study_name,
-                "trials": len(trials),
-                "front": len(pareto_front(trials)),
-                "metric": (study.metric_names or ["?"])[0],
-                "source": study.user_attrs.get("autofhe_source", "-"),
-            }
-        )
-    return rows
 
 
 def _study(url: str, name: str, values, source=None, metric="accuracy"):
@@ -86,7 +68,7 @@ def test_sqlite_listing_equals_optunas(tmp_path):
     _study(url, "b-r2", [((-math.inf, 0.2), 0.0), ((0.3, 0.05), 0.0)], metric="r2")
     _study(url, "empty", [])
     fast = sqlite_summaries(url)
-    assert fast == _optuna_rows(url)
+    assert fast == optuna_summaries(url)
     assert [r["front"] for r in fast] == [2, 1, 0]
     assert fast[0]["trials"] == 9 and fast[0]["source"] == "/data/a.npy"
 
