@@ -5,7 +5,7 @@ every front model is loaded from its stored bundle and, with nothing else runnin
 under real encryption (key generation, then the median of ``--samples`` encrypt / run /
 decrypt). Its prediction is recomputed from the bundle's circuit report with this machine's
 current cost model, so a refitted model is judged on the same circuits without new searches
-(``--reuse DIR`` skips the searches and re-reads the studies of an earlier run).
+(``--reuse DIR`` re-reads the studies of an earlier run and searches only the missing ones).
 
 Printed: one line per front model, then over the models with table lookups the median and
 largest |predicted - measured| / measured, and for each study searched with --max-latency L
@@ -92,14 +92,14 @@ def main() -> None:
         "--max-latency", nargs="*", default=["circles=0.3"], help="DATASET=SECONDS pairs"
     )
     parser.add_argument("--samples", type=int, default=5)
-    parser.add_argument("--reuse", default=None, help="a workdir of an earlier run: no search")
+    parser.add_argument("--reuse", default=None, help="a workdir of an earlier run: its studies")
     args = parser.parse_args()
     limits = {k: float(v) for k, v in (pair.split("=") for pair in args.max_latency)}
     workdir = Path(args.reuse or tempfile.mkdtemp(prefix="autofhe-front-latency-"))
     cost_model = load_cost_model()
     print(f"workdir {workdir}; cost model {cost_model.to_json()}")
-    if not args.reuse:
-        for name in args.datasets:
+    for name in args.datasets:
+        if not (workdir / f"{name}.db").exists():  # a study of an earlier run is reused
             t0 = time.perf_counter()
             search(
                 name,

@@ -24,6 +24,10 @@ def load(name: str):
         return datasets.make_circles(1000, noise=0.2, factor=0.5, random_state=0)
     if name == "moons":  # a second low-dimensional nonlinear boundary, for latency work
         return datasets.make_moons(1000, noise=0.3, random_state=0)
+    if name == "clusters2000":  # 3 clusters per class: a boundary no line draws
+        return datasets.make_classification(
+            n_samples=2000, n_features=10, n_informative=6, n_clusters_per_class=3, random_state=1
+        )
     if name == "classification6000":
         return datasets.make_classification(
             n_samples=6000, n_features=8, n_informative=5, random_state=0
