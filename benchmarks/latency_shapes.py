@@ -10,6 +10,7 @@ cost model can be refitted offline; the current model's error is printed per cir
 Run it with nothing else on the machine:
 
     python benchmarks/latency_shapes.py [--n 40] [--seed 0] [--out shapes.jsonl]
+    python benchmarks/latency_shapes.py --issue-shapes   # issue 17's front-model shapes
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from autofhe.errors import AutofheError
 from autofhe.fhe.compile import circuit_report, compile_program
 from autofhe.fhe.latency import load_cost_model, measure_circuit
-from autofhe.fhe.standin import Shape, stand_in
+from autofhe.fhe.standin import Shape, stand_in, stand_in_samples
 
 warnings.filterwarnings("ignore")
 
@@ -43,6 +44,65 @@ def random_shape(rng: np.random.Generator) -> Shape:
     dims = (n_in, *([width] * n_hidden_layers), n_out)
     acc = lookup + lsbs
     return Shape(dims, n_w, n_a, signed, (acc,) * (len(dims) - 1), (lsbs,) * n_hidden_layers + (0,))
+
+
+#: The shapes of issue 17's table of front models (lookups @ bits, layers, bit widths), on
+#: stand-in weights: (name, shape). Hidden accumulators are the lookup bits plus the low bits
+#: cut; the output layer's budget leaves it a weight per input (a zero layer would be pruned).
+ISSUE_SHAPES = [
+    ("binary seed config, 24 @ 6", Shape((30, 24, 2), 3, 3, False, (8, 8), (2, 0))),
+    ("binary 2 layers 8/7 bits, 4 @ 6", Shape((30, 4, 2), 8, 7, False, (16, 16), (10, 0))),
+    ("multiclass 2 layers 3/4 bits, 7 @ 8", Shape((13, 7, 3), 3, 4, False, (10, 10), (2, 0))),
+    ("circles 2 layers 5/3 bits, 3 @ 5", Shape((2, 3, 2), 5, 3, False, (7, 10), (2, 0))),
+    ("binary 2 layers 2/6 bits, 2 @ 7", Shape((30, 2, 2), 2, 6, False, (9, 9), (2, 0))),
+]
+
+
+def circles_model_row(cost, samples: int) -> tuple[str, float, float]:
+    """The issue's circles model itself: trained on make_circles, compiled, measured."""
+    from sklearn.datasets import make_circles
+
+    from autofhe import NeuralNetClassifier
+    from autofhe.fhe.latency import measure_latency
+
+    X, y = make_circles(1000, noise=0.2, factor=0.5, random_state=0)
+    X = X.astype(np.float32)
+    model = NeuralNetClassifier(
+        module__n_layers=2,
+        module__n_hidden_neurons_multiplier=1.5,  # 3 neurons on 2 inputs
+        n_w_bits=5,
+        n_a_bits=3,
+        module__lookup_bits=5,
+        max_epochs=30,
+        random_state=0,
+    ).fit(X, y)
+    model.compile(X)
+    report = model.fhe_report()
+    measured = measure_latency(model.compiled_model, X, n=samples)["latency_s"]
+    name = (
+        f"circles model itself, {report['lookups_per_layer']} @ {report['lookup_bits_per_layer']}"
+    )
+    return name, cost.predict(report), measured
+
+
+def issue_shapes(cost, samples: int) -> None:
+    rows = []
+    for name, shape in ISSUE_SHAPES:
+        program = stand_in(shape)
+        X = stand_in_samples(shape)
+        circuit = compile_program(program, X)
+        report = circuit_report(circuit, program)
+        measured = measure_circuit(circuit, X[:samples], samples)["latency_s"]
+        got = f"{report['lookups_per_layer']} @ {report['lookup_bits_per_layer']}"
+        rows.append((f"{name} (stand-in: {got})", cost.predict(report), measured))
+    rows.append(circles_model_row(cost, samples))
+    for name, predicted, measured in rows:
+        error = abs(predicted - measured) / measured
+        flag = "ok" if error <= 0.30 else "OVER 30%"
+        print(
+            f"{name:<62} predicted {predicted:.3f} s, measured {measured:.3f} s: "
+            f"error {error:.0%} {flag}"
+        )
 
 
 def extra_stats(circuit) -> dict:
@@ -68,8 +128,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--max-predicted", type=float, default=3.0)
     parser.add_argument("--out", default="latency_shapes.jsonl")
+    parser.add_argument("--issue-shapes", action="store_true", help="the issue 17 table's shapes")
     args = parser.parse_args()
     cost = load_cost_model()
+    if args.issue_shapes:
+        issue_shapes(cost, args.samples)
+        return
     rng = np.random.default_rng(args.seed)
     errors = []
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
