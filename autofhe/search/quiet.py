@@ -68,13 +68,25 @@ def _try(fd: int, mode: int, deadline: float) -> bool:
             time.sleep(0.05)
 
 
-def working() -> None:
-    """Declare this process a worker: it holds *work* shared from now on."""
+@contextmanager
+def working() -> Iterator[None]:
+    """This process works (holds *work* shared) for the duration of the block.
+
+    Only while working: a process that ran a search and went on to something else (a test
+    suite, a notebook) would otherwise make every measurement on the machine wait in vain.
+    """
     global _holding
     fd = _fd("work")
-    if fd is not None and not _holding:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        _holding = True
+    if fd is None or _holding:  # no locks here, or an outer block already holds it
+        yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _holding = True
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        _holding = False
 
 
 def checkpoint() -> None:

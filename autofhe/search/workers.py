@@ -38,9 +38,13 @@ def optimize(study, ctx, n_trials, timeout, beat: Heartbeat, after_trial: Callab
     Unlike ``study.optimize`` this survives a trial that another process ended (a reaper that
     took it for dead): its result is dropped with a warning instead of a crash.
     """
+    with quiet.working():  # this process pauses at checkpoints while another one measures
+        return _optimize(study, ctx, n_trials, timeout, beat, after_trial)
+
+
+def _optimize(study, ctx, n_trials, timeout, beat: Heartbeat, after_trial: Callable) -> int:
     state = optuna.trial.TrialState
     start, done = time.monotonic(), 0
-    quiet.working()  # this process pauses at checkpoints while another one measures
     while n_trials is None or done < n_trials:
         if timeout is not None and time.monotonic() - start >= timeout:
             break

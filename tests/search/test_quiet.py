@@ -16,10 +16,9 @@ from autofhe.search import quiet
 WORKER = """
 import sys, time
 from autofhe.search import quiet
-quiet.working()
-print("ready", flush=True)
 end = time.monotonic() + float(sys.argv[2])
-with open(sys.argv[1], "a") as out:
+with quiet.working(), open(sys.argv[1], "a") as out:
+    print("ready", flush=True)
     while time.monotonic() < end:
         quiet.checkpoint() if sys.argv[3] == "yes" else None
         t0 = time.time()
@@ -65,8 +64,7 @@ def _units(tmp_path) -> list[tuple[float, float]]:
 def test_no_other_work_runs_while_a_worker_measures(lock, tmp_path):
     workers = [_worker(tmp_path, 4.0) for _ in range(2)]
     time.sleep(0.5)
-    quiet.working()  # the measuring process is a worker too
-    with quiet.measuring(wait_s=5) as calm:
+    with quiet.working(), quiet.measuring(wait_s=5) as calm:  # a worker measuring
         start = time.time()
         time.sleep(1.0)
         end = time.time()
@@ -98,3 +96,19 @@ def test_a_killed_worker_blocks_nobody(lock, tmp_path):
     with quiet.measuring(wait_s=5) as calm:
         pass
     assert calm and time.monotonic() - t0 < 1.0
+
+
+@pytest.mark.skipif(quiet.fcntl is None, reason="flock is POSIX")
+def test_a_process_that_stopped_working_delays_nobody(lock, tmp_path):
+    """Was: a process that had run a search (a test suite) held the lock for ever, and every
+    measurement on the machine waited its full minute."""
+    with quiet.working():
+        pass
+    code = (
+        "import time; from autofhe.search import quiet; t0 = time.monotonic()\n"
+        "with quiet.measuring(wait_s=5) as calm: pass\n"
+        "print(calm, time.monotonic() - t0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    calm, waited = out.stdout.split()
+    assert calm == "True" and float(waited) < 1.0
