@@ -194,6 +194,7 @@ def test_pareto_json_has_stable_machine_keys(one_study):
         "measured_latency_s",
         "measured_loadavg_1m",
         "measured_cores",
+        "measured_quiet",
         "max_latency_s",
         "over_max_latency",
         "n_layers",
@@ -301,8 +302,8 @@ def test_calibration_message_only_when_calibrating(tmp_path, monkeypatch, capsys
     if not cached:
         monkeypatch.setattr(latency, "CACHE_DIR", tmp_path / "empty-cache")
         monkeypatch.setattr(latency, "calibrate", lambda *a, **k: fixed)
-    # a database path that cannot be created stops the search right after the cost model
-    storage = f"sqlite:///{tmp_path}/no/such/dir/x.db"
+    # a database URL that cannot be opened stops the search right after the cost model
+    storage = "postgresql://u@127.0.0.1:notaport/db"
     code = main(["search", "--data", "sklearn:wine", "--storage", storage, "--trials", "1"])
     assert code == 2
     said = "calibrat" in capsys.readouterr().out

@@ -4,8 +4,9 @@ The sampler balances both objectives, and cheap configurations are where most of
 volume lies, so the accurate end of the front (where a user starts looking) is reached by few
 draws: a 20-minute default search on a 64-feature dataset ran 404 trials, 8 of them with 6- or
 7-bit weights and none with 8, and its most accurate model had 5-bit weights. So once the
-sampler has had its start, every ``EVERY``-th finished trial enqueues one neighbour of the
-front's most accurate model: the same configuration moved one step in one or two of its
+sampler has had its start, the ask that follows every ``EVERY``-th finished trial takes a
+neighbour of the front's most accurate model (enqueued right before it, so nothing is left
+queued when a search ends): the same configuration moved one step in one or two of its
 parameters (more weight / activation / accumulator / lookup bits, a wider layer, more
 epochs or starts, another learning rate), within the study's space. Nothing here depends on
 the data: it is a local search beside the sampler's global one, on the end of the front the
@@ -103,12 +104,16 @@ def maybe_refine(study: optuna.Study, trials: list, front: list, space: dict, se
         return False
     if any(t.state == state.WAITING for t in trials):
         return False  # a queued trial (a seed, a retry, a refinement) runs first
+    if any(t.user_attrs.get("refine_at") == len(finished) for t in trials):
+        return False  # another worker refined at this count already
     top = front[0]  # pareto_front sorts by metric, best first
     rng = np.random.default_rng(seed + len(finished))
     tried = [t.params for t in trials]
     for _ in range(8):  # a neighbour not tried yet
         params = neighbour(top.params, space, rng)
         if params is not None and params not in tried:
-            study.enqueue_trial(params, user_attrs={"refines": top.number})
+            study.enqueue_trial(
+                params, user_attrs={"refines": top.number, "refine_at": len(finished)}
+            )
             return True
     return False

@@ -324,10 +324,6 @@ class SearchSession:
             n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
             publish_trial(study, trial)  # what optuna-dashboard shows first, for people
             try:
-                maybe_refine(study, trials, front, ctx.space, ctx.seed)
-            except Exception as exc:  # a refinement is a bonus: never a worker's end
-                print(f"autofhe: warning: no refinement enqueued: {exc}", file=sys.stderr)
-            try:
                 if store.save_front(self.name, front, n_complete):
                     publish_front(study, front, n_complete)
             except StorageError as exc:  # the next trial's snapshot catches up
@@ -338,9 +334,17 @@ class SearchSession:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # our helper process beats for the asked trials (Optuna assumes its own thread)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+
+        def before_ask() -> None:
+            try:
+                trials = study.get_trials(deepcopy=False)
+                maybe_refine(study, trials, pareto_front(trials), ctx.space, ctx.seed)
+            except Exception as exc:  # a refinement is a bonus: never a worker's end
+                print(f"autofhe: warning: no refinement enqueued: {exc}", file=sys.stderr)
+
         beat = Heartbeat(self.url, self.name, storage)
         try:
-            return optimize(study, ctx, n_trials, timeout, beat, after_trial)
+            return optimize(study, ctx, n_trials, timeout, beat, after_trial, before_ask)
         finally:
             beat.close()
 

@@ -32,23 +32,35 @@ __all__ = ["optimize", "run_workers"]
 PROGRESS_POLL_S = 5.0
 
 
-def optimize(study, ctx, n_trials, timeout, beat: Heartbeat, after_trial: Callable) -> int:
+def optimize(
+    study,
+    ctx,
+    n_trials,
+    timeout,
+    beat: Heartbeat,
+    after_trial: Callable,
+    before_ask: Callable | None = None,
+) -> int:
     """ask -> objective -> tell until ``n_trials`` are told or ``timeout`` passes.
 
     Unlike ``study.optimize`` this survives a trial that another process ended (a reaper that
     took it for dead): its result is dropped with a warning instead of a crash.
+    ``before_ask`` runs right before each ask this process makes (it may enqueue the trial
+    the ask then takes: nothing is left queued when the search ends).
     """
     with quiet.working():  # this process pauses at checkpoints while another one measures
-        return _optimize(study, ctx, n_trials, timeout, beat, after_trial)
+        return _optimize(study, ctx, n_trials, timeout, beat, after_trial, before_ask)
 
 
-def _optimize(study, ctx, n_trials, timeout, beat: Heartbeat, after_trial: Callable) -> int:
+def _optimize(study, ctx, n_trials, timeout, beat, after_trial, before_ask) -> int:
     state = optuna.trial.TrialState
     start, done = time.monotonic(), 0
     while n_trials is None or done < n_trials:
         if timeout is not None and time.monotonic() - start >= timeout:
             break
         quiet.checkpoint()
+        if before_ask is not None:
+            before_ask()
         trial = study.ask()
         beat.start(trial._trial_id)
         # who ran it (a system attribute: not one of the trial's results)
