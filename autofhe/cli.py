@@ -257,23 +257,14 @@ def _open_storage(url: str):
     """The process's pooled storage on ``url``; a database that cannot be read is one line.
 
     heartbeat.py, not study.py: study.py imports the training side (torch)."""
-    from pathlib import Path
-
     from autofhe.errors import StorageError
     from autofhe.search.heartbeat import GRACE_S, HEARTBEAT_S, make_storage
+    from autofhe.search.locate import missing_driver, require_database_file
 
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        db = Path(url[len("sqlite:///") :])
-        if not db.is_file():  # never leave an empty database behind a mistyped path
-            raise StorageError(
-                f"no database file {str(db)!r} (storage {url}); run `autofhe search` first, "
-                "or pass --storage / set $AUTOFHE_STORAGE to the study database."
-            )
+    require_database_file(url)  # never leave an empty database behind a mistyped path
     try:
         return make_storage(url, HEARTBEAT_S, GRACE_S)
     except ImportError as exc:
-        from autofhe.search.locate import missing_driver
-
         raise missing_driver(url, exc) from None
     except Exception as exc:  # driver errors, alembic, a file that is not a database
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
@@ -380,14 +371,14 @@ def _check_replaceable(out, url: str) -> None:
     from pathlib import Path
 
     from autofhe.fhe.bundle import is_bundle
-    from autofhe.search.locate import artifact_dir
+    from autofhe.search.locate import artifact_dir, sqlite_path
 
     if out.is_symlink():
         raise ParameterError(f"--out {out} is a symbolic link; refusing to replace it.")
     target = out.resolve()
     protected = {"the working directory": Path.cwd().resolve(), "$HOME": Path.home().resolve()}
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        protected["the study database"] = Path(url[len("sqlite:///") :]).resolve()
+    if sqlite_path(url) is not None:
+        protected["the study database"] = sqlite_path(url).resolve()
     protected["the artifact store"] = artifact_dir(url).resolve()
     if target.parent == target:
         raise ParameterError(f"--out {out} is a filesystem root; refusing to delete it.")

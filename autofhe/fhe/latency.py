@@ -157,14 +157,8 @@ class CostModel:
 
     def lookup_seconds(self, report: dict) -> float:
         """Predicted time of the circuit's table lookups alone (keys, then the PBS)."""
-        work, n_pbs = lookup_terms(report, self.cores)
-        bsk, ksk = key_bytes(report)
-        return (
-            self.per_bsk_byte * bsk
-            + self.per_ksk_byte * ksk
-            + self.seconds_per_unit * work
-            + self.seconds_per_pbs * n_pbs
-        )
+        costs = (self.per_bsk_byte, self.per_ksk_byte, self.seconds_per_unit, self.seconds_per_pbs)
+        return float(np.dot(costs, cost_terms(report, self.cores)))  # the order calibrate fits
 
     def predict(self, report: dict) -> float:
         """Seconds per sample: encrypt + run + decrypt (key generation excluded)."""

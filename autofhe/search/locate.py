@@ -20,8 +20,10 @@ __all__ = [
     "artifact_store",
     "check_writable",
     "missing_driver",
+    "require_database_file",
     "resolve_storage",
     "resolve_study",
+    "sqlite_path",
     "study_names",
 ]
 
@@ -35,6 +37,24 @@ SCHEMES = (
     "mysql",
     "mysql+pymysql",
 )
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of an ``sqlite:///`` URL (None for other databases and memory)."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url[len("sqlite:///") :])
+    return None
+
+
+def require_database_file(url: str) -> None:
+    """Refuse an SQLite URL whose file does not exist: opening it would create an empty
+    database behind a mistyped path."""
+    db = sqlite_path(url)
+    if db is not None and not db.is_file():
+        raise StorageError(
+            f"no database file {str(db)!r} (storage {url}); run `autofhe search` first, or "
+            "pass --storage / set $AUTOFHE_STORAGE to the study database."
+        )
 
 
 def missing_driver(url: str, exc: ImportError) -> StorageError:
@@ -55,11 +75,11 @@ def missing_driver(url: str, exc: ImportError) -> StorageError:
 def check_writable(url: str) -> None:
     """Refuse an SQLite database this process cannot write (a search or worker would fail
     at its first commit with Optuna's "invalid data in the commit" message)."""
-    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+    db = sqlite_path(url)
+    if db is None:
         return
     import tempfile
 
-    db = Path(url[len("sqlite:///") :])
     folder = db.parent if str(db.parent) else Path(".")
     if not folder.is_dir():
         raise StorageError(
@@ -96,21 +116,15 @@ def artifact_dir(url: str) -> Path:
     SQLite file (``<db>.artifacts``), else ./autofhe-artifacts."""
     if os.environ.get("AUTOFHE_ARTIFACTS"):
         return Path(os.environ["AUTOFHE_ARTIFACTS"])
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        db = Path(url[len("sqlite:///") :])
+    db = sqlite_path(url)
+    if db is not None:
         return db.with_name(db.name + ".artifacts")
     return Path("autofhe-artifacts")
 
 
 def study_names(url: str) -> list[str]:
     """Names of the studies in ``url``; a missing SQLite file is an error, never created."""
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = url[len("sqlite:///") :]
-        if not os.path.isfile(path):
-            raise StorageError(
-                f"no database file {path!r} (storage {url}); run `autofhe search` first, or "
-                "pass --storage / set $AUTOFHE_STORAGE to the study database."
-            )
+    require_database_file(url)
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import optuna
 
+from autofhe.search.pareto import pareto_front
+
 __all__ = ["EVERY", "MIN_COMPLETE", "maybe_refine", "neighbour"]
 
 #: One refinement per this many finished trials (the rest are the sampler's).
@@ -94,18 +96,22 @@ def neighbour(params: dict, space: dict, rng: np.random.Generator) -> dict | Non
     return out if moved else None
 
 
-def maybe_refine(study: optuna.Study, trials: list, front: list, space: dict, seed: int) -> bool:
+def maybe_refine(study: optuna.Study, trials: list, space: dict, seed: int) -> bool:
     """Enqueue a neighbour of the front's most accurate trial when it is time (see the module
-    docstring); returns whether one was enqueued."""
+    docstring); returns whether one was enqueued. Called before every ask: the front (a
+    quadratic computation) is only computed once the cheap conditions hold."""
     state = optuna.trial.TrialState
     finished = [t for t in trials if t.state.is_finished()]
     complete = [t for t in finished if t.state == state.COMPLETE]
-    if not front or len(complete) < MIN_COMPLETE or len(finished) % EVERY:
+    if len(complete) < MIN_COMPLETE or len(finished) % EVERY:
         return False
     if any(t.state == state.WAITING for t in trials):
         return False  # a queued trial (a seed, a retry, a refinement) runs first
     if any(t.user_attrs.get("refine_at") == len(finished) for t in trials):
         return False  # another worker refined at this count already
+    front = pareto_front(trials)
+    if not front:
+        return False
     top = front[0]  # pareto_front sorts by metric, best first
     rng = np.random.default_rng(seed + len(finished))
     tried = [t.params for t in trials]

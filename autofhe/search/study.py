@@ -338,7 +338,7 @@ class SearchSession:
         def before_ask() -> None:
             try:
                 trials = study.get_trials(deepcopy=False)
-                maybe_refine(study, trials, pareto_front(trials), ctx.space, ctx.seed)
+                maybe_refine(study, trials, ctx.space, ctx.seed)
             except Exception as exc:  # a refinement is a bonus: never a worker's end
                 print(f"autofhe: warning: no refinement enqueued: {exc}", file=sys.stderr)
 

@@ -19,6 +19,8 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
+from autofhe.search.locate import sqlite_path
+
 __all__ = ["front_size", "optuna_summaries", "sqlite_summaries"]
 
 _VALUE = {"INF_POS": math.inf, "INF_NEG": -math.inf}
@@ -58,10 +60,8 @@ def _feasible(raw: str | None) -> bool:
 def sqlite_summaries(url: str) -> list[dict] | None:
     """``study, trials, front, metric, source`` per study of an SQLite ``url``, or None when
     the file is not an Optuna database this reader knows (the caller falls back to Optuna)."""
-    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
-        return None
-    path = Path(url[len("sqlite:///") :])
-    if not path.is_file():
+    path = sqlite_path(url)
+    if path is None or not path.is_file():
         return None
     try:
         with _connect(path) as db:

@@ -92,7 +92,7 @@ def test_refinement_is_enqueued_every_few_trials_after_the_start(n, waiting, exp
         "lr": {"low": 1e-3, "high": 1e-1, "log": True},
         "n_init": [1, 2, 3],
     }
-    assert refine.maybe_refine(study, trials, front, space, seed=0) is expected
+    assert refine.maybe_refine(study, trials, space, seed=0) is expected
     queued = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.WAITING]
     if expected:
         (t,) = queued
