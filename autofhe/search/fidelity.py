@@ -4,10 +4,15 @@ Optuna has no pruner for multi-objective studies, so autofhe keeps its own, as s
 can be. A trial trains for its ``max_epochs``; at each rung epoch (10, 30, 90, 270) it scores
 its clear quantized model on the validation rows and records the score as the user attribute
 ``rung_<epoch>``, where every worker sees it. It then stops if it is not in the best third of
-the trials that reached the same rung *at no higher price* (their latency, known before
-training, is at most 10% above its own): successive halving, but a model is only ever
-compared with models at least as fast, so the fast end of the front is never pruned by slow,
-accurate models.
+its *peers*: the trials of the same depth that reached the same rung at no higher price (their
+latency, known before training, is at most 10% above its own). That is successive halving
+with two guards:
+- a model is only ever compared with models at least as fast, so the fast end of the front is
+  never pruned by slow, accurate models;
+- a model is only compared with models of its own depth (``module__n_layers``). Learning
+  curves of different depths cross: a linear model is near its best after 10 epochs, where a
+  hidden-layer network that ends up better has barely started. Ranked together at early rungs,
+  the deeper networks were all stopped there (digits: 29 of 32 at epoch 10).
 
 A stopped trial is PRUNED (no objective values) with ``fidelity_epochs`` and the reason in its
 user attributes.
@@ -21,7 +26,9 @@ import numpy as np
 import torch
 from skorch.callbacks import Callback
 
-__all__ = ["RUNGS", "RungStop", "rung_verdict"]
+from autofhe.params import PARAMS
+
+__all__ = ["RUNGS", "RungStop", "depth", "peers_at", "rung_verdict"]
 
 #: Epochs at which a trial is compared with its peers (successive halving by 3).
 RUNGS = (10, 30, 90, 270)
@@ -92,12 +99,24 @@ def clear_outputs(net, X: np.ndarray) -> np.ndarray:
         module.train(was_training)
 
 
-def peers_at(study, number: int, epoch: int) -> list[tuple[float, float]]:
-    """``(priced latency, rung score)`` of every other trial that reached ``epoch``."""
+def depth(params: dict) -> int:
+    """The number of layers of estimator parameters ``params`` (the estimator's default when
+    they do not say)."""
+    return int(params.get("module__n_layers", PARAMS["module__n_layers"].default))
+
+
+def peers_at(study, number: int, epoch: int, layers: int) -> list[tuple[float, float]]:
+    """``(priced latency, rung score)`` of every other trial of ``layers`` layers that reached
+    ``epoch``."""
     key = f"rung_{epoch}"
     out = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
-        if t.number != number and key in attrs and attrs.get("priced_latency_s") is not None:
+        if (
+            t.number != number
+            and key in attrs
+            and attrs.get("priced_latency_s") is not None
+            and depth(attrs.get("estimator_params", {})) == layers
+        ):
             out.append((float(attrs["priced_latency_s"]), float(attrs[key])))
     return out

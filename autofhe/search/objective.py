@@ -33,7 +33,7 @@ from autofhe.fhe.latency import CostModel
 from autofhe.fhe.program import softmax
 from autofhe.nn.estimators import NeuralNetClassifier, NeuralNetRegressor
 from autofhe.search import quiet
-from autofhe.search.fidelity import RungStop, clear_outputs, peers_at
+from autofhe.search.fidelity import RungStop, clear_outputs, depth, peers_at
 from autofhe.search.pricing import Price, price
 from autofhe.search.space import suggest_raw, to_estimator_params
 
@@ -363,7 +363,7 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price:
                 score_fn=lambda net, X=X_val, y=y_val: ctx.metric_of(
                     y, [ctx.clear_outputs(net, X)], _classes(net)
                 ),
-                peers_fn=lambda epoch: _peers(trial, epoch),
+                peers_fn=lambda epoch: _peers(trial, epoch, depth(params)),
             )
         model = ctx.estimator(params, rungs).fit(X_fit, y_fit)
         spent("train_s", t0)
@@ -399,9 +399,9 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price:
     return models, clear, simulated, latencies
 
 
-def _peers(trial, epoch: int) -> list[tuple[float, float]]:
+def _peers(trial, epoch: int, layers: int) -> list[tuple[float, float]]:
     study = getattr(trial, "study", None)  # FixedTrial has none
-    return [] if study is None else peers_at(study, trial.number, epoch)
+    return [] if study is None else peers_at(study, trial.number, epoch, layers)
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

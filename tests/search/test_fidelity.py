@@ -6,7 +6,7 @@ import numpy as np
 import optuna
 
 from autofhe import NeuralNetClassifier
-from autofhe.search.fidelity import RungStop, rung_verdict
+from autofhe.search.fidelity import RungStop, peers_at, rung_verdict
 
 
 def test_too_few_peers_never_stop():
@@ -45,3 +45,26 @@ def test_callback_records_rungs_and_stops_training_at_one():
     assert stop.stopped.startswith("pruned at epoch 3")
     assert study.trials[0].user_attrs["rung_3"] == 0.5
     assert model.predict(X).shape == (120,)  # a usable model all the same
+
+
+def test_peers_are_trials_of_the_same_depth_at_the_same_rung():
+    # Learning curves of different depths cross: a linear model is near its best at the first
+    # rung, where a hidden-layer network has barely started. Only same-depth trials compare.
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for layers, rung in ((1, 0.95), (1, 0.94), (1, 0.96), (2, 0.80), (3, 0.70)):
+        trial = study.ask()
+        trial.set_user_attr("estimator_params", {"module__n_layers": layers})
+        trial.set_user_attr("priced_latency_s", 0.01 * layers)
+        trial.set_user_attr("rung_10", rung)
+    unlabelled = study.ask()  # no module__n_layers: the estimator's default depth, 2
+    unlabelled.set_user_attr("estimator_params", {})
+    unlabelled.set_user_attr("priced_latency_s", 0.02)
+    unlabelled.set_user_attr("rung_10", 0.85)
+    me = study.ask()
+    assert sorted(peers_at(study, me.number, 10, 1)) == [(0.01, 0.94), (0.01, 0.95), (0.01, 0.96)]
+    assert sorted(peers_at(study, me.number, 10, 2)) == [(0.02, 0.8), (0.02, 0.85)]
+    assert peers_at(study, me.number, 30, 1) == []
+    # a 2-layer trial scoring 0.82 at rung 10 goes on: the three faster linear models that
+    # beat it are not its peers (ranked among them, it would stop)
+    assert rung_verdict(0.82, 0.05, peers_at(study, me.number, 10, 1)) is not None
+    assert rung_verdict(0.82, 0.05, peers_at(study, me.number, 10, 2)) is None

@@ -55,3 +55,31 @@ def test_seeds_are_projected_into_the_space():
     }
     seed = {"module__n_layers": 3, "lr": 0.001, "lr_schedule": "cosine", "x": 1}
     assert project(seed, space) == {"module__n_layers": 2, "lr": 0.01}
+
+
+def test_seed_slack_grows_with_the_fan_in_until_pruning_stops_binding():
+    import torch
+    from sklearn.datasets import load_digits
+
+    from autofhe import NeuralNetClassifier
+    from autofhe.search.plan import seed_slack, seed_trials
+    from autofhe.search.space import to_estimator_params
+
+    assert [seed_slack(n) for n in (1, 2, 8, 13, 30, 64, 784)] == [1, 1, 2, 2, 3, 3, 5]
+    seeds = seed_trials(True, 64)
+    assert {s["accum_slack"] for s in seeds if s["module__n_layers"] == 2} == {3}
+
+    torch.set_num_threads(1)
+    X, y = load_digits(return_X_y=True)
+    X = ((X - X.mean(0)) / (X.std(0) + 1e-9)).astype(np.float32)[:600]
+    y = y[:600]
+
+    def kept(slack) -> float:
+        params = {**seeds[1], "accum_slack": slack, "max_epochs": 15, "n_init": 1}
+        model = NeuralNetClassifier(random_state=0, batch_size=64, **to_estimator_params(params))
+        first = model.fit(X, y).module_.integer_layers()[2][0]
+        return float(np.mean(first.weight != 0))
+
+    free = kept("none")  # no budget: what the trained weights use
+    assert kept(seed_slack(64)) >= 0.9 * free
+    assert kept(1) < 0.5 * free  # a fixed slack of 1 prunes away most of what they use
