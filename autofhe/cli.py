@@ -11,6 +11,7 @@ import sys
 import time
 import warnings
 
+from autofhe import cli_deploy
 from autofhe.errors import AutofheError, ParameterError
 
 BUILTIN_SETS = ("breast_cancer", "wine", "digits", "iris")
@@ -253,39 +254,17 @@ def _storage_url(args) -> str:
     return resolve_storage(args.storage)
 
 
-def _open_storage(url: str):
-    """The process's pooled storage on ``url``; a database that cannot be read is one line.
-
-    heartbeat.py, not study.py: study.py imports the training side (torch)."""
-    from autofhe.errors import StorageError
-    from autofhe.search.heartbeat import GRACE_S, HEARTBEAT_S, make_storage
-    from autofhe.search.locate import missing_driver, require_database_file
-
-    require_database_file(url)  # never leave an empty database behind a mistyped path
-    try:
-        return make_storage(url, HEARTBEAT_S, GRACE_S)
-    except ImportError as exc:
-        raise missing_driver(url, exc) from None
-    except Exception as exc:  # driver errors, alembic, a file that is not a database
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise StorageError(f"cannot read storage {url!r}: {type(exc).__name__}: {first}") from None
-
-
 def _load_study(args):
     """The study of ``--study`` (or the database's only one); sets ``args.study``."""
-    import optuna
+    from autofhe.search.locate import load_study
 
-    from autofhe.search.locate import resolve_study
-
-    url = _storage_url(args)
-    storage = _open_storage(url)
-    names = [s.study_name for s in storage.get_all_studies()]
-    args.study = resolve_study(args.study, names, url)
-    return optuna.load_study(study_name=args.study, storage=storage)
+    study = load_study(_storage_url(args), args.study)
+    args.study = study.study_name
+    return study
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
-    from autofhe.search.locate import resolve_storage  # not study.py: it imports torch
+    from autofhe.search.locate import open_storage, resolve_storage  # not study.py: torch
     from autofhe.search.summary import sqlite_summaries
 
     url = resolve_storage(args.storage)
@@ -297,7 +276,7 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 
         if not args.debug:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-        rows = optuna_summaries(_open_storage(url))
+        rows = optuna_summaries(open_storage(url))
     _print_table(rows) if rows else print(f"no studies in {url}")
     return 0
 
@@ -327,12 +306,12 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
     from autofhe.search.feasibility import patch_dashboard
-    from autofhe.search.locate import artifact_store, resolve_storage
+    from autofhe.search.locate import artifact_store, open_storage, resolve_storage
     from autofhe.search.notes import publish_missing_fronts
 
     url = resolve_storage(args.storage)
     patch_dashboard()  # "best" = the feasible front, as in `autofhe pareto`
-    storage = _open_storage(url)
+    storage = open_storage(url)
     for name in publish_missing_fronts(storage):
         print(f"study {name!r}: front note and plot written (it was searched before they existed)")
     print(f"optuna-dashboard on http://{args.host}:{args.port} (storage {url}); Ctrl-C stops it")
@@ -343,189 +322,6 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         artifact_store=artifact_store(url),
     )
     return 0
-
-
-# -- deployment ---------------------------------------------------------------------------------
-
-
-def _choose_trial(study, args):
-    from autofhe.search.pareto import pareto_front
-    from autofhe.search.select import choose
-
-    trials = study.get_trials(deepcopy=False)
-    return choose(
-        trials,
-        pareto_front(trials),
-        number=args.trial,
-        pick=args.pick,
-        min_accuracy=args.min_accuracy,
-        max_latency=args.max_latency,
-        study=f"study {study.study_name!r}",
-    )
-
-
-def _check_replaceable(out, url: str) -> None:
-    """``export --force`` deletes ``out`` only when it is a bundle and nothing else: never a
-    root, the home or working directory (or a folder holding them), the study database or
-    its artifacts."""
-    from pathlib import Path
-
-    from autofhe.fhe.bundle import is_bundle
-    from autofhe.search.locate import artifact_dir, sqlite_path
-
-    if out.is_symlink():
-        raise ParameterError(f"--out {out} is a symbolic link; refusing to replace it.")
-    target = out.resolve()
-    protected = {"the working directory": Path.cwd().resolve(), "$HOME": Path.home().resolve()}
-    if sqlite_path(url) is not None:
-        protected["the study database"] = sqlite_path(url).resolve()
-    protected["the artifact store"] = artifact_dir(url).resolve()
-    if target.parent == target:
-        raise ParameterError(f"--out {out} is a filesystem root; refusing to delete it.")
-    for what, path in protected.items():
-        holds = path.is_relative_to(target)
-        if holds or (what == "the artifact store" and target.is_relative_to(path)):
-            raise ParameterError(
-                f"--out {out} {'is or holds' if holds else 'lies inside'} {what} ({path}); "
-                "refusing to delete it: pick a new folder for the bundle."
-            )
-    if not is_bundle(target):
-        raise ParameterError(
-            f"--out {out} is not an autofhe bundle (model.json with bundle files only); "
-            "refusing to delete it: pick a new or empty folder."
-        )
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    import optuna
-
-    from autofhe.fhe.bundle import bundle_digest, unpack_bundle
-    from autofhe.search.locate import artifact_store, resolve_storage
-
-    out = Path(args.out)
-    url = resolve_storage(args.storage)
-    if out.exists() and not out.is_dir():
-        raise ParameterError(f"--out {out} is a file; pass a directory path.")
-    replace = out.exists() and any(out.iterdir())
-    if replace and not args.force:
-        raise ParameterError(f"--out {out} is not empty; pass --force to replace it.")
-    if replace:
-        _check_replaceable(out, url)
-    study = _load_study(args)
-    trial = _choose_trial(study, args)
-    store = artifact_store(url)
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / "model.zip"
-        try:
-            optuna.artifacts.download_artifact(
-                artifact_store=store,
-                file_path=str(archive),
-                artifact_id=trial.user_attrs["artifact_id"],
-            )
-        except Exception as exc:  # missing artifact store, deleted file
-            raise ParameterError(
-                f"the model of trial {trial.number} is not in the artifact store ({exc}); if "
-                "it was stored in a folder, set $AUTOFHE_ARTIFACTS to that folder."
-            ) from None
-        staged = Path(tmp) / "bundle"
-        unpack_bundle(archive, staged)  # path-checked, then checksums and versions
-        if replace:
-            shutil.rmtree(out)
-        elif out.exists():
-            out.rmdir()
-        shutil.move(str(staged), str(out))
-    measured = trial.user_attrs.get("measured_latency_s")
-    metric = (study.metric_names or ["metric"])[0]
-    print(
-        f"exported trial {trial.number} of {study.study_name!r} to {out}: {metric} "
-        f"{trial.values[0]:.4f} (validation, simulated), latency "
-        + (f"{measured:.4g} s measured" if measured else f"{trial.values[1]:.4g} s predicted")
-    )
-    digest = bundle_digest(out)
-    print(f"digest:   {digest}")
-    print(f"          client/ {bundle_digest(out / 'client')}")
-    print(f"          server/ {bundle_digest(out / 'server')}")
-    print(f"predict:  autofhe predict --model {out} --data X.npy --fhe execute --digest {digest}")
-    return 0
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from autofhe.data import load_features
-    from autofhe.fhe.deploy import predict_bundle
-
-    _check_out(args.out)  # before the (possibly long) encrypted run, not after it
-    X = load_features(args.data, label_column=args.label_column)
-    pred, _ = predict_bundle(
-        args.model, X, fhe=args.fhe, progress=not args.quiet, digest=args.digest
-    )
-    return _write_predictions(pred, args.out, f"predictions ({args.fhe})")
-
-
-def _check_out(out: str | None) -> None:
-    """Refuse a predictions path that cannot be written, before any work is done."""
-    from pathlib import Path
-
-    if out is None:
-        return
-    path = Path(out)
-    if path.is_dir():
-        raise ParameterError(f"--out {out} is a directory; pass a file path such as p.npy.")
-    if not path.parent.is_dir():
-        raise ParameterError(
-            f"--out {out}: directory {path.parent} does not exist; create it or pass another path."
-        )
-
-
-def _write_predictions(pred, out: str | None, what: str) -> int:
-    """To ``out`` (.npy, no pickle) when given, else one per line on stdout."""
-    import numpy as np
-
-    if out:
-        np.save(out, pred, allow_pickle=False)
-        print(f"{len(pred)} {what} written to {out}")
-    else:
-        for value in pred:
-            print(value)
-    return 0
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from autofhe.fhe.progress import Progress, megabytes
-    from autofhe.fhe.serve import make_server
-
-    progress = Progress(quiet=args.quiet)
-    httpd = make_server(
-        args.model, args.host, args.port, args.digest, progress, timeout=args.timeout
-    )
-    host, port = httpd.server_address[:2]
-    print(
-        f"serving {args.model} on http://{host}:{port} (OpenAPI: /openapi.json); each client "
-        f"uploads {megabytes(httpd.evaluation_keys_bytes)} of evaluation keys once; Ctrl-C stops",
-        flush=True,
-    )
-    try:
-        httpd.serve_forever()
-    finally:
-        httpd.server_close()
-    return 0
-
-
-def _cmd_remote_predict(args: argparse.Namespace) -> int:
-    from autofhe.data import load_features
-    from autofhe.fhe.progress import Progress
-    from autofhe.fhe.serve import HttpClient
-
-    _check_out(args.out)
-    X = load_features(args.data, label_column=args.label_column)
-    client = HttpClient(
-        args.url, args.model, args.keys, digest=args.digest, progress=Progress(quiet=args.quiet)
-    )
-    pred = client.predict(X)
-    return _write_predictions(pred, args.out, "encrypted predictions")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -648,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--force", action="store_true", help="replace --out when it holds a bundle (only)"
     )
-    export.set_defaults(func=_cmd_export)
+    export.set_defaults(func=cli_deploy.cmd_export)
 
     predict = sub.add_parser("predict", help="predict with an exported bundle")
     predict.add_argument("--model", required=True, help="bundle directory")
@@ -667,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="refuse the bundle unless its digest (printed by export) is this",
     )
-    predict.set_defaults(func=_cmd_predict)
+    predict.set_defaults(func=cli_deploy.cmd_predict)
 
     serve = sub.add_parser("serve", help="serve a bundle's server part over HTTP")
     serve.add_argument("--model", required=True, help="bundle directory")
@@ -686,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default $AUTOFHE_SERVE_TIMEOUT or 30)",
     )
     serve.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    serve.set_defaults(func=_cmd_serve)
+    serve.set_defaults(func=cli_deploy.cmd_serve)
 
     remote = sub.add_parser("remote-predict", help="encrypted predictions through `serve`")
     remote.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000")
@@ -701,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse --model unless its digest (bundle or client/) is this",
     )
     remote.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    remote.set_defaults(func=_cmd_remote_predict)
+    remote.set_defaults(func=cli_deploy.cmd_remote_predict)
     return parser
 
 

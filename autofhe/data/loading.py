@@ -5,7 +5,6 @@ the train / validation / test split.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from autofhe.data.table import read_csv
 from autofhe.data.validation import check_X, check_Xy
 from autofhe.errors import DataError, DataTypeError
 
@@ -51,8 +51,6 @@ _FORMS = (
 )
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
-# CSV feature cells that mean "no value" (compared lower-cased, after stripping blanks).
-_MISSING_CELLS = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
 
 
 @dataclass(frozen=True)
@@ -307,103 +305,6 @@ def _load_npz(path: Path, keys: tuple[str, ...] = ("X", "y")) -> tuple[np.ndarra
         raise _unreadable(path, ".npz archive", "np.savez", exc) from None
 
 
-def _parse_labels(cells: list[str]) -> np.ndarray:
-    """CSV labels as int64, else float64, else strings (class names)."""
-    try:
-        return np.array([int(c) for c in cells], dtype=np.int64)
-    except (ValueError, OverflowError):
-        pass
-    try:
-        return np.array([float(c) for c in cells], dtype=np.float64)
-    except ValueError:
-        return np.array(cells, dtype=str)
-
-
-def _load_csv(
-    path: Path, label_column: str | None, features_only: bool = False
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Features and labels of a CSV file with a header; ``features_only`` (prediction): no
-    label column is needed, and ``label_column`` is dropped when the header has it."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            rows = [(line, row) for line, row in _csv_rows(fh) if any(c.strip() for c in row)]
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path} is not UTF-8 text ({exc}); save the table as UTF-8 CSV, or use another "
-            f"form: {_FORMS}."
-        ) from None
-    except csv.Error as exc:
-        raise DataError(f"cannot parse {path} as CSV ({exc}); {_FORMS}.") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {path} ({exc}); check its permissions.") from None
-    if not rows:
-        raise DataError(f"{path} is empty; a .csv file needs a header row and data rows.")
-    header = [c.strip() for c in rows[0][1]]
-    columns = ", ".join(repr(c) for c in header)
-    if features_only and (label_column is None or label_column.strip() not in header):
-        label_column = None
-    elif label_column is None:
-        raise DataError(
-            f"{path} is a CSV file: say which column holds the labels with --label-column NAME "
-            f"(label_column= in Python); the columns are {columns}."
-        )
-    hits = (
-        []
-        if label_column is None
-        else [i for i, c in enumerate(header) if c == label_column.strip()]
-    )
-    if label_column is not None and not hits:
-        raise DataError(
-            f"label column {label_column!r} is not in the header of {path}; the columns are "
-            f"{columns}."
-        )
-    if len(hits) > 1:
-        raise DataError(
-            f"label column {label_column!r} appears {len(hits)} times in the header of {path} "
-            f"(columns {hits}); rename the duplicates so the label column is unique."
-        )
-    label_at = hits[0] if hits else None
-    features = [i for i in range(len(header)) if i != label_at]
-    X = np.empty((len(rows) - 1, len(features)), dtype=np.float64)
-    labels: list[str] = []
-    for r, (line, row) in enumerate(rows[1:]):
-        if len(row) != len(header):
-            raise DataError(
-                f"{path}, line {line} has {len(row)} cells but the header has {len(header)}; "
-                "every row needs one cell per column."
-            )
-        label = "" if label_at is None else row[label_at].strip()
-        if label_at is not None and not label:
-            raise DataError(
-                f"{path}, line {line} has no label in column {label_column!r}; drop the rows "
-                "without a label."
-            )
-        labels.append(label)
-        for j, i in enumerate(features):
-            cell = row[i].strip()
-            if cell.lower() in _MISSING_CELLS:
-                raise DataError(
-                    f"{path}, line {line} (data row {r}), column {header[i]!r} is missing "
-                    f"(value {cell!r}); impute the missing values first, e.g. with "
-                    "sklearn.impute.SimpleImputer, or drop those rows."
-                )
-            try:
-                X[r, j] = float(cell)
-            except ValueError:
-                raise DataTypeError(
-                    f"{path}, line {line} (data row {r}), column {header[i]!r} holds {cell!r}, "
-                    "which is not a number; feature columns must be numeric: encode "
-                    "categorical columns as numbers first (e.g. one-hot), or drop the column."
-                ) from None
-    return X, (None if label_at is None else _parse_labels(labels))
-
-
-def _csv_rows(fh):
-    reader = csv.reader(fh)
-    for row in reader:
-        yield reader.line_num, row
-
-
 def _refuse_option(option: str, value, form: str) -> None:
     if value is not None:
         raise DataError(
@@ -512,7 +413,7 @@ def load_dataset(
         return _finish(X, y, task=task, name=name, source=str(path))
     if suffix == ".csv":
         _refuse_option("labels", labels, "a .csv file (use label_column)")
-        X, y = _load_csv(path, label_column)
+        X, y = read_csv(path, label_column, forms=_FORMS)
         return _finish(X, y, task=task, name=name, source=f"{path} (label column {label_column!r})")
     raise DataError(f"unsupported data file {str(path)!r} (extension {suffix!r}); {_FORMS}.")
 
@@ -605,4 +506,4 @@ def load_features(path: str | os.PathLike, *, label_column: str | None = None) -
         return check_X(_load_npz(p, ("X",))[0])
     if suffix != ".csv":
         raise DataError(f"{p}: use a .npy, .npz or .csv file of features.")
-    return check_X(_load_csv(p, label_column, features_only=True)[0])
+    return check_X(read_csv(p, label_column, features_only=True, forms=_FORMS)[0])

@@ -31,6 +31,8 @@ def program_to_json(program: IntegerProgram) -> dict:
             "lsbs_to_remove": layer.lsbs_to_remove,
             "rounding": layer.rounding,
         }
+        if layer.reduced_bits is not None:
+            entry["reduced_bits"] = layer.reduced_bits
         if layer.has_lookup:
             entry.update(
                 table=layer.table.tolist(),
@@ -96,6 +98,8 @@ def _layer(entry, i: int, n_in: int | None, last: bool) -> ProgramLayer:
         lsbs_to_remove=_int(entry.get("lsbs_to_remove"), f"layer {i} lsbs", 0, acc_bits - 1),
         rounding=rounding,
     )
+    if entry.get("reduced_bits") is not None:
+        layer.reduced_bits = _int(entry["reduced_bits"], f"layer {i} reduced_bits", 1, acc_bits)
     if last:
         if "table" in entry:
             raise _corrupt("the output layer has a lookup table")

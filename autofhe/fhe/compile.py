@@ -29,6 +29,7 @@ __all__ = [
     "compile_program",
     "inputset",
     "r2_agreement",
+    "reduced_widths",
     "run_circuit",
 ]
 
@@ -73,6 +74,18 @@ def synthetic_inputset(program: IntegerProgram) -> list[np.ndarray]:
     rows = rng.integers(low, high, endpoint=True, size=(SYNTHETIC_ROWS, program.n_features))
     extremes = np.array([[low] * program.n_features, [high] * program.n_features])
     return [*extremes, *rows]
+
+
+def reduced_widths(circuit) -> list[int]:
+    """Widths of a circuit's reduced accumulators (its truncate / round nodes), in order."""
+    import networkx as nx
+
+    names = ("truncate_bit_pattern", "round_bit_pattern")
+    return [
+        int(node.output.dtype.bit_width)
+        for node in nx.topological_sort(circuit.graph.graph)
+        if node.properties.get("name") in names
+    ]
 
 
 def argmax_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:

@@ -24,6 +24,7 @@ from autofhe.fhe.compile import (
     compile_program,
     inputset,
     r2_agreement,
+    reduced_widths,
     run_circuit,
 )
 from autofhe.fhe.program import IntegerProgram, softmax
@@ -205,5 +206,7 @@ def compile_model(
     circuit = compile_program(
         fhe_program, inputset(fhe_program, X), p_error=p_error, configuration=configuration
     )
+    # the rows X widened some reduced accumulators: a server compiles with data-free rows only
+    fhe_program = fhe_program.with_reduced_bits(reduced_widths(circuit))
     report = circuit_report(circuit, fhe_program)
     return CompiledModel(fhe_program, decoding, report, dict(params or {}), _circuit=circuit)

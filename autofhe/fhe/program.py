@@ -58,6 +58,12 @@ class ProgramLayer:
     #: "exact": truncate_bit_pattern (bit-exact in every mode); "approximate": concrete's
     #: one-PBS approximate rounding (cheaper, not bit-exact: judge it by simulation).
     rounding: str = "exact"
+    #: Width concrete gave the reduced accumulator (the lookup's input) when the model was
+    #: compiled, hinted on every later compile. Concrete measures that width on the compile's
+    #: rows, and the model's training rows can reach values that a server's data-free rows do
+    #: not: without the hint the server compiled another circuit (a bundle that failed its own
+    #: check, and a search trial that failed with it). None: measured, as at a first compile.
+    reduced_bits: int | None = None
     _table: np.ndarray | None = field(default=None, repr=False)
 
     def with_rounding(self, lsbs_to_remove: int, rounding: str = "exact") -> ProgramLayer:
@@ -80,13 +86,16 @@ class ProgramLayer:
                 "model: compile the estimator again (model.compile(X, lookup_bits=...))."
             )
         if lsbs_to_remove == 0:
-            return dataclasses.replace(self, lsbs_to_remove=0, rounding="exact", _table=None)
+            return dataclasses.replace(
+                self, lsbs_to_remove=0, rounding="exact", reduced_bits=None, _table=None
+            )
         extra = 1 if rounding == "approximate" else 0
         return dataclasses.replace(
             self,
             lsbs_to_remove=int(lsbs_to_remove),
             rounding=rounding,
             acc_bits=self.acc_bits + extra,
+            reduced_bits=None,
             _table=None,
         )
 
@@ -195,6 +204,20 @@ class IntegerProgram:
         layers = [layer.with_rounding(k, rounding) for layer, k in zip(self.layers, lsbs)]
         return dataclasses.replace(self, layers=layers)
 
+    def with_reduced_bits(self, widths: list[int]) -> IntegerProgram:
+        """A copy whose layers that reduce their accumulator hint ``widths`` (in layer order)
+        for the reduced value: the widths a compile measured (:func:`~autofhe.fhe.compile.
+        reduced_widths`), so every later compile gives the same circuit."""
+        reducing = [i for i, layer in enumerate(self.layers) if layer.lsbs_to_remove]
+        if len(widths) != len(reducing):
+            raise CompilationError(
+                f"{len(widths)} reduced widths for {len(reducing)} layers that reduce"
+            )
+        layers = list(self.layers)
+        for i, width in zip(reducing, widths):
+            layers[i] = dataclasses.replace(layers[i], reduced_bits=int(width))
+        return dataclasses.replace(self, layers=layers)
+
     def hidden_outputs(self, x_int: np.ndarray) -> list[np.ndarray]:
         """Outputs of every hidden lookup in the clear (for choosing the rounding)."""
         outs, h = [], x_int
@@ -216,7 +239,10 @@ class IntegerProgram:
             acc = _hint(h @ layer.weight.T + layer.bias, layer.acc_bits)
             if not layer.has_lookup:
                 return acc
-            h = layer.lookup(layer.reduce(acc))
+            reduced = layer.reduce(acc)
+            if layer.reduced_bits is not None:
+                reduced = _hint(reduced, layer.reduced_bits)
+            h = layer.lookup(reduced)
         raise AssertionError("the last layer of a program has no table")
 
     def dequantize(self, acc: np.ndarray) -> np.ndarray:

@@ -19,7 +19,9 @@ __all__ = [
     "artifact_dir",
     "artifact_store",
     "check_writable",
+    "load_study",
     "missing_driver",
+    "open_storage",
     "require_database_file",
     "resolve_storage",
     "resolve_study",
@@ -174,3 +176,28 @@ def artifact_store(url: str):
         return optuna.artifacts.FileSystemArtifactStore(str(folder))
     legacy = artifact_dir(url) if url.startswith("sqlite:///") else None
     return DatabaseArtifactStore(ParetoStore(url), legacy)
+
+
+def open_storage(url: str):
+    """The process's pooled storage on ``url``; a database that cannot be read is one line.
+
+    heartbeat.py, not study.py: study.py imports the training side (torch)."""
+    from autofhe.search.heartbeat import GRACE_S, HEARTBEAT_S, make_storage
+
+    require_database_file(url)  # never leave an empty database behind a mistyped path
+    try:
+        return make_storage(url, HEARTBEAT_S, GRACE_S)
+    except ImportError as exc:
+        raise missing_driver(url, exc) from None
+    except Exception as exc:  # driver errors, alembic, a file that is not a database
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise StorageError(f"cannot read storage {url!r}: {type(exc).__name__}: {first}") from None
+
+
+def load_study(url: str, name: str | None):
+    """Study ``name`` on ``url`` (or the database's only study when ``name`` is None)."""
+    import optuna
+
+    storage = open_storage(url)
+    names = [s.study_name for s in storage.get_all_studies()]
+    return optuna.load_study(study_name=resolve_study(name, names, url), storage=storage)

@@ -141,8 +141,10 @@ def _by_number(trials, candidates, number: int, study: str):
         )
     if not trial.user_attrs.get("artifact_id"):
         numbers = ", ".join(str(t.number) for t in candidates) or "none"
+        why = trial.user_attrs.get("store_error")
         raise ParameterError(
-            f"trial {number} has no stored model (only Pareto-front trials get one); trials "
-            f"with a model: {numbers}."
+            f"trial {number} has no stored model "
+            + (f"(storing it failed: {why})" if why else "(only Pareto-front trials get one)")
+            + f"; trials with a model: {numbers}."
         )
     return trial

@@ -255,7 +255,7 @@ class SearchSession:
             Slow models (over MEASURE_ALL_S predicted) are measured on one sample only: key
             generation plus three samples of a 20 s model would stall the search.
             """
-            from autofhe.errors import ResourceError
+            from autofhe.errors import BundleError, ResourceError
             from autofhe.fhe.latency import measure_latency
             from autofhe.search import quiet
             from autofhe.search.notes import measurement_conditions, record_measurement_conditions
@@ -279,9 +279,15 @@ class SearchSession:
             store = artifact_store(url)
             with tempfile.TemporaryDirectory() as tmp:
                 provenance = {"study": name, "trial": trial.number}
-                archive = model.compiled_model.save_archive(
-                    Path(tmp) / f"trial-{trial.number}.zip", provenance
-                )
+                try:
+                    archive = model.compiled_model.save_archive(
+                        Path(tmp) / f"trial-{trial.number}.zip", provenance
+                    )
+                except BundleError as exc:
+                    # the trial's values stand; only its model cannot ship (and a live
+                    # trial must not FAIL for it)
+                    trial.set_user_attr("store_error", str(exc).splitlines()[0])
+                    return
                 artifact_id = optuna.artifacts.upload_artifact(
                     artifact_store=store,
                     file_path=str(archive),

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from torch import nn
 
 from autofhe import NeuralNetClassifier, NeuralNetRegressor
-from autofhe.errors import CompilationError, NotCompiledError, ParameterError, ResourceError
+from autofhe.errors import (
+    BundleError,
+    CompilationError,
+    NotCompiledError,
+    ParameterError,
+    ResourceError,
+)
 from autofhe.fhe.compile import (
     MAX_AUTO_LOOKUP_BITS,
     MAX_LOOKUP_BITS,
@@ -218,3 +226,48 @@ def test_wide_accumulator_before_truncation_is_a_clear_error(breast_cancer):
     ) as err:
         model.compile(Xtr)  # "auto" narrows the lookup, but truncation itself is a PBS
     assert "\n" not in str(err.value)
+
+
+def test_server_compile_keeps_the_widths_that_training_rows_reached(tmp_path):
+    # One neuron with alternating +7/-7 weights on 16 inputs: the data-free rows a server
+    # compiles with (uniform rows, all-lowest, all-highest) keep its accumulator within about
+    # +-450, while the training row (7, -8, 7, -8, ...) reaches 840. Concrete measures the width
+    # of the truncated accumulator on the compile's rows, so without a hint the server
+    # compiled a narrower lookup than the model's: the bundle failed its own check (and a
+    # search trial with it).
+    from autofhe.fhe.bundle import check_specs, compile_server, save_bundle
+    from autofhe.fhe.codec import program_from_json, program_to_json
+    from autofhe.fhe.model import Decoding, compile_model
+    from autofhe.fhe.program import IntegerProgram, ProgramLayer
+
+    n = 16
+    hidden = ProgramLayer(
+        weight=np.array([[7, -7] * (n // 2)], dtype=np.int64),
+        bias=np.zeros(1, dtype=np.int64),
+        acc_bits=11,  # worst case 7 * 8 * 16 = 896
+        function=lambda acc: np.clip(np.round(acc / 128), 0, 7),
+        out_bits=3,
+        out_signed=False,
+    )
+    output = ProgramLayer(
+        weight=np.array([[1], [-1]], dtype=np.int64), bias=np.zeros(2, np.int64), acc_bits=5
+    )
+    program = IntegerProgram(
+        input_scale=np.ones(n), input_bits=4, layers=[hidden, output], output_scale=np.ones(2)
+    )
+    X = np.array([[7, -8] * (n // 2), [0] * n], dtype=np.float64)
+    decoding = Decoding("classification", classes=np.array([0, 1]))
+    model = compile_model(program, X, decoding, rounding="auto", lookup_bits=4)
+
+    compiled = model.program
+    assert [layer.lsbs_to_remove for layer in compiled.layers] == [7, 0]
+    assert compiled.layers[0].reduced_bits == 11  # what row 0 reached, not the data-free 10
+    specs = json.loads(model.circuit.client.specs.serialize())
+    check_specs(compile_server(program_to_json(compiled)), specs, tmp_path)  # was refused
+    # the width travels through the bundle's JSON, and a bundle saves (it checked itself)
+    assert program_from_json(program_to_json(compiled)).layers[0].reduced_bits == 11
+    save_bundle(model, tmp_path / "bundle")
+    # the hint is what made the difference: the same program without it compiles narrower
+    bare = compiled.with_rounding([0, 0]).with_rounding([7, 0])
+    with pytest.raises(BundleError, match="does not match"):
+        check_specs(compile_server(program_to_json(bare)), specs, tmp_path)

@@ -512,3 +512,29 @@ def test_space_values_are_checked(space, message):
 
     with pytest.raises(ParameterError, match=message):
         validate_space(space)
+
+
+def test_a_front_model_that_cannot_be_stored_does_not_fail_its_trial(
+    tmp_path, wine_ds, spec_file, monkeypatch
+):
+    # A bundle that failed its own check (BundleError) while a front model was stored made
+    # the live trial FAIL, throwing away its values; it now completes without a model.
+    from autofhe.errors import BundleError
+    from autofhe.fhe.model import CompiledModel
+    from autofhe.search.select import choose
+
+    def refuse(self, path, provenance=None):
+        raise BundleError("the circuit compiled from program.json does not match")
+
+    monkeypatch.setattr(CompiledModel, "save_archive", refuse)
+    url = f"sqlite:///{tmp_path}/s.db"
+    _, _, name = open_study(wine_ds, load_spec(spec_file), url, "w", seed=0)
+    run_workers(url, name, 1, 2, None, 0, COST)
+    trials = optuna.load_study(study_name=name, storage=url).get_trials()
+    trials = [t for t in trials if t.state.is_finished()]  # seeds not run stay WAITING
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    stored = [t for t in trials if "store_error" in t.user_attrs]
+    assert stored and all("does not match" in t.user_attrs["store_error"] for t in stored)
+    assert not any(t.user_attrs.get("artifact_id") for t in trials)
+    with pytest.raises(ParameterError, match="storing it failed: the circuit compiled"):
+        choose(trials, trials, number=stored[0].number)

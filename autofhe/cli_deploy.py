@@ -1,0 +1,194 @@
+"""The deployment commands of ``autofhe``: export a front model as a bundle, predict with
+it (in the clear, simulated or encrypted), serve it over HTTP, predict through a server.
+
+Thin like cli.py: parse nothing, call the library, print; errors are AutofheError, which
+:func:`autofhe.cli.main` turns into one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from autofhe.errors import ParameterError
+
+__all__ = ["cmd_export", "cmd_predict", "cmd_remote_predict", "cmd_serve"]
+
+
+def _choose_trial(study, args):
+    from autofhe.search.pareto import pareto_front
+    from autofhe.search.select import choose
+
+    trials = study.get_trials(deepcopy=False)
+    return choose(
+        trials,
+        pareto_front(trials),
+        number=args.trial,
+        pick=args.pick,
+        min_accuracy=args.min_accuracy,
+        max_latency=args.max_latency,
+        study=f"study {study.study_name!r}",
+    )
+
+
+def _check_replaceable(out, url: str) -> None:
+    """``export --force`` deletes ``out`` only when it is a bundle and nothing else: never a
+    root, the home or working directory (or a folder holding them), the study database or
+    its artifacts."""
+    from pathlib import Path
+
+    from autofhe.fhe.bundle import is_bundle
+    from autofhe.search.locate import artifact_dir, sqlite_path
+
+    if out.is_symlink():
+        raise ParameterError(f"--out {out} is a symbolic link; refusing to replace it.")
+    target = out.resolve()
+    protected = {"the working directory": Path.cwd().resolve(), "$HOME": Path.home().resolve()}
+    if sqlite_path(url) is not None:
+        protected["the study database"] = sqlite_path(url).resolve()
+    protected["the artifact store"] = artifact_dir(url).resolve()
+    if target.parent == target:
+        raise ParameterError(f"--out {out} is a filesystem root; refusing to delete it.")
+    for what, path in protected.items():
+        holds = path.is_relative_to(target)
+        if holds or (what == "the artifact store" and target.is_relative_to(path)):
+            raise ParameterError(
+                f"--out {out} {'is or holds' if holds else 'lies inside'} {what} ({path}); "
+                "refusing to delete it: pick a new folder for the bundle."
+            )
+    if not is_bundle(target):
+        raise ParameterError(
+            f"--out {out} is not an autofhe bundle (model.json with bundle files only); "
+            "refusing to delete it: pick a new or empty folder."
+        )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import optuna
+
+    from autofhe.fhe.bundle import bundle_digest, unpack_bundle
+    from autofhe.search.locate import artifact_store, load_study, resolve_storage
+
+    out = Path(args.out)
+    url = resolve_storage(args.storage)
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"--out {out} is a file; pass a directory path.")
+    replace = out.exists() and any(out.iterdir())
+    if replace and not args.force:
+        raise ParameterError(f"--out {out} is not empty; pass --force to replace it.")
+    if replace:
+        _check_replaceable(out, url)
+    study = load_study(url, args.study)
+    trial = _choose_trial(study, args)
+    store = artifact_store(url)
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "model.zip"
+        try:
+            optuna.artifacts.download_artifact(
+                artifact_store=store,
+                file_path=str(archive),
+                artifact_id=trial.user_attrs["artifact_id"],
+            )
+        except Exception as exc:  # missing artifact store, deleted file
+            raise ParameterError(
+                f"the model of trial {trial.number} is not in the artifact store ({exc}); if "
+                "it was stored in a folder, set $AUTOFHE_ARTIFACTS to that folder."
+            ) from None
+        staged = Path(tmp) / "bundle"
+        unpack_bundle(archive, staged)  # path-checked, then checksums and versions
+        if replace:
+            shutil.rmtree(out)
+        elif out.exists():
+            out.rmdir()
+        shutil.move(str(staged), str(out))
+    measured = trial.user_attrs.get("measured_latency_s")
+    metric = (study.metric_names or ["metric"])[0]
+    print(
+        f"exported trial {trial.number} of {study.study_name!r} to {out}: {metric} "
+        f"{trial.values[0]:.4f} (validation, simulated), latency "
+        + (f"{measured:.4g} s measured" if measured else f"{trial.values[1]:.4g} s predicted")
+    )
+    digest = bundle_digest(out)
+    print(f"digest:   {digest}")
+    print(f"          client/ {bundle_digest(out / 'client')}")
+    print(f"          server/ {bundle_digest(out / 'server')}")
+    print(f"predict:  autofhe predict --model {out} --data X.npy --fhe execute --digest {digest}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from autofhe.data import load_features
+    from autofhe.fhe.deploy import predict_bundle
+
+    _check_out(args.out)  # before the (possibly long) encrypted run, not after it
+    X = load_features(args.data, label_column=args.label_column)
+    pred, _ = predict_bundle(
+        args.model, X, fhe=args.fhe, progress=not args.quiet, digest=args.digest
+    )
+    return _write_predictions(pred, args.out, f"predictions ({args.fhe})")
+
+
+def _check_out(out: str | None) -> None:
+    """Refuse a predictions path that cannot be written, before any work is done."""
+    from pathlib import Path
+
+    if out is None:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise ParameterError(f"--out {out} is a directory; pass a file path such as p.npy.")
+    if not path.parent.is_dir():
+        raise ParameterError(
+            f"--out {out}: directory {path.parent} does not exist; create it or pass another path."
+        )
+
+
+def _write_predictions(pred, out: str | None, what: str) -> int:
+    """To ``out`` (.npy, no pickle) when given, else one per line on stdout."""
+    import numpy as np
+
+    if out:
+        np.save(out, pred, allow_pickle=False)
+        print(f"{len(pred)} {what} written to {out}")
+    else:
+        for value in pred:
+            print(value)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from autofhe.fhe.progress import Progress, megabytes
+    from autofhe.fhe.serve import make_server
+
+    progress = Progress(quiet=args.quiet)
+    httpd = make_server(
+        args.model, args.host, args.port, args.digest, progress, timeout=args.timeout
+    )
+    host, port = httpd.server_address[:2]
+    print(
+        f"serving {args.model} on http://{host}:{port} (OpenAPI: /openapi.json); each client "
+        f"uploads {megabytes(httpd.evaluation_keys_bytes)} of evaluation keys once; Ctrl-C stops",
+        flush=True,
+    )
+    try:
+        httpd.serve_forever()
+    finally:
+        httpd.server_close()
+    return 0
+
+
+def cmd_remote_predict(args: argparse.Namespace) -> int:
+    from autofhe.data import load_features
+    from autofhe.fhe.progress import Progress
+    from autofhe.fhe.serve import HttpClient
+
+    _check_out(args.out)
+    X = load_features(args.data, label_column=args.label_column)
+    client = HttpClient(
+        args.url, args.model, args.keys, digest=args.digest, progress=Progress(quiet=args.quiet)
+    )
+    pred = client.predict(X)
+    return _write_predictions(pred, args.out, "encrypted predictions")
