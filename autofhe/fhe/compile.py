@@ -77,12 +77,14 @@ def synthetic_inputset(program: IntegerProgram) -> list[np.ndarray]:
 
 
 def reduced_widths(circuit) -> list[int]:
-    """Widths of a circuit's reduced accumulators (its truncate / round nodes), in order."""
+    """Widths of a circuit's reduced accumulators (its truncate / round nodes), in order: the
+    width concrete measured on the compile's rows (its bit-width assignment may widen the
+    node's type afterwards; the measured width is what a hint must repeat)."""
     import networkx as nx
 
     names = ("truncate_bit_pattern", "round_bit_pattern")
     return [
-        int(node.output.dtype.bit_width)
+        int(node.properties.get("original_bit_width", node.output.dtype.bit_width))
         for node in nx.topological_sort(circuit.graph.graph)
         if node.properties.get("name") in names
     ]
