@@ -1,7 +1,7 @@
 """The deployment commands of ``autofhe``: export a front model as a bundle, predict with
 it (in the clear, simulated or encrypted), serve it over HTTP, predict through a server.
 
-Thin like cli.py: parse nothing, call the library, print; errors are AutofheError, which
+Thin like the rest of the CLI: call the library, print; errors are AutofheError, which
 :func:`autofhe.cli.main` turns into one line on stderr.
 """
 

@@ -1,4 +1,5 @@
-"""The ``autofhe`` command. Thin: parse arguments, call the library, print.
+"""The ``autofhe`` command. Thin: parse arguments, call the library, print (the deployment
+commands live in :mod:`autofhe.cli.deploy`).
 
 Errors become one line on stderr and a non-zero exit code; ``--debug`` shows the traceback.
 """
@@ -11,7 +12,7 @@ import sys
 import time
 import warnings
 
-from autofhe import cli_deploy
+from autofhe.cli import deploy
 from autofhe.errors import AutofheError, ParameterError
 
 BUILTIN_SETS = ("breast_cancer", "wine", "digits", "iris")
@@ -444,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--force", action="store_true", help="replace --out when it holds a bundle (only)"
     )
-    export.set_defaults(func=cli_deploy.cmd_export)
+    export.set_defaults(func=deploy.cmd_export)
 
     predict = sub.add_parser("predict", help="predict with an exported bundle")
     predict.add_argument("--model", required=True, help="bundle directory")
@@ -463,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="refuse the bundle unless its digest (printed by export) is this",
     )
-    predict.set_defaults(func=cli_deploy.cmd_predict)
+    predict.set_defaults(func=deploy.cmd_predict)
 
     serve = sub.add_parser("serve", help="serve a bundle's server part over HTTP")
     serve.add_argument("--model", required=True, help="bundle directory")
@@ -482,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default $AUTOFHE_SERVE_TIMEOUT or 30)",
     )
     serve.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    serve.set_defaults(func=cli_deploy.cmd_serve)
+    serve.set_defaults(func=deploy.cmd_serve)
 
     remote = sub.add_parser("remote-predict", help="encrypted predictions through `serve`")
     remote.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000")
@@ -497,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse --model unless its digest (bundle or client/) is this",
     )
     remote.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    remote.set_defaults(func=cli_deploy.cmd_remote_predict)
+    remote.set_defaults(func=deploy.cmd_remote_predict)
     return parser
 
 
