@@ -58,8 +58,8 @@ class ProgramLayer:
     #: "exact": truncate_bit_pattern (bit-exact in every mode); "approximate": concrete's
     #: one-PBS approximate rounding (cheaper, not bit-exact: judge it by simulation).
     rounding: str = "exact"
-    #: Width concrete gave the reduced accumulator (the lookup's input) when the model was
-    #: compiled, hinted on every later compile. Concrete measures that width on the compile's
+    #: Width concrete measured for the reduced accumulator (the lookup's input) when the model
+    #: was compiled, hinted on every later compile. Concrete measures that width on the compile's
     #: rows, and the model's training rows can reach values that a server's data-free rows do
     #: not: without the hint the server compiled another circuit (a bundle that failed its own
     #: check, and a search trial that failed with it). None: measured, as at a first compile.

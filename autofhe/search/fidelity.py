@@ -12,7 +12,7 @@ with two guards:
 - a model is only compared with models of its own depth (``module__n_layers``). Learning
   curves of different depths cross: a linear model is near its best after 10 epochs, where a
   hidden-layer network that ends up better has barely started. Ranked together at early rungs,
-  the deeper networks were all stopped there (digits: 29 of 32 at epoch 10).
+  the deeper networks stopped there (digits: 29 of the 30 that trained, at epoch 10).
 
 A stopped trial is PRUNED (no objective values) with ``fidelity_epochs`` and the reason in its
 user attributes.
