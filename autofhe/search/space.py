@@ -147,22 +147,15 @@ def suggest_raw(trial, space: dict[str, Any]) -> dict[str, Any]:
 def to_estimator_params(params: dict[str, Any]) -> dict[str, Any]:
     """Trial parameters -> estimator parameters (``"none"`` / ``"auto"`` become None, and
     ``accum_slack`` becomes ``n_accum_bits``: the smallest budget the bit widths, depth and
-    activation allow, plus the slack).
-
-    A network without hidden layers gets an unbounded accumulator whatever its slack: the
-    budget exists to bound the inputs of table lookups, and a linear model has none (its
-    outputs are decoded in the clear). Pruning it buys nothing: on digits, 64 inputs, linear
-    models at slack 2 were priced 0.0109 s against 0.0123 s unbounded, a difference below what
-    measuring such circuits resolves (0.009-0.02 s alone), and scored 0.93-0.95
-    cross-validated against 0.965. A spec's explicit ``n_accum_bits`` is still obeyed."""
+    activation allow, plus the slack)."""
     out = dict(params)
     for name, word in _WORD_PARAMS.items():
         if out.get(name) == word:
             out[name] = None
     if "accum_slack" in out:
         slack = out.pop("accum_slack")
-        if slack is None or int(out.get("module__n_layers", 2)) == 1:
-            out["n_accum_bits"] = None  # a linear model: no lookup for a budget to bound
+        if slack is None:
+            out["n_accum_bits"] = None
         else:
             from autofhe.search.pricing import hidden_signed, min_accum_bits
 

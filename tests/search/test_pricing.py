@@ -30,20 +30,6 @@ def test_slack_resolves_to_the_smallest_feasible_budget_plus_slack():
     assert to_estimator_params({"accum_slack": "none"})["n_accum_bits"] is None
 
 
-def test_a_linear_model_is_never_pruned_whatever_its_slack():
-    for slack in (0, 2, 8):
-        params = to_estimator_params(
-            {"n_w_bits": 6, "n_a_bits": 4, "module__n_layers": 1, "accum_slack": slack}
-        )
-        assert params["n_accum_bits"] is None
-    # a linear model's budget costs almost nothing to lift: no lookup reads its accumulator
-    fixed = {"module__n_layers": 1, "n_w_bits": 6, "n_a_bits": 4}
-    pruned = price({**fixed, "n_accum_bits": 11}, 64, 10, COST)
-    free = price({**fixed, "n_accum_bits": None}, 64, 10, COST)
-    assert free.pbs_count == pruned.pbs_count == 0
-    assert free.latency_s < 1.5 * pruned.latency_s
-
-
 def test_shape_follows_widths_budget_and_lookup_bits():
     shape = shape_of(
         {
