@@ -11,8 +11,7 @@ activation / accumulator / lookup bits, a wider layer, more epochs or starts, an
 learning rate), within the study's space.
 
 Every other refinement moves the front's most accurate model, up (more bits, wider); the others
-move the rest of the front in turn (:func:`target`; models priced within 10% of a more
-accurate one are not points of their own, :func:`spread`), each cost parameter up or down (a cheaper
+move the rest of the front in turn (:func:`target`), each cost parameter up or down (a cheaper
 neighbour is a candidate at a cheaper point of the front). A user picks the model that fits a
 latency budget, so every point of the front is somebody's answer: refining only the most
 accurate end left the rest to the sampler alone (in a 20-minute digits search, once the most
@@ -28,10 +27,9 @@ from typing import Any
 import numpy as np
 import optuna
 
-from autofhe.search.fidelity import PRICE_SLACK
 from autofhe.search.pareto import pareto_front
 
-__all__ = ["EVERY", "MIN_COMPLETE", "maybe_refine", "neighbour", "spread", "target"]
+__all__ = ["EVERY", "MIN_COMPLETE", "maybe_refine", "neighbour", "target"]
 
 #: One refinement per this many finished trials (the rest are the sampler's).
 EVERY = 4
@@ -62,7 +60,7 @@ _COST = {
     "module__n_layers",
 }
 #: What a network without hidden layers does not use: moving it changes nothing.
-_HIDDEN_ONLY = {"module__n_hidden_neurons_multiplier", "module__lookup_bits", "accum_slack"}
+_HIDDEN_ONLY = {"module__n_hidden_neurons_multiplier", "module__lookup_bits"}
 
 
 def _within(entry: dict, value):
@@ -126,19 +124,6 @@ def neighbour(
     return out if moved else None
 
 
-def spread(front: list) -> list:
-    """The front's real trade-offs (``front`` sorted by metric, best first): from the most
-    accurate model down, a model is kept when it is at least :data:`PRICE_SLACK` cheaper than
-    the last one kept. Closer prices are within the cost model's error (a 20-minute digits
-    front held three linear models priced 0.0114 s, a hair apart): refining each of them
-    would spend three trials on one point of the front."""
-    kept = front[:1]
-    for trial in front[1:]:
-        if trial.values[1] * (1 + PRICE_SLACK) <= kept[-1].values[1]:
-            kept.append(trial)
-    return kept
-
-
 def target(front: list, n_refined: int):
     """The front model the ``n_refined``-th refinement moves (``front`` sorted by metric,
     best first): the most accurate one every other time, the others in turn."""
@@ -165,7 +150,7 @@ def maybe_refine(study: optuna.Study, trials: list, space: dict, seed: int) -> b
     if not front:
         return False
     n_refined = sum(1 for t in trials if "refine_at" in t.user_attrs)
-    top = target(spread(front), n_refined)  # pareto_front sorts by metric, best first
+    top = target(front, n_refined)  # pareto_front sorts by metric, best first
     both_ways = top is not front[0]  # the most accurate end is pushed further, the rest both ways
     rng = np.random.default_rng(seed + len(finished))
     tried = [t.params for t in trials]

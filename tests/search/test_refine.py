@@ -133,16 +133,6 @@ def test_refinements_alternate_between_the_accurate_end_and_the_rest_of_the_fron
     assert refine.target(["only"], 1) == "only"
 
 
-def test_models_priced_within_the_cost_models_error_are_one_point_of_the_front():
-    def at(metric, latency):
-        return optuna.trial.create_trial(params={}, distributions={}, values=[metric, latency])
-
-    front = [at(0.962, 0.01141), at(0.956, 0.01140), at(0.887, 0.0112), at(0.868, 0.0106)]
-    assert refine.spread(front) == front[:1]  # the digits front: one linear point
-    front = [at(0.97, 2.0), at(0.96, 1.9), at(0.95, 0.5), at(0.94, 0.47), at(0.90, 0.01)]
-    assert [t.values[1] for t in refine.spread(front)] == [2.0, 0.5, 0.01]
-
-
 def test_the_second_refinement_moves_another_front_model():
     study = _study(12)
     space = {
