@@ -10,13 +10,12 @@ ends): the same configuration moved one step in one or two of its parameters (mo
 activation / accumulator / lookup bits, a wider layer, more epochs or starts, another
 learning rate), within the study's space.
 
-Every other refinement moves the front's most accurate model, up (more bits, wider); the others
-move the rest of the front in turn (:func:`target`), each cost parameter up or down (a cheaper
-neighbour is a candidate at a cheaper point of the front). A user picks the model that fits a
-latency budget, so every point of the front is somebody's answer: refining only the most
-accurate end left the rest to the sampler alone (in a 20-minute digits search, once the most
-accurate model was a network of 2-3 s, every refinement went to it and none to the models under
-0.5 s). Nothing here depends on the data: it is a local search beside the sampler's global one.
+Every other refinement moves the front's most accurate model; the others move the rest of the
+front in turn (:func:`target`). A user picks the model that fits a latency budget, so every
+point of the front is somebody's answer: refining only the most accurate end left the rest to
+the sampler alone (in a 20-minute digits search, once the most accurate model was a network of
+2-3 s, every refinement went to it and none to the models under 0.5 s). Nothing here depends
+on the data: it is a local search beside the sampler's global one.
 """
 
 from __future__ import annotations
@@ -48,17 +47,6 @@ _MOVES: list[tuple[str, Any]] = [
     ("lr", "either"),
     ("module__n_layers", 1),
 ]
-#: What sets a circuit's cost: refining a model that is not the front's most accurate moves
-#: these either way (a cheaper neighbour is a candidate at a cheaper point of the front); the
-#: training effort (epochs, starts) only grows, since less of it never makes a circuit cheaper.
-_COST = {
-    "n_w_bits",
-    "n_a_bits",
-    "accum_slack",
-    "module__lookup_bits",
-    "module__n_hidden_neurons_multiplier",
-    "module__n_layers",
-}
 #: What a network without hidden layers does not use: moving it changes nothing.
 _HIDDEN_ONLY = {"module__n_hidden_neurons_multiplier", "module__lookup_bits"}
 
@@ -71,8 +59,7 @@ def _within(entry: dict, value):
 
 
 def _move(name: str, step, value, entry, rng: np.random.Generator):
-    """``value`` moved one step within ``entry`` (a range or a list of choices), or None.
-    ``step`` is a move of :data:`_MOVES`, or its opposite (a negative count, a factor < 1)."""
+    """``value`` moved one step within ``entry`` (a range or a list of choices), or None."""
     if isinstance(entry, list):
         if value not in entry or not isinstance(step, int):
             return None
@@ -91,17 +78,9 @@ def _move(name: str, step, value, entry, rng: np.random.Generator):
     return None if math.isclose(moved, value) else moved
 
 
-def _down(step):
-    """The opposite of a move of :data:`_MOVES`."""
-    return 1 / step if isinstance(step, float) else -step
-
-
-def neighbour(
-    params: dict, space: dict, rng: np.random.Generator, both_ways: bool = False
-) -> dict | None:
+def neighbour(params: dict, space: dict, rng: np.random.Generator) -> dict | None:
     """``params`` with one or two parameters of :data:`_MOVES` moved a step (within
-    ``space``); None when no parameter can move. ``both_ways``: a cost parameter (:data:`_COST`)
-    moves up or down at random, the others up."""
+    ``space``); None when no parameter can move."""
     linear = params.get("module__n_layers") == 1
     candidates = [
         (name, step)
@@ -113,8 +92,6 @@ def neighbour(
     out, moved = dict(params), 0
     for i in order:
         name, step = candidates[i]
-        if both_ways and name in _COST and rng.random() < 0.5:
-            step = _down(step)
         value = _move(name, step, params[name], space[name], rng)
         if value is not None:
             out[name] = value
@@ -151,11 +128,10 @@ def maybe_refine(study: optuna.Study, trials: list, space: dict, seed: int) -> b
         return False
     n_refined = sum(1 for t in trials if "refine_at" in t.user_attrs)
     top = target(front, n_refined)  # pareto_front sorts by metric, best first
-    both_ways = top is not front[0]  # the most accurate end is pushed further, the rest both ways
     rng = np.random.default_rng(seed + len(finished))
     tried = [t.params for t in trials]
     for _ in range(8):  # a neighbour not tried yet
-        params = neighbour(top.params, space, rng, both_ways)
+        params = neighbour(top.params, space, rng)
         if params is not None and params not in tried:
             study.enqueue_trial(
                 params, user_attrs={"refines": top.number, "refine_at": len(finished)}
