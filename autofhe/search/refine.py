@@ -1,21 +1,16 @@
-"""Refining the front: some trials are neighbours of one of its models.
+"""Refining the accurate end of the front: some trials are neighbours of its best model.
 
 The sampler balances both objectives, and cheap configurations are where most of the space's
 volume lies, so the accurate end of the front (where a user starts looking) is reached by few
 draws: a 20-minute default search on a 64-feature dataset ran 404 trials, 8 of them with 6- or
 7-bit weights and none with 8, and its most accurate model had 5-bit weights. So once the
 sampler has had its start, the ask that follows every ``EVERY``-th finished trial takes a
-neighbour of a front model (enqueued right before it, so nothing is left queued when a search
-ends): the same configuration moved one step in one or two of its parameters (more weight /
-activation / accumulator / lookup bits, a wider layer, more epochs or starts, another
-learning rate), within the study's space.
-
-Every other refinement moves the front's most accurate model; the others move the rest of the
-front in turn (:func:`target`). A user picks the model that fits a latency budget, so every
-point of the front is somebody's answer: refining only the most accurate end left the rest to
-the sampler alone (in a 20-minute digits search, once the most accurate model was a network of
-2-3 s, every refinement went to it and none to the models under 0.5 s). Nothing here depends
-on the data: it is a local search beside the sampler's global one.
+neighbour of the front's most accurate model (enqueued right before it, so nothing is left
+queued when a search ends): the same configuration moved one step in one or two of its
+parameters (more weight / activation / accumulator / lookup bits, a wider layer, more
+epochs or starts, another learning rate), within the study's space. Nothing here depends on
+the data: it is a local search beside the sampler's global one, on the end of the front the
+sampler under-serves.
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ import optuna
 
 from autofhe.search.pareto import pareto_front
 
-__all__ = ["EVERY", "MIN_COMPLETE", "maybe_refine", "neighbour", "target"]
+__all__ = ["EVERY", "MIN_COMPLETE", "maybe_refine", "neighbour"]
 
 #: One refinement per this many finished trials (the rest are the sampler's).
 EVERY = 4
@@ -101,17 +96,8 @@ def neighbour(params: dict, space: dict, rng: np.random.Generator) -> dict | Non
     return out if moved else None
 
 
-def target(front: list, n_refined: int):
-    """The front model the ``n_refined``-th refinement moves (``front`` sorted by metric,
-    best first): the most accurate one every other time, the others in turn."""
-    if n_refined % 2 == 0 or len(front) == 1:
-        return front[0]
-    rest = front[1:]
-    return rest[(n_refined // 2) % len(rest)]
-
-
 def maybe_refine(study: optuna.Study, trials: list, space: dict, seed: int) -> bool:
-    """Enqueue a neighbour of a front trial (:func:`target`) when it is time (see the module
+    """Enqueue a neighbour of the front's most accurate trial when it is time (see the module
     docstring); returns whether one was enqueued. Called before every ask: the front (a
     quadratic computation) is only computed once the cheap conditions hold."""
     state = optuna.trial.TrialState
@@ -126,8 +112,7 @@ def maybe_refine(study: optuna.Study, trials: list, space: dict, seed: int) -> b
     front = pareto_front(trials)
     if not front:
         return False
-    n_refined = sum(1 for t in trials if "refine_at" in t.user_attrs)
-    top = target(front, n_refined)  # pareto_front sorts by metric, best first
+    top = front[0]  # pareto_front sorts by metric, best first
     rng = np.random.default_rng(seed + len(finished))
     tried = [t.params for t in trials]
     for _ in range(8):  # a neighbour not tried yet

@@ -100,39 +100,3 @@ def test_refinement_is_enqueued_every_few_trials_after_the_start(n, waiting, exp
         assert t.system_attrs["fixed_params"] != front[0].params
         trial = study.ask()  # the queued neighbour runs next, with its fixed values
         assert trial.suggest_int("n_w_bits", 2, 8) == t.system_attrs["fixed_params"]["n_w_bits"]
-
-
-def test_refinements_alternate_between_the_accurate_end_and_the_rest_of_the_front():
-    front = ["best", "second", "third", "fourth"]
-    picks = [refine.target(front, n) for n in range(8)]
-    assert picks == ["best", "second", "best", "third", "best", "fourth", "best", "second"]
-    assert refine.target(["only"], 1) == "only"
-
-
-def test_the_second_refinement_moves_another_front_model():
-    study = _study(12)
-    space = {
-        "n_w_bits": {"low": 2, "high": 8},
-        "lr": {"low": 1e-3, "high": 1e-1, "log": True},
-        "n_init": [1, 2, 3],
-    }
-    trials = study.get_trials()
-    front = pareto_front(trials)
-    assert len(front) > 1
-    assert refine.maybe_refine(study, trials, space, seed=0)
-    first = study.get_trials()[-1]
-    trial = study.ask()  # the queued neighbour runs and completes
-    study.tell(trial, [0.0, 1.0])  # dominated: the front stays the same
-    for _ in range(3):  # three more sampled trials: the next refinement is due
-        study.add_trial(
-            optuna.trial.create_trial(
-                params={"n_w_bits": 2, "lr": 0.01, "n_init": 1},
-                distributions=trials[0].distributions,
-                values=[0.0, 1.0],
-            )
-        )
-    trials = study.get_trials()
-    assert refine.maybe_refine(study, trials, space, seed=0)
-    second = study.get_trials()[-1]
-    assert first.user_attrs["refines"] == front[0].number
-    assert second.user_attrs["refines"] == front[1].number
