@@ -100,8 +100,6 @@ def seed_trials(nonlinear: bool, n_features: int) -> list[dict[str, Any]]:
     linear = [
         {
             **common,
-            # the float probe's regularization (LogisticRegression's C=1, about 1e-3 per row)
-            "optimizer__weight_decay": 1e-3,
             "module__n_layers": 1,
             "n_w_bits": w,
             "n_a_bits": a,
