@@ -113,9 +113,6 @@ class SearchContext:
     max_key_size: float = 4e9
     seed: int = 0
     fixed: dict[str, Any] = field(default_factory=dict)
-    #: Fixed parameters of linear trials (``module__n_layers=1``), over ``fixed``: the plan's
-    #: smaller batches (:data:`autofhe.search.plan.LINEAR_STEPS_PER_EPOCH`).
-    fixed_linear: dict[str, Any] = field(default_factory=dict)
     #: 1: score on the validation split; k > 1: k-fold cross-validation over training +
     #: validation rows (folds drawn with a fixed seed, so every worker scores alike).
     folds: int = 1
@@ -126,10 +123,7 @@ class SearchContext:
 
     def params(self, trial_params: dict[str, Any]) -> dict[str, Any]:
         """Estimator parameters of a trial: fixed ones, then the drawn ones, resolved."""
-        params = {**self.fixed, **trial_params}
-        if params.get("module__n_layers") == 1:
-            params = {**self.fixed, **self.fixed_linear, **trial_params}
-        return to_estimator_params(params)
+        return to_estimator_params({**self.fixed, **trial_params})
 
     def estimator(self, params: dict[str, Any], rungs=None):
         """An unfitted estimator of (resolved) ``params``; ``rungs``: a RungStop callback."""

@@ -9,9 +9,7 @@ MLP. Their gap says how much a nonlinear boundary is worth here, and the study a
   other family always gets one seed too: the front needs both ends);
 - hidden widths are searched as widths (2 to 16-64 neurons, more for wider inputs), not as
   multiples of the input width, so a 2-feature problem can have 16 neurons;
-- the batch size gives every epoch about 8 optimizer steps, whatever the number of rows, and
-  a linear model (one layer) about 32: its steps are cheap, and smaller batches make it
-  measurably more accurate (:data:`LINEAR_STEPS_PER_EPOCH`);
+- the batch size gives every epoch about 8 optimizer steps, whatever the number of rows;
 - small data is cross-validated (3 folds under 1,500 rows), where one validation split would
   be too noisy to rank configurations.
 
@@ -39,12 +37,6 @@ NONLINEAR_GAIN = 0.015
 CV_ROWS = 1500
 CV_FOLDS = 3
 STEPS_PER_EPOCH = 8
-#: Optimizer steps per epoch of a linear model (``module__n_layers=1``). Measured on digits
-#: (6-bit weights, 3-bit inputs, 100 cosine epochs, 4 seeds, test accuracy of the protocol's
-#: split): batches of 168 rows (8 steps) 0.966-0.967, 64 rows 0.969-0.970, 32 rows
-#: 0.971-0.972; more epochs at 168 rows did not close the gap (300 epochs: 0.968). A linear
-#: step costs little, so the 4x steps cost seconds per trial; hidden-layer networks keep 8.
-LINEAR_STEPS_PER_EPOCH = 32
 
 
 def probe(task: str, metric: str, X_fit, y_fit, X_val, y_val) -> dict[str, float]:
@@ -75,10 +67,6 @@ def probe(task: str, metric: str, X_fit, y_fit, X_val, y_val) -> dict[str, float
     scores["gain"] = round(scores["float_mlp"] - scores["float_linear"], 6)
     scores["probe_s"] = round(time.perf_counter() - t0, 3)
     return scores
-
-
-def _batch_size(n_rows: int, steps: int) -> int:
-    return int(np.clip(n_rows // steps, 16, 1024))
 
 
 def _width_range(n_features: int) -> tuple[int, int]:
@@ -162,10 +150,9 @@ def make_plan(
     if space.get(name) == DEFAULT_SPACE[name]:  # the user did not choose widths
         low, high = _width_range(n_features)
         overrides[name] = {"low": low / n_features, "high": high / n_features, "log": True}
-    plan_fixed, linear_fixed = {}, {}
+    plan_fixed = {}
     if "batch_size" not in fixed and "batch_size" not in space:
-        plan_fixed["batch_size"] = _batch_size(len(X_train), STEPS_PER_EPOCH)
-        linear_fixed["batch_size"] = _batch_size(len(X_train), LINEAR_STEPS_PER_EPOCH)
+        plan_fixed["batch_size"] = int(np.clip(len(X_train) // STEPS_PER_EPOCH, 16, 1024))
     if folds is None:
         folds = CV_FOLDS if n_rows < CV_ROWS else 1
     return {
@@ -173,7 +160,6 @@ def make_plan(
         "nonlinear": bool(nonlinear),
         "space": overrides,
         "fixed": plan_fixed,
-        "fixed_linear": linear_fixed,
         "folds": int(folds),
         "seeds": seed_trials(nonlinear, n_features),
     }

@@ -242,7 +242,6 @@ class SearchSession:
             max_key_size=spec["max_key_size"],
             seed=self.seed,
             fixed={**plan.get("fixed", {}), **spec["fixed"]},
-            fixed_linear=plan.get("fixed_linear", {}),
             folds=plan.get("folds", spec.get("folds") or 1),
             front_hook=self._front_hook(),
         )

@@ -25,16 +25,6 @@ def test_nonlinear_data_starts_from_hidden_layers_and_wide_enough_widths():
     assert widths["low"] * 2 == 2 and widths["high"] * 2 == 16  # 2 to 16 neurons
     assert plan["folds"] == 3  # 480 rows: cross-validated
     assert plan["fixed"]["batch_size"] == 360 // 8
-    assert plan["fixed_linear"]["batch_size"] == 16  # 360 // 32 = 11, but never under 16
-
-
-def test_linear_models_train_on_smaller_batches_than_hidden_layer_networks():
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(4000, 6))
-    y = (X[:, 0] + X[:, 1] > 0).astype(int)
-    plan = make_plan("classification", "accuracy", _parts(X, y), dict(DEFAULT_SPACE), {}, None)
-    assert plan["fixed"]["batch_size"] == 2400 // 8
-    assert plan["fixed_linear"]["batch_size"] == 2400 // 32
 
 
 def test_linear_data_starts_from_linear_models_and_respects_user_choices():
@@ -46,7 +36,6 @@ def test_linear_data_starts_from_linear_models_and_respects_user_choices():
     assert plan["nonlinear"] is False
     assert plan["seeds"][0]["module__n_layers"] == 1
     assert plan["space"] == {} and plan["fixed"] == {} and plan["folds"] == 1
-    assert plan["fixed_linear"] == {}  # the user's batch size holds for linear models too
 
 
 def test_regression_probe_uses_the_metric():

@@ -86,30 +86,6 @@ def test_objective_through_fixed_trial(wine_ds):
     assert set(trial.constraints) == {"budget", "compile", "latency", "key_size"}
 
 
-def test_linear_trials_take_the_plans_linear_batch_size(wine_ds):
-    ctx = _context(wine_ds, fixed={"batch_size": 40}, fixed_linear={"batch_size": 16})
-    base = {
-        "module__activation_function": "ReLU",
-        "module__n_hidden_neurons_multiplier": 0.5,
-        "n_w_bits": 3,
-        "n_a_bits": 3,
-        "accum_slack": 2,
-        "power_of_two_scaling": True,
-        "lr": 0.003,
-        "max_epochs": 2,
-        "lr_schedule": "constant",
-        "optimizer__weight_decay": 0.0,
-        "module__lookup_bits": 5,
-        "n_init": 1,
-    }
-    for layers, batch in ((1, 16), (2, 40)):
-        trial = optuna.trial.FixedTrial({**base, "module__n_layers": layers})
-        objective(trial, ctx)
-        assert trial.user_attrs["estimator_params"]["batch_size"] == batch
-    # a value the trial itself draws wins over both
-    assert ctx.params({"module__n_layers": 1, "batch_size": 99})["batch_size"] == 99
-
-
 def test_front_model_is_refit_on_training_and_validation_rows(wine_ds):
     shipped = []
     ctx = _context(wine_ds, front_hook=lambda trial, model, X, lat: shipped.append(model))
