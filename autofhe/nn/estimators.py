@@ -276,7 +276,8 @@ class _QuantNet:
         configuration : a ``concrete.fhe.Configuration`` (e.g. with a key cache for tests).
         rounding : "auto" (truncate wide accumulators where the outputs on ``X`` barely
             change; bit-exact), "none" (lookups on whole accumulators), or "approximate"
-            (concrete's one-PBS approximate rounding: cheaper, not bit-exact).
+            (concrete's approximate rounding: one PBS per neuron, but on wider parameters,
+            so rarely faster; not bit-exact, judge it by ``fhe="simulate"``).
         lookup_bits : force every table lookup to at most this many bits. Default: the
             ``module__lookup_bits`` the model was trained for, if any (then training already
             saw the truncation this compiles).
