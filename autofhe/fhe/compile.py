@@ -193,7 +193,7 @@ def compile_program(
         # concrete's default clipping after approximate rounding (logical clipping, and an
         # extra lookup from 5 bits up) assumes one table per tensor: with our per-neuron tables
         # a 64-16-10 digits network simulated at 0.48 accuracy (0.71 at 6-bit lookups) where
-        # its clear program scored 0.90 (0.97). Our tables already span the carry bit.
+        # its clear program scored 0.90 (0.965). Our tables already span the carry bit.
         config = config.fork(
             approximate_rounding_config=fhe.ApproximateRoundingConfig(
                 logical_clipping=False, approximate_clipping_start_precision=False
