@@ -150,9 +150,8 @@ def test_approximate_rounding_simulates_close_to_its_clear_program(digits):
     a 64-16-10 digits network simulated at 0.48 accuracy where its clear program scored 0.90
     (and exact rounding 0.96). Approximate rounding errs by one rounding step now and then,
     so simulation may differ from the clear program on some rows, never on most."""
-    Xtr, Xte, ytr, yte = digits
-    model = NeuralNetClassifier(
-        random_state=0,
+    model, Xte, yte = _compiled(
+        digits,
         module__n_layers=2,
         module__n_hidden_neurons_multiplier=0.25,
         n_w_bits=3,
@@ -163,10 +162,10 @@ def test_approximate_rounding_simulates_close_to_its_clear_program(digits):
         lr=0.02,
         lr_schedule="cosine",
         batch_size=128,
-    ).fit(Xtr, ytr)
+    )
     rows = slice(0, 150)
-    exact = model.compile(Xtr).fhe_report()["pbs_count"]
-    model.compile(Xtr, rounding="approximate", lookup_bits=6)
+    exact = model.fhe_report()["pbs_count"]
+    model.compile(digits[0], rounding="approximate", lookup_bits=6)
     assert model.fhe_report()["pbs_count"] == 16  # one lookup per neuron, no rounding PBS
     assert exact >= 4 * 16
     clear = model.predict(Xte[rows])
