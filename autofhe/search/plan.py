@@ -10,6 +10,11 @@ MLP. Their gap says how much a nonlinear boundary is worth here, and the study a
 - hidden widths are searched as widths (2 to 16-64 neurons, more for wider inputs), not as
   multiples of the input width, so a 2-feature problem can have 16 neurons;
 - the batch size gives every epoch about 8 optimizer steps, whatever the number of rows;
+- the float linear model's regularization is tuned (3-fold CV over a grid, a fraction of a
+  second) and translated into the weight decay that gives a network's weights the same
+  penalty (:func:`weight_decay_of`); that value joins the weight-decay choices and the
+  linear seed's configuration, since the right amount depends on the rows and the noise of
+  each dataset, which a fixed list cannot know;
 - small data is cross-validated (3 folds under 1,500 rows), where one validation split would
   be too noisy to rank configurations.
 
@@ -28,7 +33,14 @@ import numpy as np
 
 from autofhe.search.space import DEFAULT_SPACE
 
-__all__ = ["NONLINEAR_GAIN", "make_plan", "probe", "seed_slack", "seed_trials"]
+__all__ = [
+    "NONLINEAR_GAIN",
+    "make_plan",
+    "probe",
+    "seed_slack",
+    "seed_trials",
+    "weight_decay_of",
+]
 
 #: The float MLP must beat the float linear model by this much (metric units) for the study
 #: to start from hidden-layer networks.
@@ -37,11 +49,36 @@ NONLINEAR_GAIN = 0.015
 CV_ROWS = 1500
 CV_FOLDS = 3
 STEPS_PER_EPOCH = 8
+#: The probe's grids: inverse regularization C of logistic regression, alpha of ridge.
+LOGISTIC_CS = np.logspace(-3, 2, 11)
+RIDGE_ALPHAS = np.logspace(-3, 3, 13)
+#: The data's weight decay is clipped into this range: below it, it is no different from no
+#: decay; above it, the probe's linear model was regularized towards a constant (a linear
+#: model with nothing to learn), which is no advice for a network.
+WEIGHT_DECAY_RANGE = (1e-4, 1e-2)
+
+
+def weight_decay_of(task: str, strength: float, n_rows: int) -> float:
+    """The optimizer weight decay ``wd`` with the same minimiser as the probe's tuned linear
+    model on ``n_rows`` rows, clipped into :data:`WEIGHT_DECAY_RANGE` (2 significant digits).
+
+    Training minimises the mean loss, and a weight decay ``wd`` adds ``wd * w`` to each
+    gradient: the penalty ``wd / 2 * |w|^2``. Logistic regression minimises
+    ``|w|^2 / 2 + C * sum(loss)``, the same minimiser as ``mean(loss) + |w|^2 / (2 C n)``, so
+    ``wd = 1 / (C n)`` (``strength`` is C). Ridge minimises ``sum(err^2) + alpha |w|^2``,
+    that is ``mean(err^2) + alpha / n |w|^2``, so ``wd = 2 alpha / n`` (``strength`` is alpha;
+    the target's scale does not move the minimiser).
+    """
+    wd = 1.0 / (strength * n_rows) if task == "classification" else 2.0 * strength / n_rows
+    low, high = WEIGHT_DECAY_RANGE
+    return float(f"{min(max(wd, low), high):.2g}")
 
 
 def probe(task: str, metric: str, X_fit, y_fit, X_val, y_val) -> dict[str, float]:
-    """Validation metric of a float linear model and a float MLP (seconds of work)."""
-    from sklearn.linear_model import LogisticRegression, Ridge
+    """Validation metric of a float linear model (its regularization tuned on the training
+    rows) and a float MLP, and the weight decay the linear model's tuning implies (seconds of
+    work)."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
     from sklearn.neural_network import MLPClassifier, MLPRegressor
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -50,10 +87,16 @@ def probe(task: str, metric: str, X_fit, y_fit, X_val, y_val) -> dict[str, float
 
     t0 = time.perf_counter()
     if task == "classification":
-        linear = LogisticRegression(max_iter=2000)
+        # stratified folds need each class in every fold; too few rows: no tuning (C = 1)
+        folds = min(3, int(np.unique(y_fit, return_counts=True)[1].min()))
+        linear = (
+            LogisticRegressionCV(Cs=LOGISTIC_CS, cv=folds, max_iter=2000)
+            if folds >= 2
+            else LogisticRegression(max_iter=2000)
+        )
         mlp = MLPClassifier(hidden_layer_sizes=(32,), max_iter=600, random_state=0)
     else:
-        linear = Ridge(alpha=1.0)
+        linear = RidgeCV(alphas=RIDGE_ALPHAS)
         mlp = MLPRegressor(hidden_layer_sizes=(32,), max_iter=1000, random_state=0)
     scores = {}
     for name, model in (("float_linear", linear), ("float_mlp", mlp)):
@@ -65,6 +108,9 @@ def probe(task: str, metric: str, X_fit, y_fit, X_val, y_val) -> dict[str, float
         classes = pipe.classes_ if task == "classification" else None
         scores[name] = round(evaluate_metric(metric, y_val, pred, proba, classes), 6)
     scores["gain"] = round(scores["float_mlp"] - scores["float_linear"], 6)
+    # make_pipeline fits the model in place; untuned (too few rows per class): C = 1
+    strength = linear.alpha_ if task != "classification" else getattr(linear, "C_", [1.0])[0]
+    scores["weight_decay"] = weight_decay_of(task, float(strength), len(y_fit))
     scores["probe_s"] = round(time.perf_counter() - t0, 3)
     return scores
 
@@ -89,8 +135,11 @@ def seed_slack(fan_in: int) -> int:
     return max(1, math.ceil(0.5 * math.log2(max(fan_in, 2))))
 
 
-def seed_trials(nonlinear: bool, n_features: int) -> list[dict[str, Any]]:
-    """The study's first configurations (trial parameters), most promising family first."""
+def seed_trials(
+    nonlinear: bool, n_features: int, weight_decay: float = 0.0
+) -> list[dict[str, Any]]:
+    """The study's first configurations (trial parameters), most promising family first;
+    linear models take ``weight_decay`` (the data's, from :func:`probe`)."""
     common = {
         "power_of_two_scaling": True,
         "lr_schedule": "cosine",
@@ -107,6 +156,7 @@ def seed_trials(nonlinear: bool, n_features: int) -> list[dict[str, Any]]:
             "module__lookup_bits": 5,
             "lr": 0.02,
             "max_epochs": 100,
+            "optimizer__weight_decay": weight_decay,
         }
         for w, a in ((6, 4), (4, 3))
     ]
@@ -150,6 +200,9 @@ def make_plan(
     if space.get(name) == DEFAULT_SPACE[name]:  # the user did not choose widths
         low, high = _width_range(n_features)
         overrides[name] = {"low": low / n_features, "high": high / n_features, "log": True}
+    name = "optimizer__weight_decay"
+    if space.get(name) == DEFAULT_SPACE[name]:  # the user did not choose weight decays
+        overrides[name] = sorted({*DEFAULT_SPACE[name], scores["weight_decay"]})
     plan_fixed = {}
     if "batch_size" not in fixed and "batch_size" not in space:
         plan_fixed["batch_size"] = int(np.clip(len(X_train) // STEPS_PER_EPOCH, 16, 1024))
@@ -161,7 +214,7 @@ def make_plan(
         "space": overrides,
         "fixed": plan_fixed,
         "folds": int(folds),
-        "seeds": seed_trials(nonlinear, n_features),
+        "seeds": seed_trials(nonlinear, n_features, scores["weight_decay"]),
     }
 
 

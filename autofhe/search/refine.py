@@ -8,9 +8,9 @@ sampler has had its start, the ask that follows every ``EVERY``-th finished tria
 neighbour of the front's most accurate model (enqueued right before it, so nothing is left
 queued when a search ends): the same configuration moved one step in one or two of its
 parameters (more weight / activation / accumulator / lookup bits, a wider layer, more
-epochs or starts, another learning rate), within the study's space. Nothing here depends on
-the data: it is a local search beside the sampler's global one, on the end of the front the
-sampler under-serves.
+epochs or starts, another learning rate or weight decay), within the study's space. Nothing
+here depends on the data: it is a local search beside the sampler's global one, on the end of
+the front the sampler under-serves.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ EVERY = 4
 #: No refinement before this many COMPLETE trials (the sampler's start, the seeds).
 MIN_COMPLETE = 10
 
-#: (parameter, how it moves): +1 steps for bit widths and counts, a factor for the others.
+#: (parameter, how it moves): +1 steps for bit widths and counts, a factor for the others;
+#: "either": up or down (a factor of 1.6 in a range, the next choice of a sorted list).
 _MOVES: list[tuple[str, Any]] = [
     ("n_w_bits", 1),
     ("n_a_bits", 1),
@@ -40,6 +41,7 @@ _MOVES: list[tuple[str, Any]] = [
     ("max_epochs", 1.7),
     ("n_init", 1),
     ("lr", "either"),
+    ("optimizer__weight_decay", "either"),
     ("module__n_layers", 1),
 ]
 #: What a network without hidden layers does not use: moving it changes nothing.
@@ -56,6 +58,8 @@ def _within(entry: dict, value):
 def _move(name: str, step, value, entry, rng: np.random.Generator):
     """``value`` moved one step within ``entry`` (a range or a list of choices), or None."""
     if isinstance(entry, list):
+        if step == "either":
+            step = 1 if rng.random() < 0.5 else -1
         if value not in entry or not isinstance(step, int):
             return None
         at = entry.index(value) + step

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.datasets import make_circles
 
-from autofhe.search.plan import make_plan, project
+from autofhe.search.plan import WEIGHT_DECAY_RANGE, make_plan, project, weight_decay_of
 from autofhe.search.space import DEFAULT_SPACE
 
 
@@ -35,7 +35,66 @@ def test_linear_data_starts_from_linear_models_and_respects_user_choices():
     plan = make_plan("classification", "accuracy", _parts(X, y), space, {"batch_size": 64}, 1)
     assert plan["nonlinear"] is False
     assert plan["seeds"][0]["module__n_layers"] == 1
-    assert plan["space"] == {} and plan["fixed"] == {} and plan["folds"] == 1
+    assert plan["fixed"] == {} and plan["folds"] == 1
+    # widths were the user's; the weight decays were not: the data's joins the defaults
+    wd = plan["probe"]["weight_decay"]
+    assert plan["space"] == {"optimizer__weight_decay": sorted({0.0, 1e-4, 1e-3, wd})}
+    assert plan["seeds"][0]["optimizer__weight_decay"] == wd
+    mine = {**space, "optimizer__weight_decay": [0.0, 0.05]}
+    plan = make_plan("classification", "accuracy", _parts(X, y), mine, {"batch_size": 64}, 1)
+    assert plan["space"] == {}
+
+
+def test_weight_decay_has_the_tuned_linear_models_minimiser():
+    """Trained on the mean loss with the probe's weight decay, a float torch linear model
+    lands on the weights of the tuned scikit-learn model (logistic and ridge)."""
+    import torch
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 5))
+    logits = X @ rng.normal(size=5)
+    y = (logits + rng.normal(size=400) > 0).astype(int)
+    t = rng.normal(size=400) + 3 * logits
+
+    def torch_fit(target, loss_fn, wd):
+        w = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+        b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        Xt = torch.from_numpy(X)
+        opt = torch.optim.LBFGS(
+            [w, b], max_iter=500, tolerance_grad=1e-12, line_search_fn="strong_wolfe"
+        )
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn(Xt @ w + b, torch.from_numpy(target)) + wd / 2 * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return w.detach().numpy()
+
+    C = 0.25
+    wd = weight_decay_of("classification", C, 400)
+    assert wd == 1 / (C * 400)  # 0.01: neither clipped nor rounded
+    ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y).coef_[0]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    got = torch_fit(y.astype(float), bce, wd)
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-5)
+    assert np.abs(got).max() < 0.9 * np.abs(torch_fit(y.astype(float), bce, 0.0)).max()
+
+    alpha = 2.0
+    ref = Ridge(alpha=alpha).fit(X, t).coef_
+    got = torch_fit(t, torch.nn.functional.mse_loss, weight_decay_of("regression", alpha, 400))
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
+
+
+def test_weight_decay_is_clipped_and_rounded():
+    low, high = WEIGHT_DECAY_RANGE
+    assert weight_decay_of("classification", 100.0, 10_000) == low  # 1e-6: no decay at all
+    assert weight_decay_of("classification", 0.001, 100) == high  # 10: a constant model
+    assert weight_decay_of("classification", 0.316, 1010) == 0.0031
+    assert weight_decay_of("regression", 10.0, 4000) == 0.005
 
 
 def test_regression_probe_uses_the_metric():

@@ -22,6 +22,7 @@ TOP = {
     "max_epochs": 100,
     "n_init": 2,
     "lr": 0.01,
+    "optimizer__weight_decay": 1e-4,
 }
 
 
@@ -43,6 +44,18 @@ def test_a_neighbour_moves_one_or_two_parameters_within_the_space():
         assert all(isinstance(out[k], int) for k in ("n_w_bits", "max_epochs", "n_init"))
         moved.update(changed)
     assert moved == set(TOP)  # every parameter gets its turn
+
+
+def test_a_choice_moves_to_either_neighbour_in_its_list():
+    rng = np.random.default_rng(2)
+    space = {"optimizer__weight_decay": [0.0, 1e-4, 1e-3, 2.3e-3]}
+
+    def moves(value) -> set:
+        out = [refine.neighbour({"optimizer__weight_decay": value}, space, rng) for _ in range(40)]
+        return {o and o["optimizer__weight_decay"] for o in out}
+
+    assert moves(1e-3) == {1e-4, 2.3e-3}
+    assert moves(0.0) == {1e-4, None}  # below the first choice there is nothing: only up
 
 
 def test_a_linear_model_never_moves_what_it_does_not_use():
