@@ -74,10 +74,12 @@ def weight_decay_of(task: str, strength: float, n_rows: int) -> float:
     return float(f"{min(max(wd, low), high):.2g}")
 
 
-def probe(task: str, metric: str, X_fit, y_fit, X_val, y_val) -> dict[str, float]:
+def probe(
+    task: str, metric: str, X_fit, y_fit, X_val, y_val, fit_rows: int | None = None
+) -> dict[str, float]:
     """Validation metric of a float linear model (its regularization tuned on the training
-    rows) and a float MLP, and the weight decay the linear model's tuning implies (seconds of
-    work)."""
+    rows) and a float MLP, and the weight decay the linear model's tuning implies for a model
+    trained on ``fit_rows`` rows (default: the training rows; seconds of work)."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
     from sklearn.neural_network import MLPClassifier, MLPRegressor
     from sklearn.pipeline import make_pipeline
@@ -110,7 +112,7 @@ def probe(task: str, metric: str, X_fit, y_fit, X_val, y_val) -> dict[str, float
     scores["gain"] = round(scores["float_mlp"] - scores["float_linear"], 6)
     # make_pipeline fits the model in place; untuned (too few rows per class): C = 1
     strength = linear.alpha_ if task != "classification" else getattr(linear, "C_", [1.0])[0]
-    scores["weight_decay"] = weight_decay_of(task, float(strength), len(y_fit))
+    scores["weight_decay"] = weight_decay_of(task, float(strength), fit_rows or len(y_fit))
     scores["probe_s"] = round(time.perf_counter() - t0, 3)
     return scores
 
@@ -192,9 +194,13 @@ def make_plan(
 ) -> dict[str, Any]:
     """The plan of a new study from its split ``parts`` (X_train, X_valid, X_test, y_...)."""
     X_train, X_valid, _, y_train, y_valid, _ = parts
-    scores = probe(task, metric, X_train, y_train, X_valid, y_valid)
-    nonlinear = scores["gain"] > NONLINEAR_GAIN
     n_features, n_rows = X_train.shape[1], len(X_train) + len(X_valid)
+    if folds is None:
+        folds = CV_FOLDS if n_rows < CV_ROWS else 1
+    # the rows a trial's model trains on: its weight decay is expressed for that many
+    fit_rows = n_rows * (folds - 1) // folds if folds > 1 else len(X_train)
+    scores = probe(task, metric, X_train, y_train, X_valid, y_valid, fit_rows)
+    nonlinear = scores["gain"] > NONLINEAR_GAIN
     overrides: dict[str, Any] = {}
     name = "module__n_hidden_neurons_multiplier"
     if space.get(name) == DEFAULT_SPACE[name]:  # the user did not choose widths
@@ -206,8 +212,6 @@ def make_plan(
     plan_fixed = {}
     if "batch_size" not in fixed and "batch_size" not in space:
         plan_fixed["batch_size"] = int(np.clip(len(X_train) // STEPS_PER_EPOCH, 16, 1024))
-    if folds is None:
-        folds = CV_FOLDS if n_rows < CV_ROWS else 1
     return {
         "probe": scores,
         "nonlinear": bool(nonlinear),

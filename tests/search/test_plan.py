@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.datasets import make_circles
 
 from autofhe.search.plan import WEIGHT_DECAY_RANGE, make_plan, project, weight_decay_of
@@ -87,6 +88,25 @@ def test_weight_decay_has_the_tuned_linear_models_minimiser():
     ref = Ridge(alpha=alpha).fit(X, t).coef_
     got = torch_fit(t, torch.nn.functional.mse_loss, weight_decay_of("regression", alpha, 400))
     np.testing.assert_allclose(got, ref, rtol=1e-4)
+
+
+def test_the_datas_weight_decay_is_for_the_rows_a_trial_trains_on():
+    from autofhe.search.plan import probe
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 20))
+    y = (X[:, 0] + rng.normal(size=3000) > 0).astype(int)  # noisy: some regularization
+    parts = _parts(X, y)
+
+    def decay(rows):
+        return probe("classification", "accuracy", *parts[0::3], *parts[1::3], rows)["weight_decay"]
+
+    few, many = decay(1000), decay(4000)
+    assert WEIGHT_DECAY_RANGE[0] < many < few < WEIGHT_DECAY_RANGE[1]  # not clipped
+    assert few / many == pytest.approx(4, rel=0.05)  # 1 / (C * rows), rounded
+    # cross-validated, a plan's trials train on 2/3 of the 2,400 training + validation rows
+    plan = make_plan("classification", "accuracy", parts, dict(DEFAULT_SPACE), {}, 3)
+    assert plan["probe"]["weight_decay"] == decay(1600)
 
 
 def test_weight_decay_is_clipped_and_rounded():

@@ -162,6 +162,19 @@ def test_a_trial_reaching_the_fronts_best_metric_is_cross_validated_again(wine_d
     assert low.values[0] < top.values[0] and "confirmed_valid" not in low.user_attrs
 
 
+def test_the_refit_keeps_the_regularization_per_row_that_won(wine_ds):
+    for folds in (3, 1):
+        ctx = _context(wine_ds, folds=folds)
+        fit_rows = len(ctx.fold_splits()[0][1])  # 2/3 of the rows; or the training split
+        all_rows = len(ctx.refit_rows()[1])
+        refit = ctx.refit_params(ctx.params(_linear_params(optimizer__weight_decay=3e-3)))
+        assert refit["optimizer__weight_decay"] == pytest.approx(3e-3 * fit_rows / all_rows)
+        assert 0.5 < fit_rows / all_rows < 0.8
+        assert ctx.refit_params(ctx.params(_linear_params()))["optimizer__weight_decay"] == 0.0
+    model = ctx.refit(ctx.params(_linear_params(optimizer__weight_decay=3e-3)))
+    assert model.optimizer__weight_decay == pytest.approx(3e-3 * fit_rows / all_rows)
+
+
 def test_cross_validated_front_models_learn_from_every_row(wine_ds):
     ctx, single = _context(wine_ds, folds=3), _context(wine_ds)
     _, y = ctx.refit_rows()
