@@ -9,17 +9,6 @@ Pareto front is refit on training + validation rows (every row when cross-valida
 fold models already give the honest test estimate); that model is the one measured, stored
 and exported. Every configuration is priced before training (pricing.py) and trained with
 rungs (fidelity.py).
-
-Confirmation (cross-validated studies): a trial whose metric reaches the best on the front is
-cross-validated a second time, on folds shuffled another way and with other training seeds,
-and its metric is the mean of the two. Among the hundreds of trials of a search, many score
-within a row or two of each other on a few hundred validation rows, so the one that tops the
-front is mostly the luckiest draw, and it is usually a high-variance configuration: on digits
-(1,347 rows) 40 configurations sat within 0.004 of the best, and the top one (3-bit weights,
-a 0.07 learning rate, 33 epochs: 0.961) scored 0.949 on test where a 6-bit one scoring 0.960
-scored 0.967. Like the intensification of SMAC, the incumbent has to hold on a second draw;
-records are rare (a handful per search), so this costs few fits. The front's most accurate
-model is therefore always confirmed.
 A configuration that cannot become a usable circuit (impossible accumulator budget, compile
 failure, latency or keys over the limits) ends COMPLETE with a violated constraint and the
 reason in ``reason``, so the sampler learns from it; FAIL is for crashes only.
@@ -127,9 +116,6 @@ class SearchContext:
     #: 1: score on the validation split; k > 1: k-fold cross-validation over training +
     #: validation rows (folds drawn with a fixed seed, so every worker scores alike).
     folds: int = 1
-    #: Cross-validate a trial that reaches the front's best metric a second time (see the
-    #: module docstring); only with ``folds`` > 1.
-    confirm: bool = True
     #: Called as ``front_hook(trial, model, X_valid, predicted_latency)`` for a trial entering
     #: the Pareto front, with the model refit on training + validation rows (the study
     #: measures its latency and stores it there).
@@ -139,14 +125,13 @@ class SearchContext:
         """Estimator parameters of a trial: fixed ones, then the drawn ones, resolved."""
         return to_estimator_params({**self.fixed, **trial_params})
 
-    def estimator(self, params: dict[str, Any], rungs=None, repeat: int = 0):
-        """An unfitted estimator of (resolved) ``params``; ``rungs``: a RungStop callback;
-        ``repeat``: which cross-validation round (each trains from other seeds)."""
+    def estimator(self, params: dict[str, Any], rungs=None):
+        """An unfitted estimator of (resolved) ``params``; ``rungs``: a RungStop callback."""
         cls = NeuralNetClassifier if self.task == "classification" else NeuralNetRegressor
         callbacks = [("quiet", QuietCheckpoint())]
         if rungs is not None:
             callbacks.append(("rungs", rungs))
-        return cls(random_state=self.seed + 1000 * repeat, callbacks=callbacks, **params)
+        return cls(random_state=self.seed, callbacks=callbacks, **params)
 
     @property
     def n_outputs(self) -> int:
@@ -212,12 +197,9 @@ class SearchContext:
             parts.append((self.X_test, self.y_test))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def fold_splits(
-        self, repeat: int = 0
-    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    def fold_splits(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """``(X_fit, y_fit, X_val, y_val)`` per fold: the validation split when ``folds`` is 1,
-        else k (stratified) folds over training + validation rows, shuffled with seed
-        ``repeat`` (the same folds for every trial and worker); the test rows stay out."""
+        else k (stratified) folds over training + validation rows; the test rows stay out."""
         if self.folds <= 1:
             return [(self.X_train, self.y_train, self.X_valid, self.y_valid)]
         X = np.concatenate([self.X_train, self.X_valid])
@@ -225,9 +207,9 @@ class SearchContext:
         if self.task == "classification":
             # every class must be in every fold's training rows
             k = max(2, min(self.folds, int(np.unique(y, return_counts=True)[1].min())))
-            splitter = StratifiedKFold(k, shuffle=True, random_state=repeat)
+            splitter = StratifiedKFold(k, shuffle=True, random_state=0)
         else:
-            splitter = KFold(min(self.folds, len(y)), shuffle=True, random_state=repeat)
+            splitter = KFold(min(self.folds, len(y)), shuffle=True, random_state=0)
         return [(X[fit], y[fit], X[val], y[val]) for fit, val in splitter.split(X, y)]
 
     def outputs(self, model, X, fhe: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -314,20 +296,11 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
     models, clear, simulated, latencies = folds
     splits = splits[: len(models)]  # an infeasible first fold stops the others
     y_val = np.concatenate([fold[3] for fold in splits])
-    classes = _classes(models[0])
-    simulated_metric = ctx.metric_of(y_val, simulated, classes)
-    if (
-        ctx.folds > 1
-        and ctx.confirm
-        and len(splits) == len(ctx.fold_splits())
-        and not _limits(ctx, models[int(np.argmax(latencies))].fhe_report(), max(latencies))[0]
-        and _tops_front(trial, simulated_metric)
-    ):
-        simulated_metric = _confirm(trial, ctx, params, simulated_metric, models, latencies)
 
     # The slowest fold's circuit stands for the configuration (latency, keys, report).
     model = models[int(np.argmax(latencies))]
     latency = max(latencies)
+    classes = _classes(model)
     trial.set_user_attr("folds", len(splits))
     trial.set_user_attr("clear_valid", ctx.metric_of(y_val, clear, classes))
     trial.set_user_attr("accumulator_bits", model.accumulator_bits_)
@@ -343,6 +316,7 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
         "bit_exact",
     ):
         trial.set_user_attr(key, report[key])
+    simulated_metric = ctx.metric_of(y_val, simulated, classes)
     trial.set_user_attr("simulated_valid", simulated_metric)
     if len(splits) > 1:
         trial.set_user_attr(
@@ -382,39 +356,11 @@ def _limits(ctx: SearchContext, report: dict, latency: float) -> tuple[dict, lis
     return violated, reasons
 
 
-def _confirm(trial, ctx: SearchContext, params, first: float, models, latencies) -> float:
-    """Cross-validate once more (other folds, other seeds); returns the mean of both rounds'
-    metrics and adds the round's models and latencies to ``models`` / ``latencies``."""
-    splits = ctx.fold_splits(repeat=1)
-    again = _fit_folds(trial, ctx, params, splits, 0.0, repeat=1)
-    if again is None:  # a fold model did not compile: the first round stands
-        return first
-    more, _, simulated, more_latencies = again
-    y_val = np.concatenate([fold[3] for fold in splits[: len(more)]])
-    second = ctx.metric_of(y_val, simulated, _classes(more[0]))
-    models.extend(more)
-    latencies.extend(more_latencies)
-    trial.set_user_attr("confirmed_valid", [first, second])
-    return (first + second) / 2
-
-
-def _tops_front(trial, metric: float) -> bool:
-    """Whether ``metric`` reaches the best metric of the study's front (an empty front
-    too); False outside a study (a FixedTrial)."""
-    if getattr(trial, "study", None) is None:
-        return False
-    return metric >= max((m for m, _ in _front_values(trial)), default=-np.inf)
-
-
-def _fit_folds(
-    trial, ctx: SearchContext, params: dict[str, Any], splits, price: float, repeat: int = 0
-):
+def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price: float):
     """Train, compile and simulate one model per fold: (models, clear outputs, simulated
     outputs, predicted latencies); or the clear metric when a fold does not compile (trial
     finished with the compile constraint violated). The first fold trains with rungs
-    (fidelity.py): a trial its peers beat stops there, PRUNED. ``repeat`` > 0 is a
-    confirmation round (:func:`_confirm`): no rungs, no pruning, and None when a fold does
-    not compile."""
+    (fidelity.py): a trial its peers beat stops there, PRUNED."""
     models, clear, simulated, latencies = [], [], [], []
     seconds = {"train_s": 0.0, "compile_s": 0.0, "simulate_s": 0.0}
 
@@ -425,7 +371,7 @@ def _fit_folds(
     for i, (X_fit, y_fit, X_val, y_val) in enumerate(splits):
         t0 = time.perf_counter()
         rungs = None
-        if i == 0 and not repeat:
+        if i == 0:
             rungs = RungStop(
                 trial,
                 price,
@@ -434,25 +380,22 @@ def _fit_folds(
                 ),
                 peers_fn=lambda epoch: _peers(trial, epoch, depth(params)),
             )
-        model = ctx.estimator(params, rungs, repeat).fit(X_fit, y_fit)
+        model = ctx.estimator(params, rungs).fit(X_fit, y_fit)
         spent("train_s", t0)
-        if i == 0 and not repeat:
+        if i == 0:
             trial.set_user_attr("fidelity_epochs", len(model.history_))
         if rungs is not None and rungs.stopped:
             _finish(trial, rungs.stopped, {})
             trial.set_user_attr("feasible", False)
             raise optuna.TrialPruned(rungs.stopped)
         clear.append(ctx.outputs(model, X_val, "disable"))
-        if i == 0 and not repeat:  # a hopeless configuration stops after its first model
+        if i == 0:  # a hopeless configuration stops after its first model
             _maybe_prune(trial, ctx.metric_of(y_val, clear, _classes(model)), ctx.metric)
         quiet.checkpoint()
         t0 = time.perf_counter()
         try:
             model.compile(X_fit)
         except CompilationError as exc:
-            if repeat:
-                trial.set_user_attr("confirm_error", str(exc).splitlines()[0])
-                return None
             _finish(trial, f"compile: {str(exc).splitlines()[0]}", {"compile": 1.0})
             value = ctx.metric_of(y_val, clear[-1:], _classes(model))
             trial.set_user_attr("metric_source", "clear")
