@@ -444,8 +444,9 @@ def _final_model(trial, ctx: SearchContext, params: dict[str, Any], model):
         return model
     trial.set_user_attr("refit_s", round(time.perf_counter() - t0, 3))
     trial.set_user_attr("refit_rows", len(ctx.refit_rows()[1]))
+    # what the refit trained with (refit_params scaled it): read back, not computed again
     trial.set_user_attr(
-        "refit_weight_decay", ctx.refit_params(params).get("optimizer__weight_decay", 0.0)
+        "refit_weight_decay", final.get_params().get("optimizer__weight_decay", 0.0)
     )
     if ctx.folds <= 1:  # else the test rows are among the refit's: clear_test stands
         trial.set_user_attr("final_clear_test", ctx.score(final, ctx.X_test, ctx.y_test, "disable"))
