@@ -116,14 +116,21 @@ class SearchContext:
     #: 1: score on the validation split; k > 1: k-fold cross-validation over training +
     #: validation rows (folds drawn with a fixed seed, so every worker scores alike).
     folds: int = 1
+    #: Parameters a network without hidden layers takes as they are, not drawn (the plan's
+    #: ``linear``: the weight decay the probe tuned for exactly that model, plan.py).
+    linear: dict[str, Any] = field(default_factory=dict)
     #: Called as ``front_hook(trial, model, X_valid, predicted_latency)`` for a trial entering
     #: the Pareto front, with the model refit on training + validation rows (the study
     #: measures its latency and stores it there).
     front_hook: Callable | None = None
 
     def params(self, trial_params: dict[str, Any]) -> dict[str, Any]:
-        """Estimator parameters of a trial: fixed ones, then the drawn ones, resolved."""
-        return to_estimator_params({**self.fixed, **trial_params})
+        """Estimator parameters of a trial: fixed ones, then the drawn ones, resolved; a
+        network without hidden layers takes :attr:`linear`'s values for what it did not draw."""
+        params = {**self.fixed, **trial_params}
+        if depth(params) == 1:
+            params = {**self.linear, **params}
+        return to_estimator_params(params)
 
     def estimator(self, params: dict[str, Any], rungs=None):
         """An unfitted estimator of (resolved) ``params``; ``rungs``: a RungStop callback."""
@@ -281,7 +288,7 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
     # Trials train tiny networks: one thread is as fast, and two threads on a busy 2-core
     # machine made a fit 20x slower (53 s against 2.7 s, measured): one thread per worker.
     torch.set_num_threads(1)
-    params = ctx.params(suggest_raw(trial, ctx.space))
+    params = ctx.params(suggest_raw(trial, ctx.space, ctx.linear))
     trial.set_user_attr("estimator_params", _jsonable(params))
     quote = ctx.price(params)
     for key, value in quote.attrs().items():

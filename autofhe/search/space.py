@@ -125,10 +125,22 @@ def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
     return to_estimator_params(suggest_raw(trial, space))
 
 
-def suggest_raw(trial, space: dict[str, Any]) -> dict[str, Any]:
-    """Draw one configuration; returns the trial's parameters as drawn."""
+def suggest_raw(
+    trial, space: dict[str, Any], linear: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Draw one configuration; returns the trial's parameters as drawn.
+
+    ``linear``: parameters a configuration without hidden layers (``module__n_layers`` of 1)
+    does not draw: it takes their values from elsewhere (the study's plan, through
+    :meth:`SearchContext.params <autofhe.search.objective.SearchContext.params>`), so they
+    are not among its trial parameters. The depth is drawn first, so the rest can depend on
+    it.
+    """
     params: dict[str, Any] = {}
-    for name, entry in space.items():
+    for name in sorted(space, key=lambda name: name != "module__n_layers"):
+        entry = space[name]
+        if linear and name in linear and params.get("module__n_layers") == 1:
+            continue
         if isinstance(entry, dict):
             integer = isinstance(entry["low"], int) and isinstance(entry["high"], int)
             suggest_fn = trial.suggest_int if integer else trial.suggest_float

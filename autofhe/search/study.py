@@ -243,6 +243,7 @@ class SearchSession:
             seed=self.seed,
             fixed={**plan.get("fixed", {}), **spec["fixed"]},
             folds=plan.get("folds", spec.get("folds") or 1),
+            linear=plan.get("linear", {}),
             front_hook=self._front_hook(),
         )
 

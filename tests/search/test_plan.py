@@ -41,9 +41,39 @@ def test_linear_data_starts_from_linear_models_and_respects_user_choices():
     wd = plan["probe"]["weight_decay"]
     assert plan["space"] == {"optimizer__weight_decay": sorted({0.0, 1e-4, 1e-3, wd})}
     assert plan["seeds"][0]["optimizer__weight_decay"] == wd
+    assert plan["linear"] == {"optimizer__weight_decay": wd}  # not drawn by linear models
     mine = {**space, "optimizer__weight_decay": [0.0, 0.05]}
     plan = make_plan("classification", "accuracy", _parts(X, y), mine, {"batch_size": 64}, 1)
-    assert plan["space"] == {}
+    assert plan["space"] == {} and plan["linear"] == {}
+
+
+def test_linear_models_take_the_tuned_weight_decay_and_hidden_ones_draw_theirs():
+    """The plan's ``linear`` values are not drawn by a network without hidden layers (not
+    among its trial parameters) and reach its estimator; deeper networks draw them."""
+    import optuna
+
+    from autofhe.search.objective import SearchContext
+    from autofhe.search.space import suggest_raw
+
+    linear = {"optimizer__weight_decay": 0.0037}
+    space = {**DEFAULT_SPACE, "optimizer__weight_decay": [0.0, 1e-4, 1e-3, 0.0037]}
+    ctx = SearchContext(
+        "classification", "accuracy", *([None] * 6), space=space, cost_model=None, linear=linear
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {1: set(), 2: set()}
+    for depth in (1, 2, 1, 2, 1, 2, 2, 2, 2, 2):
+        # the depth is enqueued; placed last in the space, it is still drawn first
+        study.enqueue_trial({"module__n_layers": depth})
+        trial = study.ask()
+        last = {k: v for k, v in space.items() if k != "module__n_layers"}
+        raw = suggest_raw(trial, {**last, "module__n_layers": space["module__n_layers"]}, linear)
+        assert ("optimizer__weight_decay" in trial.params) == (depth > 1)
+        params = ctx.params(raw)
+        seen[depth].add(params["optimizer__weight_decay"])
+        study.tell(trial, 0.0)
+    assert seen[1] == {0.0037}
+    assert len(seen[2]) > 1  # drawn among the choices
 
 
 def test_weight_decay_has_the_tuned_linear_models_minimiser():
