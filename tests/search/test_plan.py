@@ -60,14 +60,15 @@ def test_linear_models_take_the_tuned_weight_decay_and_hidden_ones_draw_theirs()
     ctx = SearchContext(
         "classification", "accuracy", *([None] * 6), space=space, cost_model=None, linear=linear
     )
+    # the depth placed last in the space: it is still drawn first
+    depth_last = {k: v for k, v in space.items() if k != "module__n_layers"}
+    depth_last["module__n_layers"] = space["module__n_layers"]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = {1: set(), 2: set()}
     for depth in (1, 2, 1, 2, 1, 2, 2, 2, 2, 2):
-        # the depth is enqueued; placed last in the space, it is still drawn first
         study.enqueue_trial({"module__n_layers": depth})
         trial = study.ask()
-        last = {k: v for k, v in space.items() if k != "module__n_layers"}
-        raw = suggest_raw(trial, {**last, "module__n_layers": space["module__n_layers"]}, linear)
+        raw = suggest_raw(trial, depth_last, linear)
         assert ("optimizer__weight_decay" in trial.params) == (depth > 1)
         params = ctx.params(raw)
         seen[depth].add(params["optimizer__weight_decay"])
