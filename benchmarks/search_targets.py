@@ -47,7 +47,9 @@ TARGETS = {
     "classification6000": (None, None),
     "diabetes": ("ridge - 0.02", 0.3),
 }
-TRIALS_PER_HOUR = {"classification6000": 300}  # >= 100 trials in 20 minutes
+#: >= 100 trials in 20 minutes, counting the trials that trained and were scored (run to the
+#: end or stopped at a rung), not those rejected before training, which cost nothing
+TRIALS_PER_HOUR = {"classification6000": 300}
 
 
 def dataset(name: str, Xtr, ytr) -> Dataset:
@@ -118,16 +120,20 @@ def run(name: str, budget: float, workers: int, workdir: Path, cost_model) -> li
             }
         )
     lines.append(table(rows, list(rows[0])) if rows else "(empty front)")
-    lines.append(verdict(name, rows, Xtr, ytr, Xte, yte, len(finished), elapsed))
+    lines.append(verdict(name, rows, Xtr, ytr, Xte, yte, len(complete) + len(rung), elapsed))
     return lines
 
 
-def verdict(name, rows, Xtr, ytr, Xte, yte, n_trials, elapsed) -> str:
+def verdict(name, rows, Xtr, ytr, Xte, yte, n_trained, elapsed) -> str:
     target, max_s = TARGETS[name]
     if name == "classification6000":
-        per_hour = n_trials / elapsed * 3600
+        per_hour = n_trained / elapsed * 3600
         ok = per_hour >= TRIALS_PER_HOUR[name]
-        return f"verdict: {per_hour:.0f} trials/hour (>= 300): {'MET' if ok else 'not met'}"
+        return (
+            f"verdict: {n_trained} trials trained and scored = {per_hour:.0f}/hour "
+            f"(>= {TRIALS_PER_HOUR[name]}; complete + stopped at a rung): "
+            + ("MET" if ok else "not met")
+        )
     if target == "ridge - 0.02":
         from sklearn.metrics import r2_score
 
@@ -143,10 +149,12 @@ def verdict(name, rows, Xtr, ytr, Xte, yte, n_trials, elapsed) -> str:
         and r["test"] >= target
         and r["measured s (alone)"] <= max_s
     ]
+    ok.sort(key=lambda r: -r["test"])  # name the best model that meets the line
     best = max(rows, key=lambda r: r["test"]) if rows else None
     shown = f"best test {best['test']} at {best['measured s (alone)']} s" if best else "no front"
     return f"verdict: {prefix}target >= {target:.4f} at <= {max_s} s: " + (
         f"MET by trial {ok[0]['trial']} ({ok[0]['test']} at {ok[0]['measured s (alone)']} s)"
+        + (f" and {len(ok) - 1} more" if len(ok) > 1 else "")
         if ok
         else f"not met ({shown})"
     )
