@@ -13,7 +13,7 @@ import autofhe
 
 ROOT = Path(autofhe.__file__).parent
 #: Lowest first: a layer may import itself and the layers before it, never one after it.
-LAYERS = ("errors", "params", "data", "fhe", "nn", "search", "cli")
+LAYERS = ("errors", "params", "units", "data", "fhe", "nn", "search", "cli")
 #: CLI commands that train (and so may import torch).
 TRAINING_COMMANDS = {"_cmd_demo", "_cmd_search", "_cmd_worker"}
 HEAVY = ("torch", "brevitas", "skorch")
@@ -117,7 +117,14 @@ def _cli_command_imports() -> set[str]:
 
 def _light_modules() -> list[str]:
     fhe = sorted(_module_name(p) for p in (ROOT / "fhe").glob("*.py"))
-    return ["autofhe", "autofhe.errors", "autofhe.params", *fhe, *sorted(_cli_command_imports())]
+    return [
+        "autofhe",
+        "autofhe.errors",
+        "autofhe.params",
+        "autofhe.units",
+        *fhe,
+        *sorted(_cli_command_imports()),
+    ]
 
 
 @pytest.mark.parametrize("module", _light_modules())

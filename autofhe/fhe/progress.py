@@ -15,20 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from autofhe.units import megabytes
+
 __all__ = ["Progress", "megabytes"]
 
 #: Seconds between two counter lines when the stream is not a terminal.
 LOG_INTERVAL = 5.0
-
-
-def megabytes(n_bytes: int) -> str:
-    """``n_bytes`` in MB (10^6 bytes) with one decimal, e.g. ``'312.4 MB'``; under 0.1 MB in
-    kB or bytes, so that a small size never reads ``0.0 MB``."""
-    if n_bytes >= 100_000:
-        return f"{n_bytes / 1e6:.1f} MB"
-    if n_bytes >= 1000:
-        return f"{n_bytes / 1e3:.1f} kB"
-    return f"{n_bytes} bytes"
 
 
 class Progress:

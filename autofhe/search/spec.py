@@ -17,7 +17,6 @@ batch_size = 64
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,33 +24,9 @@ from typing import Any
 
 from autofhe.errors import ParameterError
 from autofhe.search.space import DEFAULT_SPACE, validate_space
+from autofhe.units import parse_duration, parse_size
 
 __all__ = ["Spec", "check_folds", "load_spec", "parse_duration", "parse_size"]
-
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]?B)?\s*$", re.IGNORECASE)
-_UNITS = {None: 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*$")
-
-
-def parse_size(value) -> float:
-    """``"4GB"`` / ``"500MB"`` / a number of bytes -> bytes."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    match = _SIZE.match(str(value))
-    if not match or float(match.group(1)) <= 0:
-        raise ParameterError(f"size {value!r} is not understood; write e.g. 4GB or 500MB.")
-    unit = match.group(2).upper() if match.group(2) else None
-    return float(match.group(1)) * _UNITS[unit]
-
-
-def parse_duration(value) -> float:
-    """``"30m"`` / ``"2h"`` / ``"90s"`` / a number of seconds -> seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match or float(match.group(1)) <= 0:
-        raise ParameterError(f"duration {value!r} is not understood; write e.g. 90s, 30m or 2h.")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
 @dataclass
