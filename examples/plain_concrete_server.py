@@ -41,8 +41,12 @@ def circuit_of(program: dict):
     rng = np.random.default_rng(settings["inputset"]["seed"])
     rows = rng.integers(low, high, endpoint=True, size=(settings["inputset"]["random_rows"], n))
     inputset = [np.full(n, low), np.full(n, high), *rows]
+    compress = settings.get("compress", False)  # seeded keys and inputs (autofhe's default)
     config = fhe.Configuration(
-        p_error=settings["p_error"], global_p_error=settings["global_p_error"]
+        p_error=settings["p_error"],
+        global_p_error=settings["global_p_error"],
+        compress_evaluation_keys=compress,
+        compress_input_ciphertexts=compress,
     )
     return fhe.Compiler(run, {"x": "encrypted"}).compile(inputset, config)
 

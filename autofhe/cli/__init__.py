@@ -119,13 +119,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from autofhe.fhe.latency import load_cost_model
     from autofhe.search.locate import check_writable
     from autofhe.search.pareto import pareto_front
-    from autofhe.search.spec import check_folds, load_spec, parse_duration
+    from autofhe.search.spec import check_folds, load_spec
     from autofhe.search.study import (
         check_search_inputs,
         open_study,
         resolve_storage,
         run_workers,
     )
+    from autofhe.units import parse_duration, parse_size
 
     # Everything the user gave is checked before the database is touched.
     url = resolve_storage(args.storage)
@@ -135,6 +136,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         spec.metric = args.metric
     if args.max_latency is not None:
         spec.max_latency = parse_duration(args.max_latency)
+    if args.max_key_size is not None:
+        spec.max_key_size = parse_size(args.max_key_size)
     if args.folds is not None:
         spec.folds = check_folds(args.folds)
     timeout = parse_duration(args.timeout) if args.timeout else None
@@ -292,7 +295,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     check_writable(url)
     timeout = None
     if args.timeout:
-        from autofhe.search.spec import parse_duration
+        from autofhe.units import parse_duration
 
         timeout = parse_duration(args.timeout)
     if args.trials is not None and args.trials < 1:
@@ -381,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--max-latency", default=None, help="seconds per sample (constraint)")
     search.add_argument(
+        "--max-key-size",
+        default=None,
+        metavar="SIZE",
+        help="evaluation keys a client uploads (compressed), e.g. 200MB (constraint; default 4GB)",
+    )
+    search.add_argument(
         "--folds",
         type=int,
         default=None,
@@ -445,6 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--force", action="store_true", help="replace --out when it holds a bundle (only)"
     )
+    export.add_argument(
+        "--uncompressed",
+        action="store_true",
+        help="evaluation keys and encrypted inputs uncompressed (default: compressed, 3-7x "
+        "fewer bytes of keys to upload and ~50x smaller inputs, for ~0.5 s of decompression "
+        "on the server's first run with a key set)",
+    )
     export.set_defaults(func=deploy.cmd_export)
 
     predict = sub.add_parser("predict", help="predict with an exported bundle")
@@ -478,9 +494,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--timeout",
         type=float,
+        default=30.0,
+        help="seconds for a request head to arrive, and of silence inside a body",
+    )
+    serve.add_argument(
+        "--max-memory",
         default=None,
-        help="seconds a client may stay silent before it is dropped "
-        "(default $AUTOFHE_SERVE_TIMEOUT or 30)",
+        metavar="SIZE",
+        help="memory the server may use, e.g. 2GB: key sets beyond it are evicted, least "
+        "recently used first (default: half the memory available at start)",
+    )
+    serve.add_argument(
+        "--max-uploads", type=int, default=4, help="key uploads received at once (more: 503)"
+    )
+    serve.add_argument(
+        "--max-key-sets",
+        type=int,
+        default=None,
+        help="clients' key sets held at most (default: as many as --max-memory allows)",
     )
     serve.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     serve.set_defaults(func=deploy.cmd_serve)
@@ -496,6 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--digest",
         default=None,
         help="refuse --model unless its digest (bundle or client/) is this",
+    )
+    remote.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for each answer of the server (connecting: at most 10)",
     )
     remote.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     remote.set_defaults(func=deploy.cmd_remote_predict)

@@ -98,18 +98,33 @@ def cmd_export(args: argparse.Namespace) -> int:
                 "it was stored in a folder, set $AUTOFHE_ARTIFACTS to that folder."
             ) from None
         staged = Path(tmp) / "bundle"
-        unpack_bundle(archive, staged)  # path-checked, then checksums and versions
+        manifest = unpack_bundle(archive, staged)  # path-checked, then checksums and versions
+        if args.uncompressed:
+            staged = _uncompressed(staged, manifest)
         if replace:
             shutil.rmtree(out)
         elif out.exists():
             out.rmdir()
         shutil.move(str(staged), str(out))
+    from autofhe.fhe.bundle import read_manifest
+    from autofhe.units import megabytes
+
     measured = trial.user_attrs.get("measured_latency_s")
     metric = (study.metric_names or ["metric"])[0]
+    report = read_manifest(out).get("fhe_report") or {}
+    keys = report.get("evaluation_keys_bytes")
+    keygen = trial.user_attrs.get("keygen_s")
     print(
         f"exported trial {trial.number} of {study.study_name!r} to {out}: {metric} "
         f"{trial.values[0]:.4f} (validation, simulated), latency "
         + (f"{measured:.4g} s measured" if measured else f"{trial.values[1]:.4g} s predicted")
+        + (
+            f"; a client uploads {megabytes(keys)} of evaluation keys"
+            + (" (compressed)" if report.get("compress_evaluation_keys") else " (uncompressed)")
+            if keys is not None
+            else ""
+        )
+        + (f", generated in {keygen:.1f} s" if keygen is not None else "")
     )
     digest = bundle_digest(out)
     print(f"digest:   {digest}")
@@ -117,6 +132,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"          server/ {bundle_digest(out / 'server')}")
     print(f"predict:  autofhe predict --model {out} --data X.npy --fhe execute --digest {digest}")
     return 0
+
+
+def _uncompressed(bundle, manifest: dict):
+    """``bundle`` compiled again with uncompressed evaluation keys and inputs (``export
+    --uncompressed``), beside it."""
+    from autofhe.fhe.bundle import manifest_extras
+    from autofhe.fhe.model import CompiledModel
+
+    model = CompiledModel.load(bundle).recompiled(compress=False)
+    return model.save(bundle.with_name("uncompressed"), manifest_extras(manifest))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -160,35 +185,42 @@ def _write_predictions(pred, out: str | None, what: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from autofhe.fhe.progress import Progress, megabytes
-    from autofhe.fhe.serve import make_server
+    from autofhe.fhe.progress import Progress
+    from autofhe.fhe.serve import bind, make_app, run_server
+    from autofhe.fhe.service import ServeLimits, Service
+    from autofhe.units import megabytes, parse_size
 
+    limits = ServeLimits(
+        timeout=args.timeout,
+        max_uploads=args.max_uploads,
+        max_memory=parse_size(args.max_memory) if args.max_memory else None,
+        max_key_sets=args.max_key_sets,
+    ).checked()
+    sock = bind(args.host, args.port)  # a bad address or a busy port: said before compiling
     progress = Progress(quiet=args.quiet)
-    httpd = make_server(
-        args.model, args.host, args.port, args.digest, progress, timeout=args.timeout
-    )
-    host, port = httpd.server_address[:2]
+    service = Service(args.model, args.digest, limits, progress)
+    host, port = sock.getsockname()[:2]
     print(
         f"serving {args.model} on http://{host}:{port} (OpenAPI: /openapi.json); each client "
-        f"uploads {megabytes(httpd.evaluation_keys_bytes)} of evaluation keys once; Ctrl-C stops",
+        f"uploads {megabytes(service.key_bytes)} of evaluation keys once, {service.capacity} "
+        f"key set{'s' if service.capacity != 1 else ''} held at most; Ctrl-C stops",
         flush=True,
     )
-    try:
-        httpd.serve_forever()
-    finally:
-        httpd.server_close()
+    run_server(make_app(service, progress), sock, limits)
     return 0
 
 
 def cmd_remote_predict(args: argparse.Namespace) -> int:
     from autofhe.data import load_features
     from autofhe.fhe.progress import Progress
-    from autofhe.fhe.serve import HttpClient
+    from autofhe.fhe.remote import HttpClient, check_url
 
+    check_url(args.url)  # before any file is read or key generated
     _check_out(args.out)
     X = load_features(args.data, label_column=args.label_column)
-    client = HttpClient(
-        args.url, args.model, args.keys, digest=args.digest, progress=Progress(quiet=args.quiet)
-    )
-    pred = client.predict(X)
+    progress = Progress(quiet=args.quiet)
+    with HttpClient(
+        args.url, args.model, args.keys, args.digest, progress, timeout=args.timeout
+    ) as client:
+        pred = client.predict(X)
     return _write_predictions(pred, args.out, "encrypted predictions")

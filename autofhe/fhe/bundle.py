@@ -38,6 +38,7 @@ import numpy as np
 from autofhe.errors import BundleError
 from autofhe.fhe.codec import program_from_json, program_to_json
 from autofhe.fhe.compile import SYNTHETIC_ROWS, SYNTHETIC_SEED
+from autofhe.fhe.runtime import concrete_fhe
 
 if TYPE_CHECKING:
     from autofhe.fhe.model import CompiledModel
@@ -134,18 +135,45 @@ def read_json(path: Path) -> Any:
 
 def compile_server(data: dict):
     """``server/program.json`` -> the ``concrete.fhe.Circuit`` the server runs."""
-    from concrete import fhe
+    fhe = concrete_fhe()
 
     from autofhe.fhe.compile import compile_program, synthetic_inputset
 
     program = program_from_json(data)
-    settings = data.get("compile") or {}
+    settings = compile_settings(data)
     config = fhe.Configuration(
         dump_artifacts_on_unexpected_failures=False,
         p_error=settings.get("p_error"),
         global_p_error=settings.get("global_p_error"),
     )
-    return compile_program(program, synthetic_inputset(program), configuration=config)
+    return compile_program(
+        program, synthetic_inputset(program), configuration=config, compress=settings["compress"]
+    )
+
+
+def compile_settings(data: dict) -> dict:
+    """``program.json``'s compilation settings, checked: ``p_error``, ``global_p_error``
+    (probabilities or null) and ``compress`` (bundles written before compression was the
+    default carry no flag: uncompressed)."""
+    settings = data.get("compile") or {}
+    if not isinstance(settings, dict):
+        raise BundleError("program.json: compile is not an object; the bundle is corrupt.")
+    for key in ("p_error", "global_p_error"):
+        value = settings.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1
+        ):
+            raise BundleError(
+                f"program.json: compile.{key}={value!r} is not a probability; the bundle is "
+                "corrupt."
+            )
+    compress = settings.get("compress", False)
+    if not isinstance(compress, bool):
+        raise BundleError(
+            f"program.json: compile.compress={compress!r} is not true or false; the bundle is "
+            "corrupt."
+        )
+    return {**settings, "compress": compress}
 
 
 def check_specs(circuit, expected: dict, where: Path) -> None:
@@ -180,6 +208,8 @@ def save_bundle(
         "compile": {
             "p_error": config.p_error,
             "global_p_error": config.global_p_error,
+            # seeded evaluation keys and input ciphertexts (the client specs say so too)
+            "compress": bool(config.compress_evaluation_keys),
             "inputset": {"seed": SYNTHETIC_SEED, "random_rows": SYNTHETIC_ROWS},
         },
     }
@@ -214,6 +244,27 @@ def save_bundle(
             target.rmdir()
         shutil.move(str(work), str(target))
     return target
+
+
+#: model.json entries save_bundle writes itself; the others are the caller's (provenance...).
+MANIFEST_KEYS = (
+    "format",
+    "autofhe",
+    "concrete_python",
+    "python",
+    "task",
+    "n_features",
+    "classes",
+    "target",
+    "params",
+    "fhe_report",
+    "sha256",
+)
+
+
+def manifest_extras(manifest: dict) -> dict:
+    """What a caller added to ``model.json`` (``extra`` of :func:`save_bundle`)."""
+    return {k: v for k, v in manifest.items() if k not in MANIFEST_KEYS}
 
 
 def client_part(model: CompiledModel) -> dict:
@@ -313,7 +364,10 @@ def read_part(path: str | Path, part: str, digest: str | None = None) -> Path:
 def load_program(directory: str | Path, digest: str | None = None) -> tuple[dict, Any]:
     """The checked manifest and the integer program of a bundle."""
     manifest = read_manifest(directory, digest)
-    return manifest, program_from_json(read_json(Path(directory) / "server" / "program.json"))
+    data = read_json(Path(directory) / "server" / "program.json")
+    program = program_from_json(data)
+    compile_settings(data)  # checked on load, though only compiling reads them
+    return manifest, program
 
 
 # -- archives (how a study stores its front models) ---------------------------------------------

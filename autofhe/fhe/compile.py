@@ -19,6 +19,7 @@ import numpy as np
 
 from autofhe.errors import CompilationError, ResourceError
 from autofhe.fhe.program import IntegerProgram
+from autofhe.fhe.runtime import concrete_fhe, restore_signal_handlers
 
 __all__ = [
     "MAX_LOOKUP_BITS",
@@ -27,6 +28,7 @@ __all__ = [
     "choose_lsbs",
     "circuit_report",
     "compile_program",
+    "evaluation_key_bytes",
     "inputset",
     "r2_agreement",
     "reduced_widths",
@@ -177,9 +179,15 @@ def compile_program(
     *,
     p_error: float | None = None,
     configuration=None,
+    compress: bool = True,
 ):
-    """Compile ``program.run`` for encrypted inputs; returns a ``concrete.fhe.Circuit``."""
-    from concrete import fhe
+    """Compile ``program.run`` for encrypted inputs; returns a ``concrete.fhe.Circuit``.
+
+    ``compress``: evaluation keys and input ciphertexts are serialized seeded (concrete's own
+    compression): a client uploads 3-7x fewer bytes of keys and ~1/80 of each input, for about
+    half a second of decompression on the server's first run with a key set.
+    """
+    fhe = concrete_fhe()
 
     _check_lookup_bits(program)
     # concrete otherwise writes a debug dump (.artifacts/) into the working directory on
@@ -189,6 +197,7 @@ def compile_program(
         if configuration is not None
         else fhe.Configuration(dump_artifacts_on_unexpected_failures=False)
     )
+    config = config.fork(compress_evaluation_keys=compress, compress_input_ciphertexts=compress)
     if any(layer.rounding == "approximate" for layer in program.layers):
         # concrete's default clipping after approximate rounding (logical clipping, and an
         # extra lookup from 5 bits up) assumes one table per tensor: with our per-neuron tables
@@ -231,7 +240,9 @@ def run_circuit(circuit, x_int: np.ndarray, mode: str, progress: bool = True) ->
             from tqdm.auto import tqdm
 
             rows = tqdm(rows, desc="FHE execute", unit="sample", leave=False)
-        return np.stack([circuit.encrypt_run_decrypt(x_int[i]) for i in rows])
+        out = np.stack([circuit.encrypt_run_decrypt(x_int[i]) for i in rows])
+        restore_signal_handlers()  # the first run took SIGPIPE over (runtime.py)
+        return out
     return np.stack([circuit.simulate(x_int[i]) for i in rows])
 
 
@@ -245,10 +256,59 @@ def circuit_report_sizes(circuit) -> dict:
     }
 
 
+#: Bytes of framing around a serialized key set (measured: 320-640; 64 with no key at all).
+KEY_SET_OVERHEAD = 512
+
+
+def evaluation_key_bytes(specs: dict) -> tuple[int, int]:
+    """(bytes held in memory, bytes serialized for upload) of a circuit's evaluation keys,
+    from its client specs (``json.loads(circuit.client.specs.serialize())``): exact to a few
+    hundred bytes, and known without generating a key.
+
+    A bootstrap key holds ``input_lwe_dim * levels`` GLWE ciphertexts of ``glwe_dim + 1``
+    polynomials per GGSW row; seeded ("compressed"), only their bodies travel, 1 of
+    ``glwe_dim + 1`` polynomials. A keyswitch key holds ``input_dim * levels`` LWE ciphertexts
+    of ``output_dim + 1`` words; seeded, only their bodies (1 word each).
+    """
+    keyset = specs["keyset"]
+    full = sent = 0
+    for key in keyset.get("lweBootstrapKeys", []):
+        p = key["params"]
+        k1, n = p["glweDimension"] + 1, p["inputLweDimension"] * p["levelCount"]
+        body = n * k1 * p["polynomialSize"] * 8
+        full += body * k1
+        sent += body if key.get("compression") == "seed" else body * k1
+    for key in keyset.get("lweKeyswitchKeys", []):
+        p = key["params"]
+        n = p["inputLweDimension"] * p["levelCount"]
+        whole = n * (p["outputLweDimension"] + 1) * 8
+        full += whole
+        sent += n * 8 if key.get("compression") == "seed" else whole
+    overhead = KEY_SET_OVERHEAD if full else 64
+    return full + overhead, sent + overhead
+
+
+def ciphertext_bytes(specs: dict) -> int:
+    """Bytes of one sample's input and output ciphertexts, uncompressed: what encryption and
+    decryption work through (a seeded input is generated in full, then sent as its seed)."""
+    total = 0
+    for side in ("inputs", "outputs"):
+        for gate in specs["circuits"][0][side]:
+            lwe = gate["typeInfo"]["lweCiphertext"]
+            values = int(np.prod(lwe["abstractShape"]["dimensions"]))
+            total += values * (lwe["encryption"]["lweDimension"] + 1) * 8
+    return total
+
+
 def circuit_report(circuit, program: IntegerProgram) -> dict:
     """What the circuit costs, all known right after compilation (no key generation)."""
+    import json
+
     stats = circuit.statistics
     hidden = [layer for layer in program.layers if layer.has_lookup]
+    specs = json.loads(circuit.client.specs.serialize())
+    in_memory, uploaded = evaluation_key_bytes(specs)
+    config = circuit.configuration
     return {
         "pbs_count": int(stats["programmable_bootstrap_count"]),
         "lookups_per_layer": [layer.n_lookups for layer in hidden],
@@ -261,7 +321,14 @@ def circuit_report(circuit, program: IntegerProgram) -> dict:
         "size_of_bootstrap_keys": int(stats["size_of_bootstrap_keys"]),
         "size_of_keyswitch_keys": int(stats["size_of_keyswitch_keys"]),
         **circuit_report_sizes(circuit),
-        "size_of_inputs": int(stats["size_of_inputs"]),
+        # what a client uploads (compressed unless the circuit opted out) and what the
+        # server holds once it has decompressed them
+        "evaluation_keys_bytes": uploaded,
+        "evaluation_keys_memory_bytes": in_memory,
+        "compress_evaluation_keys": bool(config.compress_evaluation_keys),
+        "compress_input_ciphertexts": bool(config.compress_input_ciphertexts),
+        "size_of_inputs": int(stats["size_of_inputs"]),  # as sent (compressed or not)
+        "ciphertext_bytes": ciphertext_bytes(specs),
         "size_of_outputs": int(stats["size_of_outputs"]),
         "p_error": float(stats["p_error"]),
         "global_p_error": float(stats["global_p_error"]),

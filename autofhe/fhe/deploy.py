@@ -22,9 +22,11 @@ from autofhe.fhe.bundle import (
     read_json,
     read_part,
 )
+from autofhe.fhe.codec import check_client_matches, client_from_json, program_from_json
 from autofhe.fhe.model import CompiledModel
 from autofhe.fhe.program import quantize_inputs, softmax
 from autofhe.fhe.progress import Progress, megabytes
+from autofhe.fhe.runtime import concrete_fhe
 
 __all__ = ["FheClient", "FheServer", "measure_bundle", "predict_bundle"]
 
@@ -49,11 +51,15 @@ class FheClient:
         digest: str | None = None,
         progress: Progress | None = None,
     ):
-        from concrete import fhe
+        fhe = concrete_fhe()
 
         root = read_part(client, "client", digest)
-        self.info = read_json(root / "client.json")
         specs = read_json(root / "client.specs.json")
+        #: client.json, checked (against the specs: inputs, outputs; and the program)
+        self.part = client_from_json(read_json(root / "client.json"), specs)
+        if root != Path(client):  # a whole bundle: its program is at hand
+            program = program_from_json(read_json(root.parent / "server" / "program.json"))
+            check_client_matches(self.part, program)
         try:
             specs = fhe.ClientSpecs.deserialize(json.dumps(specs).encode())
         except (ValueError, RuntimeError, TypeError, KeyError) as exc:
@@ -94,11 +100,9 @@ class FheClient:
         return self._client.evaluation_keys.serialize()
 
     def quantize(self, X) -> np.ndarray:
-        X = check_X(X, n_features=self.info["n_features"], estimator="this model")
-        i = self.info
-        return quantize_inputs(
-            X, i["input_offset"], i["input_norm"], i["input_scale"], i["input_bits"]
-        )
+        p = self.part
+        X = check_X(X, n_features=p.n_features, estimator="this model")
+        return quantize_inputs(X, p.input_offset, p.input_norm, p.input_scale, p.input_bits)
 
     def encrypt(self, X) -> list[bytes]:
         """One serialized encrypted input per row of ``X``."""
@@ -111,26 +115,22 @@ class FheClient:
 
     def decrypt(self, outputs: list[bytes]) -> np.ndarray:
         """Real-valued outputs (logits or regression values) of serialized encrypted outputs."""
-        from concrete import fhe
+        fhe = concrete_fhe()
 
         self.keygen()
         acc = np.stack([self._client.decrypt(fhe.Value.deserialize(o)) for o in outputs])
         return self.outputs(acc)
 
     def outputs(self, acc: np.ndarray) -> np.ndarray:
-        return np.asarray(acc, dtype=np.float64) * np.asarray(self.info["output_scale"])
+        return np.asarray(acc, dtype=np.float64) * self.part.output_scale
 
     def predict_proba(self, real: np.ndarray) -> np.ndarray:
-        if self.info["task"] != "classification":
+        if not self.part.decoding.classification:
             raise BundleError("predict_proba is for classifiers; this bundle is a regressor.")
         return softmax(real)
 
     def predict(self, real: np.ndarray) -> np.ndarray:
-        if self.info["task"] == "classification":
-            return np.asarray(self.info["classes"])[np.argmax(real, axis=1)]
-        target = self.info["target"]
-        out = real * np.asarray(target["scale"]) + np.asarray(target["mean"])
-        return out.ravel() if target["ndim"] == 1 else out
+        return self.part.decoding.predict(real)
 
 
 class FheServer:
@@ -155,10 +155,11 @@ class FheServer:
             circuit = compile_server(data)
         check_specs(circuit, specs, root)
         self._server = circuit.server
+        self.n_features = len(data["input_scale"])  # checked by compile_server
 
     def run(self, encrypted_input: bytes, evaluation_keys: bytes) -> bytes:
         """Serialized encrypted input + serialized evaluation keys -> serialized output."""
-        from concrete import fhe
+        fhe = concrete_fhe()
 
         return self.run_value(
             fhe.Value.deserialize(encrypted_input), fhe.EvaluationKeys.deserialize(evaluation_keys)
@@ -224,7 +225,7 @@ def predict_bundle(
                 circuit = model.circuit  # compiled on first use, checked against the specs
             acc = np.stack([circuit.simulate(row) for row in x_int])
         real = client.outputs(acc)
-    proba = client.predict_proba(real) if client.info["task"] == "classification" else None
+    proba = client.predict_proba(real) if client.part.decoding.classification else None
     return client.predict(real), proba
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from autofhe.errors import BundleError, ParameterError
+from autofhe.errors import ParameterError
+from autofhe.fhe.codec import Decoding, check_client_matches, client_from_json
 from autofhe.fhe.compile import (
     argmax_agreement,
     choose_lsbs,
@@ -32,53 +33,6 @@ from autofhe.fhe.program import IntegerProgram, softmax
 __all__ = ["CompiledModel", "Decoding", "compile_model"]
 
 FHE_MODES = ("disable", "simulate", "execute")
-
-
-@dataclass
-class Decoding:
-    """Real-valued outputs -> predictions: the classes, or the target's mean and scale."""
-
-    task: str  # "classification" or "regression"
-    classes: np.ndarray | None = None
-    target_mean: np.ndarray | None = None
-    target_scale: np.ndarray | None = None
-    target_ndim: int = 1
-
-    @property
-    def classification(self) -> bool:
-        return self.task == "classification"
-
-    def predict(self, real: np.ndarray) -> np.ndarray:
-        if self.classification:
-            return np.asarray(self.classes)[np.argmax(real, axis=1)]
-        out = real * self.target_scale + self.target_mean
-        return out.ravel() if self.target_ndim == 1 else out
-
-    def to_json(self) -> dict:
-        """The ``classes`` / ``target`` entries of ``client/client.json``."""
-        if self.classification:
-            return {"classes": np.asarray(self.classes).tolist(), "target": None}
-        target = {
-            "mean": np.asarray(self.target_mean).tolist(),
-            "scale": np.asarray(self.target_scale).tolist(),
-            "ndim": int(self.target_ndim),
-        }
-        return {"classes": None, "target": target}
-
-    @classmethod
-    def from_json(cls, client: dict) -> Decoding:
-        task = client.get("task")
-        if task == "classification" and isinstance(client.get("classes"), list):
-            return cls(task, classes=np.asarray(client["classes"]))
-        target = client.get("target")
-        if task == "regression" and isinstance(target, dict):
-            return cls(
-                task,
-                target_mean=np.asarray(target.get("mean"), dtype=np.float64),
-                target_scale=np.asarray(target.get("scale"), dtype=np.float64),
-                target_ndim=int(target.get("ndim", 1)),
-            )
-        raise BundleError(f"client.json has no valid output decoding for task {task!r}.")
 
 
 @dataclass
@@ -141,6 +95,20 @@ class CompiledModel:
 
         return save_archive(self, archive, extra)
 
+    def recompiled(self, compress: bool) -> CompiledModel:
+        """The same program compiled as a server compiles it (data-free inputs), with
+        evaluation keys and inputs compressed or not: what ``export --uncompressed`` ships."""
+        from autofhe.fhe.compile import synthetic_inputset
+
+        circuit = compile_program(
+            self.program,
+            synthetic_inputset(self.program),
+            configuration=self.circuit.configuration,
+            compress=compress,
+        )
+        report = circuit_report(circuit, self.program)
+        return CompiledModel(self.program, self.decoding, report, dict(self.params), circuit)
+
     @classmethod
     def load(cls, directory: str | Path, digest: str | None = None) -> CompiledModel:
         """A bundle directory, checked (pinned ``digest``, listing, checksums, versions)."""
@@ -148,7 +116,9 @@ class CompiledModel:
 
         root = Path(directory)
         manifest, program = load_program(root, digest)
-        client = read_json(root / "client" / "client.json")
+        specs = read_json(root / "client" / "client.specs.json")
+        client = client_from_json(read_json(root / "client" / "client.json"), specs)
+        check_client_matches(client, program)
         server = (
             read_json(root / "server" / "program.json"),
             read_json(root / "server" / "client.specs.json"),
@@ -158,7 +128,7 @@ class CompiledModel:
         params = manifest.get("params")
         return cls(
             program,
-            Decoding.from_json(client if isinstance(client, dict) else {}),
+            client.decoding,
             dict(report) if isinstance(report, dict) else {},
             dict(params) if isinstance(params, dict) else {},
             _server=server,
@@ -191,20 +161,26 @@ def compile_model(
     rounding: str = "auto",
     lookup_bits: int | None = None,
     params: dict[str, Any] | None = None,
+    compress: bool = True,
 ) -> CompiledModel:
     """Choose the rounding of ``program`` on rows ``X``, compile it; the compiled model.
 
     ``program`` must carry its lookup functions (the training side builds it) unless it is
     compiled with the rounding it already has. ``rounding`` / ``lookup_bits``: see
     :func:`~autofhe.fhe.compile.choose_lsbs`; outputs must keep their class (classifiers) or
-    99% of their variance (regressors) on ``X``.
+    99% of their variance (regressors) on ``X``. ``compress``: see
+    :func:`~autofhe.fhe.compile.compile_program`.
     """
     agreement = argmax_agreement if decoding.classification else r2_agreement
     lsbs = choose_lsbs(program, program.quantize(X), rounding, lookup_bits, agreement=agreement)
     mode = "approximate" if rounding == "approximate" else "exact"
     fhe_program = program.with_rounding(lsbs, mode)
     circuit = compile_program(
-        fhe_program, inputset(fhe_program, X), p_error=p_error, configuration=configuration
+        fhe_program,
+        inputset(fhe_program, X),
+        p_error=p_error,
+        configuration=configuration,
+        compress=compress,
     )
     # the rows X widened some reduced accumulators: a server compiles with data-free rows only
     fhe_program = fhe_program.with_reduced_bits(reduced_widths(circuit))

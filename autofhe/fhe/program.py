@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autofhe.errors import CompilationError
+from autofhe.fhe.runtime import concrete_fhe
 
 __all__ = [
     "IntegerProgram",
@@ -119,7 +120,7 @@ class ProgramLayer:
             if self.rounding == "approximate":  # the clear reference: round half up
                 return ((acc + (1 << (k - 1))) >> k) << k
             return (acc >> k) << k  # arithmetic shift: floor, as truncate_bit_pattern
-        from concrete import fhe
+        fhe = concrete_fhe()
 
         if self.rounding == "approximate":
             return fhe.round_bit_pattern(acc, lsbs_to_remove=k, exactness=fhe.Exactness.APPROXIMATE)
@@ -170,7 +171,7 @@ class ProgramLayer:
     def lookup(self, acc):
         """Apply the lookup to ``acc`` (numpy integers or a concrete tracer)."""
         if not _is_numpy(acc):
-            from concrete import fhe
+            fhe = concrete_fhe()
 
             return fhe.LookupTable([fhe.LookupTable(row) for row in self.table])[acc]
         acc = np.asarray(acc)
@@ -280,7 +281,7 @@ def _is_numpy(value) -> bool:
 def _hint(value, bit_width: int):
     if _is_numpy(value):
         return value
-    from concrete import fhe
+    fhe = concrete_fhe()
 
     return fhe.hint(value, bit_width=bit_width)
 

@@ -1,400 +1,328 @@
-"""Encrypted inference over HTTP: a server holding only the server part, and its client.
+"""``autofhe serve``: encrypted inference over HTTP, on FastAPI and uvicorn.
 
-Protocol (bodies are raw bytes, ``application/octet-stream``):
+Protocol (bodies are raw bytes, ``application/octet-stream``; OpenAPI at ``/openapi.json``):
 
-- ``POST /keys``: serialized evaluation keys -> ``{"key_id": "<sha256>"}`` (register once);
-- ``POST /predict/<key_id>``: one serialized encrypted input -> the serialized encrypted output;
-- ``GET /info``: model metadata (task, features, versions); ``GET /openapi.json``.
+- ``GET /info``: the service and its versions, the served model's digest, the digest of the
+  client specs a client's keys must have, and the size of those keys;
+- ``GET /keys/{key_id}``: 200 while the server holds that key set, else 404;
+- ``POST /keys``: serialized evaluation keys -> ``{"key_id": "<sha256 of the body>"}``;
+- ``POST /predict/{key_id}``: one serialized encrypted input -> its encrypted output.
 
-Every error is JSON ``{"error": "..."}`` with its status: 400 malformed request or payload,
-404 unknown route or key, 405 (with ``Allow``) another method, 408 body not sent in time, 413
-too large, 503 no upload slot free. None stops the server. Each connection has a socket
-timeout, and a key upload must also finish within a deadline set by its size, so a client that
-stalls is dropped and cannot hold one of the few upload slots for long.
+Every error is JSON ``{"error": "..."}`` with its status: 400 malformed, 404 unknown route or
+key set, 405 (with ``Allow``), 408 body too slow, 411, 413, 503 busy (with ``Retry-After``).
+What clients can hold is configured (:class:`~autofhe.fhe.service.ServeLimits`): a request
+head must arrive within ``timeout`` (uvicorn's h11 protocol with a deadline added), a body
+must keep up :data:`MIN_BODY_RATE` after :data:`BODY_GRACE_S`, at most ``max_uploads`` key
+sets are received at once, and at most ``max_queue`` predictions wait for one of
+``max_runs`` encrypted runs, which run in threads (concrete releases the GIL).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import threading
+import asyncio
+import errno
+import ipaddress
+import socket
 import time
-import urllib.error
-import urllib.request
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
-import numpy as np
+import anyio
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from autofhe.errors import HttpError, ParameterError
-from autofhe.fhe.bundle import read_manifest
-from autofhe.fhe.deploy import FheClient, FheServer, count_samples
-from autofhe.fhe.openapi import openapi
-from autofhe.fhe.progress import Progress, megabytes
+from autofhe.fhe.progress import Progress
+from autofhe.fhe.service import KeysFull, ServeLimits, Service, UnknownKeys
+from autofhe.units import megabytes
 
-__all__ = ["HttpClient", "make_server", "openapi"]
+__all__ = ["bind", "make_app", "run_server"]
 
+#: Largest encrypted input accepted (an uncompressed 64-feature 8-bit row is about 2 MB).
 MAX_INPUT_BYTES = 64 * 1024**2
-#: Key sets kept in memory (oldest dropped first) and key uploads read at once.
-MAX_REGISTERED_KEYS = 8
-MAX_CONCURRENT_UPLOADS = 2
-#: Seconds a connection may stay silent (``AUTOFHE_SERVE_TIMEOUT`` overrides it), and the
-#: slowest upload rate accepted: a body must arrive within timeout + size / rate.
-DEFAULT_TIMEOUT_S = 30.0
-MIN_UPLOAD_BYTES_PER_S = 256 * 1024
-#: The methods of each route, for 405 answers and their ``Allow`` header.
-ROUTES = {"/info": "GET", "/openapi.json": "GET", "/keys": "POST", "/predict/": "POST"}
+#: After BODY_GRACE_S seconds a body must keep arriving at MIN_BODY_RATE bytes per second: a
+#: client trickling a few bytes now and then is answered 408 within seconds.
+MIN_BODY_RATE = 256 * 1024
+BODY_GRACE_S = 3.0
+#: Seconds a client is told to wait before it retries a 503.
+RETRY_AFTER_S = 1
+#: How long a key upload waits for a free upload slot before it is told to retry.
+SLOT_WAIT_S = 1.0
+OCTETS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
 
-def _allowed(path: str) -> str | None:
-    """The methods of the route ``path`` belongs to, or None for no route."""
-    for route, methods in ROUTES.items():
-        if path == route or (route.endswith("/") and path.startswith(route)):
-            return methods
-    return None
+class _Refused(Exception):
+    """An answer other than 200, raised inside a route: ``status``, ``message``, headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
 
 
-def _timeout(timeout: float | None) -> float:
-    if timeout is None:
-        raw = os.environ.get("AUTOFHE_SERVE_TIMEOUT", str(DEFAULT_TIMEOUT_S))
-        try:
-            timeout = float(raw)
-        except ValueError:
-            timeout = -1.0
-    if not timeout > 0:  # also refuses NaN
-        raise ParameterError(
-            f"serve timeout {timeout!r} (or $AUTOFHE_SERVE_TIMEOUT) is not a positive number "
-            "of seconds; pass e.g. 30."
-        )
-    return timeout
-
-
-def _evaluation_keys_size(server: FheServer, manifest: dict) -> int:
-    """Serialized size of this circuit's evaluation keys (fixed by its crypto parameters),
-    learned from a throwaway key set: keys of any other size belong to another circuit, and
-    concrete aborts the whole process when it runs a circuit with foreign keys."""
-    from concrete import fhe
-
-    from autofhe.fhe.compile import check_key_memory
-
-    check_key_memory(manifest["fhe_report"])
-    probe = fhe.Client(server.client_specs)
-    probe.keygen()
-    return len(probe.evaluation_keys.serialize())
-
-
-def make_server(
-    bundle: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    digest: str | None = None,
-    progress: Progress | None = None,
-    timeout: float | None = None,
-):
-    """An HTTP server for a bundle directory (``model.json`` + ``server/``).
-
-    ``digest``: the bundle's pinned digest; any other bundle is refused before it is read.
-    The circuit is compiled from the bundle's integer program (see :class:`FheServer`).
-    ``progress``: reports compilation, the key-size probe and each key registration. The
-    server's ``evaluation_keys_bytes`` attribute is the size of the keys a client uploads.
-    ``timeout``: seconds a connection may stay silent before it is dropped (default
-    ``$AUTOFHE_SERVE_TIMEOUT`` or 30); also how long a key upload waits for a free slot.
-    """
-    from concrete import fhe
-
-    timeout = _timeout(timeout)
-    progress = progress or Progress(quiet=True)
-    manifest = read_manifest(bundle, digest)
-    server = FheServer(bundle, digest, progress=progress)
-    with progress.step("measuring this circuit's evaluation-key size (a throwaway keygen)") as r:
-        keys_size = _evaluation_keys_size(server, manifest)
-        r["detail"] = megabytes(keys_size)
-    public = {k: manifest[k] for k in ("task", "n_features", "concrete_python", "autofhe")}
-    public["evaluation_keys_bytes"] = keys_size
-    keys: dict[str, object] = {}
-    lock = threading.Lock()
-    uploads = threading.BoundedSemaphore(MAX_CONCURRENT_UPLOADS)
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "autofhe"
-
-        def log_message(self, fmt, *args):  # quiet: one line per request on stderr is noise
-            return
-
-        def setup(self):
-            self.timeout = timeout  # StreamRequestHandler applies it to the socket
-            super().setup()
-
-        def handle_one_request(self):
-            try:
-                super().handle_one_request()
-            except OSError:  # the client went away (reset, broken pipe): nobody to answer
-                self.close_connection = True
-            except Exception as exc:  # a bug of ours: still a JSON answer, and serving goes on
-                self.close_connection = True
-                message = f"internal error ({type(exc).__name__}); the server keeps serving"
-                try:
-                    self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": message})
-                except OSError:
-                    pass
-
-        def __getattr__(self, name: str):
-            # http.server answers a method without a do_<METHOD> with an HTML 501 page; every
-            # method this server does not declare gets a JSON 405 (404 off the routes) instead
-            if name.startswith("do_"):
-                return self._not_allowed
-            raise AttributeError(name)
-
-        def _not_allowed(self) -> None:
-            allowed = _allowed(self.path)
-            if allowed is None:
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
-            elif self.command == "OPTIONS":
-                self.send_response(HTTPStatus.NO_CONTENT)
-                self.send_header("Allow", f"{allowed}, OPTIONS")
-                self.end_headers()
-            else:
-                message = f"{self.command} is not allowed on {self.path}; use {allowed}"
-                self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": message}, allow=allowed)
-
-        def parse_request(self) -> bool:
-            if not super().parse_request():
-                return False
-            if self.request_version == "HTTP/0.9":  # its answers have no status line
-                self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 requests are not supported")
-                return False
-            return True
-
-        def send_error(self, code, message=None, explain=None):
-            # http.server's own errors (bad request line, headers too long...) as JSON too;
-            # before the request line is parsed the version is unknown: answer in HTTP/1.0
-            if getattr(self, "request_version", "") in ("", "HTTP/0.9"):
-                self.request_version = "HTTP/1.0"
-            short = self.responses.get(code, ("error",))[0]
-            self._json(code, {"error": message or short})
-
-        def _send(self, status: int, body: bytes, ctype: str, allow: str | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            if allow:
-                self.send_header("Allow", allow)
-            if status >= 400:  # an unread body would be parsed as the next request
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def _json(self, status: int, payload: dict, allow: str | None = None) -> None:
-            self._send(status, json.dumps(payload).encode(), "application/json", allow)
-
-        def _read(self, length: int) -> bytes | None:
-            """``length`` body bytes, or None (and a 408) on a stall or past the deadline."""
-            deadline = time.monotonic() + timeout + length / MIN_UPLOAD_BYTES_PER_S
-            blocks, received = [], 0
-            try:
-                while received < length:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError
-                    self.connection.settimeout(min(timeout, left))
-                    block = self.rfile.read1(min(length - received, 1 << 20))
-                    if not block:  # the client closed the connection mid-body
-                        self.close_connection = True
-                        return None
-                    blocks.append(block)
-                    received += len(block)
-            except TimeoutError:
-                message = f"request body not received in time ({received} of {length} bytes)"
-                try:
-                    self._json(HTTPStatus.REQUEST_TIMEOUT, {"error": message})
-                except OSError:
-                    self.close_connection = True
-                return None
-            finally:
-                self.connection.settimeout(timeout)
-            return b"".join(blocks)
-
-        def _body(self, limit: int) -> bytes | None:
-            raw = self.headers.get("Content-Length")
-            if raw is None:
-                self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"})
-                return None
-            try:
-                length = int(raw)
-            except ValueError:
-                self._json(HTTPStatus.BAD_REQUEST, {"error": f"Content-Length {raw!r} is invalid"})
-                return None
-            if length <= 0:
-                self._json(HTTPStatus.BAD_REQUEST, {"error": "empty body"})
-                return None
-            if length > limit:
-                self._json(
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                    {"error": f"body of {length} bytes is over the {limit}-byte limit"},
-                )
-                return None
-            return self._read(length)
-
-        def do_GET(self):
-            if self.path == "/info":
-                self._json(HTTPStatus.OK, public)
-            elif self.path == "/openapi.json":
-                self._json(HTTPStatus.OK, openapi(public))
-            else:
-                self._not_allowed()
-
-        def do_POST(self):
-            if self.path == "/keys":
-                # a stalled upload is dropped within `timeout`, so waiting that long for a
-                # slot gets one unless every slot holds a live (slow) upload
-                if not uploads.acquire(timeout=timeout):
-                    self._json(
-                        HTTPStatus.SERVICE_UNAVAILABLE,
-                        {"error": "too many key uploads at once; retry shortly"},
-                    )
-                    return
-                try:
-                    body = self._body(keys_size)
-                finally:
-                    uploads.release()
-                if body is None:
-                    return
-                if len(body) != keys_size:
-                    message = (
-                        f"evaluation keys of {len(body)} bytes do not belong to this model "
-                        f"({keys_size} bytes); generate keys from this bundle's client part"
-                    )
-                    self._json(HTTPStatus.BAD_REQUEST, {"error": message})
-                    return
-                try:
-                    evaluation_keys = fhe.EvaluationKeys.deserialize(body)
-                except Exception:
-                    self._json(
-                        HTTPStatus.BAD_REQUEST, {"error": "body is not serialized evaluation keys"}
-                    )
-                    return
-                key_id = hashlib.sha256(body).hexdigest()
-                with lock:
-                    if len(keys) >= MAX_REGISTERED_KEYS and key_id not in keys:
-                        keys.pop(next(iter(keys)))  # oldest first
-                    keys[key_id] = evaluation_keys
-                progress.say(f"evaluation keys {key_id[:12]} registered ({megabytes(len(body))})")
-                self._json(HTTPStatus.OK, {"key_id": key_id})
-            elif self.path.startswith("/predict/"):
-                key_id = self.path.removeprefix("/predict/")
-                with lock:
-                    evaluation_keys = keys.get(key_id)
-                if evaluation_keys is None:
-                    self._json(
-                        HTTPStatus.NOT_FOUND,
-                        {"error": f"unknown key_id {key_id!r}; POST /keys first"},
-                    )
-                    return
-                body = self._body(MAX_INPUT_BYTES)
-                if body is None:
-                    return
-                try:
-                    value = fhe.Value.deserialize(body)
-                except Exception:
-                    self._json(
-                        HTTPStatus.BAD_REQUEST,
-                        {"error": "body is not a serialized encrypted input"},
-                    )
-                    return
-                try:
-                    result = server.run_value(value, evaluation_keys)
-                except Exception as exc:  # e.g. an input of another circuit's shape
-                    self._json(
-                        HTTPStatus.BAD_REQUEST,
-                        {"error": f"the input does not fit this model: {exc}"},
-                    )
-                    return
-                self._send(HTTPStatus.OK, result.serialize(), "application/octet-stream")
-            else:
-                self._not_allowed()
-
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, made before anything slow (compilation, keys) so
+    that a bad address or a busy port is one clear error at once."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ParameterError(f"--port {port!r} is not a TCP port; pass 0 to 65535 (0: any free).")
     try:
-        httpd = ThreadingHTTPServer((host, port), Handler)
-    except OSError as exc:
-        raise HttpError(
-            f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port."
-        ) from None
-    httpd.evaluation_keys_bytes = keys_size
-    return httpd
-
-
-class _Upload:
-    """A request body read in blocks by http.client, reporting bytes sent and the rate."""
-
-    def __init__(self, body: bytes, progress: Progress, what: str):
-        self._view, self._sent = memoryview(body), 0
-        self._progress, self._what = progress, what
-        self._start = time.perf_counter()
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._view) if size is None or size < 0 else self._sent + size
-        block = self._view[self._sent : end].tobytes()
-        if block:
-            self._sent += len(block)
-            total = len(self._view)
-            elapsed = time.perf_counter() - self._start
-            line = self._progress.rate_line(self._what, self._sent, total, elapsed)
-            self._progress.count(line, final=self._sent == total)
-        return block
-
-
-class HttpClient:
-    """Keys, encryption and decryption here; the model runs on the server at ``url``."""
-
-    def __init__(
-        self,
-        url: str,
-        client: str | Path,
-        key_dir: str | Path | None = None,
-        digest: str | None = None,
-        progress: Progress | None = None,
-    ):
-        self.url = url.rstrip("/")
-        self.progress = progress or Progress(quiet=True)
-        self.client = FheClient(client, key_dir, digest, progress=self.progress)
-        self.key_id: str | None = None
-
-    def _post(self, path: str, body: bytes, upload: str | None = None) -> bytes:
-        """POST ``body``; with ``upload`` (a label), its progress is reported as it is sent."""
-        headers = {"Content-Type": "application/octet-stream"}
-        data: bytes | _Upload = body
-        if upload:  # http.client then sends it in blocks, each one reported
-            data = _Upload(body, self.progress, upload)
-            headers["Content-Length"] = str(len(body))
-        request = urllib.request.Request(self.url + path, data=data, method="POST", headers=headers)
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
         try:
-            with urllib.request.urlopen(request, timeout=3600) as response:
-                return response.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")
-            raise HttpError(f"{self.url}{path} answered {exc.code}: {detail}") from None
-        except urllib.error.URLError as exc:
-            raise HttpError(f"cannot reach {self.url}: {exc.reason}") from None
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        except (socket.gaierror, UnicodeError):
+            raise ParameterError(
+                f"--host {host!r} is not an IP address or a name this machine resolves; pass "
+                "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)."
+            ) from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            fix = f"port {port} is in use: pick another --port (0: any free port)"
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            fix = f"port {port} needs privileges: pick a --port above 1023"
+        else:
+            fix = f"--host {host} is not an address of this machine: pass one it has"
+        raise HttpError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); {fix}.") from None
+    sock.setblocking(False)
+    return sock
 
-    def register(self) -> str:
-        """Generate (or load) keys and upload the evaluation keys; returns the key id."""
-        keys = self.client.evaluation_keys()
-        self.progress.say(f"uploading {megabytes(len(keys))} of evaluation keys to {self.url}")
-        answer = self._post("/keys", keys, upload="evaluation keys uploaded")
-        self.key_id = json.loads(answer)["key_id"]
-        return self.key_id
 
-    def predict(self, X, proba: bool = False) -> np.ndarray:
-        x_int = self.client.quantize(X)  # bad input is refused before keys are made
-        if self.key_id is None:
-            self.register()
-        outputs, start = [], time.perf_counter()
-        for i, row in enumerate(x_int):
-            outputs.append(self._post(f"/predict/{self.key_id}", self.client.encrypt_row(row)))
-            count_samples(self.progress, "encrypted predictions", i + 1, len(x_int), start)
-        real = self.client.decrypt(outputs)
-        return self.client.predict_proba(real) if proba else self.client.predict(real)
+async def _read_body(request, limit: int, timeout: float) -> bytes:
+    """The request body, refused when its length is missing, wrong or over ``limit``, or when it
+    does not arrive in time (silent for ``timeout``, or slower than MIN_BODY_RATE)."""
+    raw = request.headers.get("content-length")
+    if raw is None:
+        raise _Refused(411, "Content-Length is required")
+    try:
+        length = int(raw)
+    except ValueError:
+        raise _Refused(400, f"Content-Length {raw!r} is invalid") from None
+    if length <= 0:
+        raise _Refused(400, "empty body")
+    if length > limit:
+        raise _Refused(413, f"body of {length} bytes is over the {limit}-byte limit")
+    # filled in place: growing a buffer of tens of MB would copy it over and over
+    body, received, start = bytearray(length), 0, time.monotonic()
+    chunks = request.stream().__aiter__()
+    while received < length:
+        # due: the grace, then as many seconds as the bytes so far need at the minimum rate
+        due = start + BODY_GRACE_S + received / MIN_BODY_RATE
+        wait = min(timeout, max(due - time.monotonic(), 0.0))
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), wait)
+        except TimeoutError:
+            raise _Refused(
+                408, f"request body not received in time ({received} of {length} bytes)"
+            ) from None
+        except StopAsyncIteration:
+            break
+        except ClientDisconnect:  # gone mid-body: nobody reads the answer, nothing to log
+            raise _Refused(400, "the client went away mid-body") from None
+        if received + len(chunk) > length:
+            raise _Refused(400, f"body longer than the {length} bytes announced")
+        body[received : received + len(chunk)] = chunk
+        received += len(chunk)
+    if received != length:
+        raise _Refused(400, f"body of {received} bytes, not the {length} announced")
+    return bytes(body)
+
+
+def make_app(service: Service, progress: Progress | None = None):
+    """The FastAPI application of ``service`` (routes, errors as JSON, limits)."""
+    progress = progress or Progress(quiet=True)
+    limits = service.limits
+    app = FastAPI(
+        title="autofhe encrypted inference",
+        version=service.info["autofhe"],
+        docs_url=None,
+        redoc_url=None,
+        description="Register evaluation keys once, then post encrypted inputs.",
+    )
+    state = {"uploads": asyncio.Semaphore(limits.max_uploads), "waiting": 0}
+    keys_full = (
+        f"the server holds {service.capacity} key sets, each in use or awaiting its first "
+        "prediction; retry shortly"
+    )
+    runs = anyio.CapacityLimiter(limits.max_runs)
+
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        # an unread body would be parsed as the next request: every refusal ends the connection
+        return JSONResponse({"error": message}, status, {**(headers or {}), "Connection": "close"})
+
+    @app.exception_handler(_Refused)
+    async def refused(request: Request, exc: _Refused):
+        return error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        headers = dict(exc.headers or {})
+        if exc.status_code == 404:
+            message = f"no route {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}; use " + (
+                headers.get("allow") or headers.get("Allow", "another method")
+            )
+        else:
+            message = str(exc.detail)
+        return error(exc.status_code, message, headers)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        message = f"internal error ({type(exc).__name__}); the server keeps serving"
+        return error(500, message)
+
+    key_id_json = {"application/json": {"schema": {"properties": {"key_id": {"type": "string"}}}}}
+
+    @app.get("/info", summary="The service, its versions and the served model")
+    async def info() -> dict:
+        return {**service.info, "key_sets_held": len(service.keys)}
+
+    @app.get(
+        "/keys/{key_id}",
+        summary="Whether the server holds this key set",
+        responses={404: {"description": "not held (never sent, or evicted): POST /keys"}},
+    )
+    async def has_keys(key_id: str) -> dict:
+        if key_id not in service.keys:
+            raise _Refused(404, f"unknown key_id {key_id!r}; POST /keys first")
+        return {"key_id": key_id}
+
+    @app.post(
+        "/keys",
+        summary="Register serialized evaluation keys",
+        openapi_extra={"requestBody": {"required": True, "content": OCTETS}},
+        responses={200: {"content": key_id_json}, 503: {"description": "busy: retry"}},
+    )
+    async def register(request: Request) -> dict:
+        try:
+            await asyncio.wait_for(state["uploads"].acquire(), SLOT_WAIT_S)
+        except TimeoutError:
+            raise _Refused(
+                503,
+                f"{limits.max_uploads} key uploads are in progress; retry shortly",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
+        try:
+            if service.keys.full():  # before the body is read: it would be thrown away
+                raise _Refused(503, keys_full, {"Retry-After": str(RETRY_AFTER_S)})
+            size = service.key_bytes
+            announced = request.headers.get("content-length")
+            if announced is not None and announced.isdigit() and int(announced) != size:
+                raise _Refused(
+                    400,
+                    f"evaluation keys of {announced} bytes do not belong to this model "
+                    f"({size} bytes); generate keys from this bundle's client part",
+                )
+            body = await _read_body(request, size, limits.timeout)
+            try:
+                key_id = await anyio.to_thread.run_sync(service.register, body)
+            except ValueError as exc:
+                raise _Refused(400, str(exc)) from None
+            except KeysFull:
+                raise _Refused(503, keys_full, {"Retry-After": str(RETRY_AFTER_S)}) from None
+        finally:
+            state["uploads"].release()
+        progress.say(f"evaluation keys {key_id[:12]} registered ({megabytes(size)})")
+        return {"key_id": key_id}
+
+    @app.post(
+        "/predict/{key_id}",
+        summary="Run one serialized encrypted input",
+        response_class=Response,
+        openapi_extra={"requestBody": {"required": True, "content": OCTETS}},
+        responses={
+            200: {"content": OCTETS, "description": "the serialized encrypted output"},
+            404: {"description": "unknown key_id (never sent, or evicted): POST /keys again"},
+            503: {"description": "busy: retry after Retry-After seconds"},
+        },
+    )
+    async def predict(key_id: str, request: Request) -> Response:
+        unknown = _Refused(404, f"unknown key_id {key_id!r}; POST /keys first")
+        if key_id not in service.keys:
+            raise unknown
+        body = await _read_body(request, MAX_INPUT_BYTES, limits.timeout)
+        if state["waiting"] >= limits.max_queue + limits.max_runs:
+            raise _Refused(
+                503,
+                f"{state['waiting']} predictions in progress; retry shortly",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
+        state["waiting"] += 1
+        try:
+            output = await anyio.to_thread.run_sync(service.run, key_id, body, limiter=runs)
+        except UnknownKeys:  # evicted while the body arrived
+            raise unknown from None
+        except ValueError as exc:  # e.g. an input of another circuit's shape
+            raise _Refused(400, str(exc)) from None
+        finally:
+            state["waiting"] -= 1
+        return Response(output, media_type="application/octet-stream")
+
+    return app
+
+
+def _protocol(head_timeout: float):
+    """uvicorn's h11 protocol, with a deadline on every request head: a connection that opens
+    and stays silent, or trickles its head, is closed after ``head_timeout`` seconds (uvicorn
+    itself only times out idle keep-alive connections)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadline(H11Protocol):
+        _deadline = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(head_timeout, self._expired)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expired(self) -> None:
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            cycle = self.cycle
+            super().handle_events()
+            if self.cycle is not cycle:  # a request head arrived
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            self._arm()  # for the next request's head (disarmed again if it is pipelined)
+            super().on_response_complete()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeadDeadline
+
+
+def run_server(app, sock: socket.socket, limits: ServeLimits) -> None:
+    """Serve ``app`` on the bound ``sock`` until SIGINT or SIGTERM (uvicorn's handlers)."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        http=_protocol(limits.timeout),
+        lifespan="off",
+        access_log=False,
+        log_level="error",  # not a line per malformed request a hostile client sends
+        limit_concurrency=limits.max_connections,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=5,
+        h11_max_incomplete_event_size=16 * 1024,
+        server_header=False,
+    )
+    uvicorn.Server(config).run(sockets=[sock])

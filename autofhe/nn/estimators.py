@@ -266,6 +266,7 @@ class _QuantNet:
         configuration=None,
         rounding: str = "auto",
         lookup_bits: int | None = None,
+        compress: bool = True,
     ):
         """Compile the fitted model to a TFHE circuit; returns self.
 
@@ -281,6 +282,8 @@ class _QuantNet:
         lookup_bits : force every table lookup to at most this many bits. Default: the
             ``module__lookup_bits`` the model was trained for, if any (then training already
             saw the truncation this compiles).
+        compress : serialize evaluation keys and encrypted inputs compressed (seeded), as a
+            client uploads them: 3-7x smaller keys, inputs ~80x smaller. False opts out.
 
         After compiling, ``predict(X, fhe="disable")`` runs the compiled integer program (the
         same function the circuit computes, rounding included).
@@ -298,6 +301,7 @@ class _QuantNet:
             rounding=rounding,
             lookup_bits=lookup_bits,
             params=self.get_params(deep=False),
+            compress=compress,
         )
         return self
 

@@ -131,8 +131,11 @@ def trial_note(trial: Any, metric: str) -> str:
         facts.append(f"lookups per layer {a['lookups_per_layer']}")
     if a.get("max_bit_width") is not None:
         facts.append(f"max bit width {a['max_bit_width']}")
-    if a.get("size_of_evaluation_keys") is not None:
-        facts.append(f"evaluation keys {a['size_of_evaluation_keys'] / 1e6:.1f} MB")
+    if a.get("evaluation_keys_bytes") is not None:
+        keys = f"evaluation keys {a['evaluation_keys_bytes'] / 1e6:.1f} MB as uploaded"
+        if a.get("keygen_s") is not None:
+            keys += f", generated in {a['keygen_s']:.1f} s"
+        facts.append(keys)
     return head + "\n\n" + "".join(f"- {fact}\n" for fact in facts)
 
 

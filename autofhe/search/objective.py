@@ -319,7 +319,7 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
         "max_lookup_bits",
         "max_bit_width",
         "complexity",
-        "size_of_evaluation_keys",
+        "evaluation_keys_bytes",
         "bit_exact",
     ):
         trial.set_user_attr(key, report[key])
@@ -356,10 +356,12 @@ def _limits(ctx: SearchContext, report: dict, latency: float) -> tuple[dict, lis
     if ctx.max_latency is not None and latency > ctx.max_latency:
         violated["latency"] = latency - ctx.max_latency
         reasons.append(f"latency: predicted {latency:.3f} s > max {ctx.max_latency} s")
-    keys = report["size_of_evaluation_keys"]
+    keys = report["evaluation_keys_bytes"]  # as a client uploads them (compressed)
     if keys > ctx.max_key_size:
         violated["key_size"] = (keys - ctx.max_key_size) / 1e9
-        reasons.append(f"key_size: {keys / 1e9:.1f} GB > max {ctx.max_key_size / 1e9:.1f} GB")
+        reasons.append(
+            f"key_size: {keys / 1e6:.1f} MB of keys to upload > max {ctx.max_key_size / 1e6:.1f} MB"
+        )
     return violated, reasons
 
 
@@ -446,7 +448,7 @@ def _final_model(trial, ctx: SearchContext, params: dict[str, Any], model):
     except AutofheError as exc:
         trial.set_user_attr("refit_error", str(exc).splitlines()[0])
         return model
-    if final.fhe_report()["size_of_evaluation_keys"] > ctx.max_key_size:
+    if final.fhe_report()["evaluation_keys_bytes"] > ctx.max_key_size:
         trial.set_user_attr("refit_error", "refit model's keys are over max_key_size")
         return model
     trial.set_user_attr("refit_s", round(time.perf_counter() - t0, 3))

@@ -169,13 +169,13 @@ def price(
     out = Price(
         shape,
         latency_s=float(cost_model.predict(report)),
-        key_bytes=int(report["size_of_evaluation_keys"]),
+        key_bytes=int(report["evaluation_keys_bytes"]),  # as uploaded (compressed)
         pbs_count=int(report["pbs_count"]),
         lookup_bits=tuple(report["lookup_bits_per_layer"]),
     )
     if max_latency is not None and out.latency_s > max_latency:
         out.reason = f"latency: priced {out.latency_s:.3f} s > max {max_latency} s"
     elif max_key_size is not None and out.key_bytes > max_key_size:
-        gb, cap = out.key_bytes / 1e9, max_key_size / 1e9
-        out.reason = f"key_size: priced {gb:.1f} GB of keys > max {cap:.1f} GB"
+        mb, cap = out.key_bytes / 1e6, max_key_size / 1e6
+        out.reason = f"key_size: priced {mb:.1f} MB of keys to upload > max {cap:.1f} MB"
     return out

@@ -63,6 +63,9 @@ def front_records(study: Any, front: list, max_latency: float | None = None) -> 
                 "n_w_bits": t.params.get("n_w_bits"),
                 "n_a_bits": t.params.get("n_a_bits"),
                 "lookups_per_layer": a.get("lookups_per_layer"),
+                # what a client uploads once (compressed) and waits for before its first row
+                "evaluation_keys_bytes": a.get("evaluation_keys_bytes"),
+                "keygen_s": a.get("keygen_s"),
                 "has_model": bool(a.get("artifact_id")),
             }
         )
@@ -87,12 +90,18 @@ def display_rows(records: list[dict]) -> list[dict]:
             "layers": r["n_layers"],
             "bits w/a": f"{r['n_w_bits']}/{r['n_a_bits']}",
             "lookups": r["lookups_per_layer"],
+            "keys MB": _mb(r["evaluation_keys_bytes"]),
+            "keygen s": None if r["keygen_s"] is None else round(r["keygen_s"], 1),
             "artifact": r["has_model"],
         }
         if flagged:
             row["flag"] = "MEASURED > MAX" if r["over_max_latency"] else ""
         rows.append(row)
     return rows
+
+
+def _mb(n_bytes: int | None) -> float | None:
+    return None if n_bytes is None else round(n_bytes / 1e6, 1)
 
 
 def latency_warnings(records: list[dict]) -> list[str]:

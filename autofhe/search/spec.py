@@ -3,7 +3,7 @@
 [study]
 metric = "accuracy"          # see autofhe.search.objective.METRICS
 max_latency = 0.5            # seconds per sample (a constraint)
-max_key_size = "4GB"         # evaluation keys (a constraint; no key generation beyond it)
+max_key_size = "4GB"         # evaluation keys as a client uploads them (compressed; a constraint)
 sampler = "tpe"              # or "nsga2"
 folds = 5                    # cross-validated metric (default: 3 under 1,500 rows, else 1)
 

@@ -31,7 +31,8 @@ from autofhe.fhe.bundle import (
     unpack_bundle,
 )
 from autofhe.fhe.deploy import FheClient, FheServer, predict_bundle
-from autofhe.fhe.serve import HttpClient, make_server
+from autofhe.fhe.remote import HttpClient
+from autofhe.fhe.service import Service
 
 AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
 
@@ -154,7 +155,7 @@ def _api_calls(bad: Path, X) -> list:
         lambda: FheClient(bad),
         lambda: predict_bundle(bad, X, fhe="execute"),
         lambda: load_program(bad),
-        lambda: make_server(bad, port=0),
+        lambda: Service(bad),
         lambda: HttpClient("http://127.0.0.1:9", bad),
     ]
 
@@ -227,7 +228,7 @@ def test_pinned_digest(good, tmp_path):
             good, digest=bundle_digest(good / "client")
         )  # the part's digest is not the bundle's
     with pytest.raises(BundleError, match="not the pinned"):
-        make_server(good, port=0, digest=wrong)
+        Service(good, digest=wrong)
     for command in (
         ["predict", "--data", str(good.parent / "X.npy"), "--fhe", "disable"],
         ["serve"],
@@ -341,3 +342,77 @@ def test_server_compiles_the_models_own_circuit(dataset, params, compile_args, r
     assert server.client_specs.serialize() == model.fhe_circuit.client.specs.serialize()
     pred, _ = predict_bundle(tmp_path / "b", Xte[:20], fhe="simulate")
     np.testing.assert_array_equal(pred, model.predict(Xte[:20], fhe="simulate"))
+
+
+def _edited(good: Path, tmp_path: Path, part: str, edit) -> Path:
+    """A copy of ``good`` whose ``part`` JSON went through ``edit``, checksums recomputed (as
+    anyone who builds a bundle by hand can)."""
+    copy = tmp_path / "edited"
+    shutil.copytree(good, copy)
+    data = json.loads((copy / part).read_text())
+    edit(data)
+    (copy / part).write_text(json.dumps(data))
+    _rehash(copy)
+    return copy
+
+
+def _set(key, value):
+    return lambda data: data.__setitem__(key, value)
+
+
+def _weight(value=None, delta=0):
+    def edit(program):
+        layer = program["layers"][0]
+        layer["weight"][0][0] = value if value is not None else layer["weight"][0][0] + delta
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("part", "edit", "message"),
+    [
+        ("client/client.json", _set("input_offset", None), "input_offset differs"),
+        ("client/client.json", _set("classes", []), "at least 2 distinct labels"),
+        ("client/client.json", _set("classes", ["a", "b"]), "2 classes for a model of 3"),
+        ("client/client.json", _set("classes", ["a", "b", {}]), "not a list of labels"),
+        ("client/client.json", _set("input_scale", []), "must be a list of 13 numbers"),
+        ("client/client.json", _set("input_scale", [1e308] * 13), "must be positive"),
+        ("client/client.json", _set("output_scale", [1e-300] * 3), "must be positive"),
+        ("client/client.json", _set("input_bits", 99), "input_bits=99"),
+        ("server/program.json", _weight(2**62), "beyond 2\\*\\*32"),
+        ("server/program.json", _weight(delta=2**12), "reach accumulators of"),
+        ("server/program.json", _set("output_scale", [1.0]), "output_scale must be a list of 3"),
+        ("server/program.json", _set("compile", [1]), "compile is not an object"),
+    ],
+)
+def test_edited_bundle_fields_are_refused_on_load(good, tmp_path, part, edit, message):
+    """Before: a null offset predicted wrongly with exit 0, ``classes: []`` raised IndexError,
+    ``["a"]`` printed a class for a 3-output model, 1e308 scales and a 2**62 weight (int64
+    overflow in the clear program, refused by the simulation) all loaded."""
+    bad = _edited(good, tmp_path, part, edit)
+    X_path = good.parent / "X.npy"
+    X = np.load(X_path)
+    for mode in ("disable", "simulate", "execute"):
+        with pytest.raises(BundleError, match=message):
+            predict_bundle(bad, X, fhe=mode, progress=False)
+    result = subprocess.run(
+        [AUTOFHE, "predict", "--model", str(bad), "--data", str(X_path), "--fhe", "disable"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "corrupt" in result.stderr or "modified" in result.stderr, result.stderr
+
+
+def test_an_edited_bundle_that_loads_predicts_alike_in_every_mode(good, tmp_path):
+    """A smaller weight keeps every accumulator within its width: such a bundle loads, and
+    the clear program and the simulated circuit give the same outputs."""
+    program = json.loads((good / "server" / "program.json").read_text())
+    w = program["layers"][0]["weight"][0][0]
+    bad = _edited(good, tmp_path, "server/program.json", _weight(delta=-1 if w > 0 else 1))
+    X = np.load(good.parent / "X.npy")
+    clear, p_clear = predict_bundle(bad, X, fhe="disable", progress=False)
+    simulated, p_sim = predict_bundle(bad, X, fhe="simulate", progress=False)
+    np.testing.assert_array_equal(clear, simulated)
+    np.testing.assert_array_equal(p_clear, p_sim)

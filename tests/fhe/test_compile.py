@@ -73,7 +73,7 @@ def test_construction_is_what_the_report_promises(name, request):
     assert report["bit_exact"] is True
     # the circuit's integers are exactly as wide as the guaranteed accumulators
     assert report["max_bit_width"] == max(program.accumulator_bits)
-    for key in ("complexity", "size_of_evaluation_keys", "p_error"):
+    for key in ("complexity", "size_of_evaluation_keys", "evaluation_keys_bytes", "p_error"):
         assert report[key] > 0
 
 
@@ -292,11 +292,50 @@ def test_server_compile_keeps_the_widths_that_training_rows_reached(tmp_path):
     assert [layer.lsbs_to_remove for layer in compiled.layers] == [7, 0]
     assert compiled.layers[0].reduced_bits == 11  # what row 0 reached, not the data-free 10
     specs = json.loads(model.circuit.client.specs.serialize())
-    check_specs(compile_server(program_to_json(compiled)), specs, tmp_path)  # was refused
+    compressed = {"compile": {"compress": True}}  # as save_bundle writes it
+    check_specs(compile_server({**program_to_json(compiled), **compressed}), specs, tmp_path)
     # the width travels through the bundle's JSON, and a bundle saves (it checked itself)
     assert program_from_json(program_to_json(compiled)).layers[0].reduced_bits == 11
     save_bundle(model, tmp_path / "bundle")
     # the hint is what made the difference: the same program without it compiles narrower
     bare = compiled.with_rounding([0, 0]).with_rounding([7, 0])
     with pytest.raises(BundleError, match="does not match"):
-        check_specs(compile_server(program_to_json(bare)), specs, tmp_path)
+        check_specs(compile_server({**program_to_json(bare), **compressed}), specs, tmp_path)
+
+
+@pytest.mark.execute
+@pytest.mark.parametrize("compress", [True, False])
+def test_key_sizes_are_known_before_keygen_and_compression_shrinks_what_travels(compress):
+    """The client specs give the evaluation keys' serialized size to within a kilobyte (the
+    search prices and limits it before any key exists); compressed (the default), keys travel
+    several times smaller and an encrypted input about 50x smaller."""
+    from sklearn.datasets import make_circles
+
+    X, y = make_circles(200, noise=0.2, factor=0.5, random_state=0)
+    X = X.astype(np.float32)
+    model = NeuralNetClassifier(
+        module__n_layers=2,
+        module__n_hidden_neurons_multiplier=2,
+        n_w_bits=2,
+        n_a_bits=2,
+        module__lookup_bits=4,
+        max_epochs=3,
+        random_state=0,
+    ).fit(X, y)
+    report = model.compile(X, compress=compress).fhe_report()
+    circuit = model.fhe_circuit
+    circuit.keygen()
+    sent = len(circuit.client.evaluation_keys.serialize())
+    one_input = len(
+        circuit.client.encrypt(model.compiled_model.program.quantize(X[:1])[0]).serialize()
+    )
+    assert abs(report["evaluation_keys_bytes"] - sent) < 1024, (report, sent)
+    assert report["compress_evaluation_keys"] is compress
+    if compress:
+        assert report["evaluation_keys_memory_bytes"] > 4 * sent
+        assert one_input < 1000
+    else:
+        assert report["evaluation_keys_memory_bytes"] == report["evaluation_keys_bytes"]
+        assert one_input > 10_000
+        # what encryption works through, compressed or not: concrete's uncompressed sizes
+        assert report["ciphertext_bytes"] == report["size_of_inputs"] + report["size_of_outputs"]

@@ -92,6 +92,21 @@ def test_regressor_decoding_restores_the_target_scale(diabetes):
         compiled.predict_proba(Xte)
 
 
-def test_decoding_from_corrupt_client_json_is_a_bundle_error():
-    with pytest.raises(BundleError, match="no valid output decoding"):
-        Decoding.from_json({"task": "classification", "classes": "abc"})
+@pytest.mark.parametrize(
+    ("client", "n_outputs", "message"),
+    [
+        ({"task": "classification", "classes": "abc"}, None, "not a list of labels"),
+        ({"task": "classification", "classes": []}, None, "at least 2 distinct labels"),
+        ({"task": "classification", "classes": ["a", "a"]}, None, "at least 2 distinct"),
+        ({"task": "classification", "classes": [[1], [2]]}, None, "not a list of labels"),
+        ({"task": "classification", "classes": ["a", "b"]}, 3, "2 classes for a model of 3"),
+        ({"task": "regression", "target": None}, 1, "target .* is missing"),
+        ({"task": "regression", "target": {"mean": [0], "scale": [1e308], "ndim": 1}}, 1, "1e"),
+        ({"task": "regression", "target": {"mean": [0], "scale": [0.0], "ndim": 1}}, 1, "0.0"),
+        ({"task": "regression", "target": {"mean": [0], "scale": [1], "ndim": 1}}, 2, "1-d"),
+        ({"task": "ranking"}, None, "is not 'classification' or 'regression'"),
+    ],
+)
+def test_decoding_from_corrupt_client_json_is_a_bundle_error(client, n_outputs, message):
+    with pytest.raises(BundleError, match=message):
+        Decoding.from_json(client, n_outputs)

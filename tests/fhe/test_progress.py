@@ -6,7 +6,6 @@ import io
 
 from autofhe.fhe import progress as progress_module
 from autofhe.fhe.progress import Progress, megabytes
-from autofhe.fhe.serve import _Upload
 
 
 def test_sizes_read_in_mb_and_small_ones_do_not_read_zero():
@@ -44,15 +43,3 @@ def test_quiet_prints_nothing():
     with p.step("y"):
         pass
     assert out.getvalue() == ""
-
-
-def test_upload_body_reads_every_byte_and_reports_size_and_rate():
-    out = io.StringIO()
-    body = bytes(range(256)) * 12_000  # 3.1 MB
-    upload = _Upload(body, Progress(stream=out), "evaluation keys uploaded")
-    blocks = []
-    while block := upload.read(8192):  # what http.client does with a file-like body
-        blocks.append(block)
-    assert b"".join(blocks) == body
-    last = out.getvalue().splitlines()[-1]
-    assert last.startswith("evaluation keys uploaded: 3.1 MB / 3.1 MB (") and last.endswith("MB/s)")

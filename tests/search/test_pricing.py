@@ -55,7 +55,7 @@ def test_impossible_budget_and_limits_have_reasons():
     ok = price(linear, 4, 2, COST)
     assert ok.reason is None and ok.latency_s > 0 and ok.pbs_count == 0
     assert price(linear, 4, 2, COST, max_latency=ok.latency_s / 2).reason.startswith("latency")
-    assert price(linear, 4, 2, COST, max_key_size=1).reason is None  # no lookup: no keys
+    assert price(linear, 4, 2, COST, max_key_size=1000).reason is None  # no lookup: 64 bytes
     wide = {"module__n_hidden_neurons_multiplier": 300, "n_accum_bits": 8}
     assert price(wide, 4, 2, COST).reason.startswith("width")
 
@@ -99,3 +99,21 @@ def test_price_is_within_a_quarter_of_the_compiled_prediction(params):
         assert quote.pbs_count == report["pbs_count"]
         assert list(quote.lookup_bits) == report["lookup_bits_per_layer"]
         assert quote.latency_s == pytest.approx(compiled, rel=0.25)
+
+
+def test_key_size_is_priced_as_a_client_uploads_it():
+    """Keys travel compressed: a hidden-layer configuration is priced (and limited) at its
+    compressed size, a fraction of what it takes uncompressed (and of concrete's estimate)."""
+    hidden = {
+        "module__n_layers": 2,
+        "module__n_hidden_neurons_multiplier": 2,
+        "n_w_bits": 3,
+        "n_a_bits": 3,
+        "n_accum_bits": 8,
+        "module__lookup_bits": 5,
+    }
+    quote = price(hidden, 4, 2, COST)
+    assert quote.reason is None and 5e6 < quote.key_bytes < 100e6
+    assert price(hidden, 4, 2, COST, max_key_size=quote.key_bytes * 1.01).reason is None
+    over = price(hidden, 4, 2, COST, max_key_size=quote.key_bytes * 0.99).reason
+    assert over.startswith("key_size: priced")
