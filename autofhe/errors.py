@@ -16,16 +16,54 @@ __all__ = [
     "DataError",
     "DataTypeError",
     "HttpError",
+    "Interrupted",
     "NotCompiledError",
     "NotFittedError",  # noqa: F822 -- built on first use, see __getattr__
     "ParameterError",
     "ResourceError",
     "StorageError",
+    "on_stop_signals",
 ]
 
 
 class AutofheError(Exception):
     """Base class of every error autofhe raises on purpose."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised where the program is by the handler of :func:`on_stop_signals`.
+
+    Not a KeyboardInterrupt: skorch takes that for "stop training early" and goes on, so a
+    Ctrl-C during a search's training was lost. ``signum`` says which signal; a command ends
+    with 128 + it (130, 143).
+    """
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _raise_interrupted(signum, _frame) -> None:
+    import signal
+
+    # SIGUSR1 is how a search's supervisor passes a Ctrl-C on to its workers (workers.py)
+    raise Interrupted(signal.SIGINT if signum == signal.SIGUSR1 else signum)
+
+
+def on_stop_signals(relayed: bool = False) -> None:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in this process's main thread;
+    ``relayed``: SIGUSR1 too, as a Ctrl-C passed on by a supervisor."""
+    import signal
+
+    signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGUSR1] if relayed else [])
+    for sig in signals:
+        signal.signal(sig, _raise_interrupted)
 
 
 class DataError(AutofheError, ValueError):

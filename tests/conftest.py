@@ -98,6 +98,29 @@ def require_services() -> bool:
     return os.environ.get("AUTOFHE_REQUIRE_SERVICES") == "1"
 
 
+@pytest.fixture()
+def pg_url():
+    """A fresh database on the test server ($AUTOFHE_TEST_PG_URL, a superuser URL; `.ci/run`
+    starts one), dropped afterwards. Skipped without it on a laptop, a failure in CI."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    base = os.environ.get("AUTOFHE_TEST_PG_URL")
+    if not base:
+        if require_services():
+            pytest.fail("AUTOFHE_TEST_PG_URL is not set: .ci/run must start PostgreSQL")
+        pytest.skip("no PostgreSQL server ($AUTOFHE_TEST_PG_URL)")
+    name = f"w_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield base.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+    admin.dispose()
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session, exitstatus):
     """Keep a failed run's exit status: once concrete has run an encrypted circuit, its exit

@@ -52,6 +52,7 @@ def _trial(values, constraints=None, state="COMPLETE", **attrs):
 def _study(url: str, name: str = "s-accuracy") -> optuna.Study:
     study = optuna.create_study(study_name=name, storage=url, directions=["maximize", "minimize"])
     study.set_metric_names(["accuracy", "fhe_latency_s"])
+    study.set_user_attr("autofhe_fingerprint", "0" * 64)  # as autofhe marks its studies
     ok = {"latency": 0.0, "key_size": 0.0}
     study.add_trial(
         _trial(
@@ -276,7 +277,7 @@ def test_pareto_flags_a_measured_latency_over_max_latency(one_study):
         fingerprint="f",
         source="test",
     )
-    ParetoStore(url).register_study("s-accuracy", ds, "accuracy", {"max_latency": 0.5})
+    ParetoStore(url, create=True).register_study("s-accuracy", ds, "accuracy", {"max_latency": 0.5})
     out = _run(["pareto", "--storage", url], tmp)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

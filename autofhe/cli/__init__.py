@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 
 from autofhe.cli import deploy
-from autofhe.errors import AutofheError, ParameterError
+from autofhe.errors import AutofheError, Interrupted, ParameterError, on_stop_signals
 
 BUILTIN_SETS = ("breast_cancer", "wine", "digits", "iris")
 #: trials of `autofhe demo` (and `make demo`)
@@ -88,43 +87,16 @@ def _print_table(rows: list[dict], out=None) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)), file=out)
 
 
-def _progress_printer(total: int | None):
-    start = time.perf_counter()
-
-    def progress(study, trial, trials, front) -> None:
-        import optuna
-
-        done = [t for t in trials if t.state.is_finished()]
-        feasible = sum(bool(t.user_attrs.get("feasible")) for t in done)
-        elapsed = time.perf_counter() - start
-        last = ""
-        if trial is not None and trial.state == optuna.trial.TrialState.COMPLETE:
-            m, lat = trial.values
-            why = trial.user_attrs.get("reason")
-            last = f" | trial {trial.number}: {m:.4f}, {lat:.4f} s" + (f" ({why})" if why else "")
-        elif trial is not None:
-            last = f" | trial {trial.number}: {trial.state.name.lower()}"
-        goal = f"/{total}" if total else ""
-        print(
-            f"[{elapsed / 60:5.1f} min] trials {len(done)}{goal}, feasible {feasible}, "
-            f"front {len(front)}{last}",
-            flush=True,
-        )
-
-    return progress
-
-
 def _cmd_search(args: argparse.Namespace) -> int:
     from autofhe.data import load_dataset
     from autofhe.fhe.latency import load_cost_model
-    from autofhe.search.locate import check_writable
+    from autofhe.search.locate import check_study_name, check_writable
     from autofhe.search.pareto import pareto_front
     from autofhe.search.spec import check_folds, load_spec
     from autofhe.search.study import (
         check_search_inputs,
         open_study,
         resolve_storage,
-        run_workers,
     )
     from autofhe.units import parse_duration, parse_size
 
@@ -143,8 +115,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
     timeout = parse_duration(args.timeout) if args.timeout else None
     if args.trials is not None and args.trials < 1:
         raise ParameterError(f"--trials {args.trials}: pass a positive number of trials.")
-    if args.workers < 1:
-        raise ParameterError(f"--workers {args.workers}: pass at least 1.")
+    most = 4 * (os.cpu_count() or 1)
+    if not 1 <= args.workers <= most:
+        raise ParameterError(
+            f"--workers {args.workers}: pass 1 to {most} (4 per core; each trains on one)."
+        )
+    _check_seed(args.seed)
+    check_study_name(args.study)
     trials = args.trials if (args.trials or timeout) else 20
     ds = load_dataset(args.data, labels=args.labels, label_column=args.label_column, task=args.task)
     if ds.labels_source:
@@ -155,35 +132,30 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if cost_model is None:
         print("cost model: calibrating it on this machine (first run here, about two minutes)")
         cost_model = load_cost_model()
-    study, _, name = open_study(ds, spec, url, args.study, args.seed)
-    before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    study, _, name = open_study(ds, spec, url, args.study, args.seed, say=_say)
     at_start = study.get_trials(deepcopy=False)
+    before = sum(t.state.is_finished() for t in at_start)
     queued = {t.number for t in at_start if t.state.name == "WAITING"}  # run by this search
     print(
         f"study {name!r} on {url}: {before} trials so far; running "
         f"{trials if trials else 'until the timeout'} more"
         + (f" with {args.workers} workers" if args.workers > 1 else "")
+        + "; Ctrl-C stops (the running trials are queued again)"
     )
-    codes = run_workers(
-        url,
-        name,
-        args.workers,
-        trials,
-        timeout,
-        args.seed,
-        cost_model,
-        progress=_progress_printer((before + trials) if trials else None),
-    )
+    outcome = _run(url, name, args.workers, trials, timeout, args.seed, cost_model, study)
     print(f"\nPareto front of {name!r} ({len(study.trials)} trials):")
     _print_table(_front_rows(study, pareto_front(study.get_trials(deepcopy=False))))
-    print(f"\ninspect:  autofhe dashboard --storage {url}")
-    print(f"export:   autofhe export --study {name} --storage {url} --pick knee --out model/")
+    print(f"\ninspect:  autofhe dashboard --storage {_quote(url)}")
+    print(
+        f"export:   autofhe export --study {_quote(name)} --storage {_quote(url)} --pick knee "
+        "--out model/"
+    )
     new = [
         t
         for t in study.get_trials(deepcopy=False)
         if t.number >= len(at_start) or t.number in queued
     ]
-    if new and all(t.state.name == "FAIL" for t in new):
+    if outcome.stopped_by is None and new and all(t.state.name == "FAIL" for t in new):
         error = new[-1].user_attrs.get("error", "see the messages above")
         print(
             f"autofhe: error: all {len(new)} trials of this run failed (last: {error}); "
@@ -191,16 +163,58 @@ def _cmd_search(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    failed = [c for c in codes if c != 0]
-    if failed:
+    return _ended(outcome, "resume with the same command", front=True)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _check_seed(seed: int) -> int:
+    if not 0 <= seed < 2**32:
+        raise ParameterError(f"--seed {seed}: pass an integer from 0 to {2**32 - 1}.")
+    return seed
+
+
+def _quote(text: str) -> str:
+    """``text`` as a shell word (study names and URLs are printed inside commands)."""
+    import shlex
+
+    return shlex.quote(text)
+
+
+def _run(url, name, workers, trials, timeout, seed, cost_model, study):
+    """The study's workers, each a child process the CLI supervises (workers.py), with a
+    progress line when a trial starts, every 30 s while it runs and when it ends."""
+    from autofhe.search.report import ProgressReport
+    from autofhe.search.workers import run_workers
+
+    report = ProgressReport(study, trials)
+    return run_workers(
+        url, name, workers, trials, timeout, seed, cost_model, progress=report, isolate=True
+    )
+
+
+def _ended(outcome, resume: str, front: bool = False) -> int:
+    """The exit code of a search or worker run, and a line on stderr when it did not end well."""
+    failures = outcome.failures()
+    if outcome.stopped_by is not None:
+        how = (
+            "aborted: its trials are ended by the workers' helpers"
+            if outcome.aborted
+            else ("stopped: the running trials ended as interrupted and were queued again")
+        )
+        print(f"autofhe: {how}; {resume}.", file=sys.stderr)
+        return outcome.exit_code
+    if failures:
         print(
-            f"autofhe: error: {len(failed)} of {len(codes)} workers failed (exit codes "
-            f"{', '.join(map(str, failed))}); the front above is partial. Their errors are "
-            "above; resume with the same command.",
+            f"autofhe: error: {len(failures)} of {len(outcome.codes)} workers failed "
+            f"({'; '.join(failures)}); "
+            + ("the front above is partial; " if front else "")
+            + f"{resume}.",
             file=sys.stderr,
         )
-        return max(failed) if all(c > 0 for c in failed) else 1
-    return 0
+    return outcome.exit_code
 
 
 def _cmd_pareto(args: argparse.Namespace) -> int:
@@ -239,7 +253,7 @@ def _cmd_trials(args: argparse.Namespace) -> int:
 
     from autofhe.search.report import rounded, trial_records
 
-    study = _load_study(args)
+    study = _load_study(args, autofhe_only=False)  # any Optuna study lists its trials
     records = trial_records(study)
     if args.format == "json":
         print(json.dumps(records, indent=2))
@@ -258,22 +272,26 @@ def _storage_url(args) -> str:
     return resolve_storage(args.storage)
 
 
-def _load_study(args):
-    """The study of ``--study`` (or the database's only one); sets ``args.study``."""
-    from autofhe.search.locate import load_study
+def _load_study(args, autofhe_only: bool = True):
+    """The study of ``--study`` (or the database's only one), read without creating anything;
+    sets ``args.study``. ``autofhe_only``: a study autofhe did not make is refused."""
+    from autofhe.search.locate import check_study_name, load_study
 
-    study = load_study(_storage_url(args), args.study)
+    study = load_study(_storage_url(args), check_study_name(args.study), autofhe_only)
     args.study = study.study_name
     return study
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
-    from autofhe.search.locate import open_storage, resolve_storage  # not study.py: torch
+    from autofhe.search.locate import has_tables, open_storage, require_database_file
     from autofhe.search.summary import sqlite_summaries
 
-    url = resolve_storage(args.storage)
+    url = _storage_url(args)
+    require_database_file(url)
     rows = sqlite_summaries(url)  # an SQLite file: read without Optuna (a tenth of the time)
-    if rows is None:
+    if rows is None and not has_tables(url):  # an empty or foreign database: none, none made
+        rows = []
+    elif rows is None:
         import optuna
 
         from autofhe.search.summary import optuna_summaries
@@ -288,11 +306,11 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from autofhe.fhe.latency import load_cost_model
     from autofhe.search.locate import check_writable
-    from autofhe.search.study import SearchSession, resolve_storage
 
-    url = resolve_storage(args.storage)
-    _load_study(args)
+    url = _storage_url(args)
+    _check_seed(args.seed)
     check_writable(url)
+    study = _load_study(args)
     timeout = None
     if args.timeout:
         from autofhe.units import parse_duration
@@ -300,24 +318,20 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         timeout = parse_duration(args.timeout)
     if args.trials is not None and args.trials < 1:
         raise ParameterError(f"--trials {args.trials}: pass a positive number of trials.")
-    SearchSession(url, args.study, args.seed).run(
-        args.trials, timeout, load_cost_model(), _progress_printer(None)
-    )
-    return 0
+    print(f"worker on study {args.study!r} ({url}); Ctrl-C stops (its trial is queued again)")
+    outcome = _run(url, args.study, 1, args.trials, timeout, args.seed, load_cost_model(), study)
+    return _ended(outcome, "start the worker again to go on")
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
     from autofhe.search.feasibility import patch_dashboard
-    from autofhe.search.locate import artifact_store, open_storage, resolve_storage
-    from autofhe.search.notes import publish_missing_fronts
+    from autofhe.search.locate import artifact_store, open_storage
 
-    url = resolve_storage(args.storage)
+    url = _storage_url(args)
     patch_dashboard()  # "best" = the feasible front, as in `autofhe pareto`
-    storage = open_storage(url)
-    for name in publish_missing_fronts(storage):
-        print(f"study {name!r}: front note and plot written (it was searched before they existed)")
+    storage = open_storage(url)  # nothing is written at start, no table is created
     print(f"optuna-dashboard on http://{args.host}:{args.port} (storage {url}); Ctrl-C stops it")
     run_server(
         storage,
@@ -577,8 +591,12 @@ def _main(argv: list[str] | None) -> int:
             import optuna
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
+    on_stop_signals()  # Ctrl-C and SIGTERM: one line and 130 / 143, wherever they land
     try:
         return args.func(args)
+    except Interrupted as exc:
+        print("autofhe: interrupted", file=sys.stderr)
+        return exc.exit_code
     except AutofheError as exc:
         if args.debug:
             raise

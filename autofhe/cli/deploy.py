@@ -8,6 +8,8 @@ Thin like the rest of the CLI: call the library, print; errors are AutofheError,
 from __future__ import annotations
 
 import argparse
+import math
+import shlex
 
 from autofhe.errors import ParameterError
 
@@ -70,18 +72,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     import optuna
 
     from autofhe.fhe.bundle import bundle_digest, unpack_bundle
-    from autofhe.search.locate import artifact_store, load_study, resolve_storage
+    from autofhe.search.locate import (
+        artifact_store,
+        check_study_name,
+        load_study,
+        resolve_storage,
+    )
 
     out = Path(args.out)
     url = resolve_storage(args.storage)
-    if out.exists() and not out.is_dir():
-        raise ParameterError(f"--out {out} is a file; pass a directory path.")
+    _check_bundle_path(out)
+    for flag, value in (("--min-accuracy", args.min_accuracy), ("--max-latency", args.max_latency)):
+        if value is not None and not math.isfinite(value):
+            raise ParameterError(f"{flag} {value}: pass a finite number.")
     replace = out.exists() and any(out.iterdir())
     if replace and not args.force:
         raise ParameterError(f"--out {out} is not empty; pass --force to replace it.")
     if replace:
         _check_replaceable(out, url)
-    study = load_study(url, args.study)
+    study = load_study(url, check_study_name(args.study))
     trial = _choose_trial(study, args)
     store = artifact_store(url)
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,7 +139,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"digest:   {digest}")
     print(f"          client/ {bundle_digest(out / 'client')}")
     print(f"          server/ {bundle_digest(out / 'server')}")
-    print(f"predict:  autofhe predict --model {out} --data X.npy --fhe execute --digest {digest}")
+    model = shlex.quote(str(out))
+    print(f"predict:  autofhe predict --model {model} --data X.npy --fhe execute --digest {digest}")
     return 0
 
 
@@ -144,6 +154,25 @@ def _uncompressed(bundle, manifest: dict):
     return model.save(bundle.with_name("uncompressed"), manifest_extras(manifest))
 
 
+def _check_key_dir(keys: str | None) -> None:
+    """``--keys``: a folder, or a new one this user may create (never a file)."""
+    import os
+    from pathlib import Path
+
+    if keys is None:
+        return
+    path = Path(keys)
+    if not keys.strip():
+        raise ParameterError("--keys is empty; pass a folder, or leave --keys out.")
+    if path.exists() and not path.is_dir():
+        raise ParameterError(f"--keys {keys} is a file; pass a folder for the keys.")
+    existing = next(p for p in [path, *path.absolute().parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ParameterError(
+            f"--keys {keys}: {existing} is not a folder this user can write; pass another."
+        )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from autofhe.data import load_features
     from autofhe.fhe.deploy import predict_bundle
@@ -154,6 +183,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.model, X, fhe=args.fhe, progress=not args.quiet, digest=args.digest
     )
     return _write_predictions(pred, args.out, f"predictions ({args.fhe})")
+
+
+def _check_bundle_path(out) -> None:
+    """``export --out``: a folder that exists, or a new path in a folder that exists; never a
+    symbolic link (it would send the bundle elsewhere) nor a path under a file."""
+    if out.is_symlink():
+        raise ParameterError(
+            f"--out {out} is a symbolic link; pass the folder itself (or a new path)."
+        )
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"--out {out} is a file; pass a directory path.")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        what = "is a file" if parent.exists() or _under_a_file(parent) else "does not exist"
+        raise ParameterError(
+            f"--out {out}: its folder {parent} {what}; pass a path in an existing folder."
+        )
+
+
+def _under_a_file(path) -> bool:
+    return any(p.is_file() for p in path.parents)
 
 
 def _check_out(out: str | None) -> None:
@@ -176,8 +226,9 @@ def _write_predictions(pred, out: str | None, what: str) -> int:
     import numpy as np
 
     if out:
-        np.save(out, pred, allow_pickle=False)
-        print(f"{len(pred)} {what} written to {out}")
+        with open(out, "wb") as f:  # exactly this path (np.save would add .npy to a .txt)
+            np.save(f, pred, allow_pickle=False)
+        print(f"{len(pred)} {what} written to {out} (.npy format)")
     else:
         for value in pred:
             print(value)
@@ -217,6 +268,7 @@ def cmd_remote_predict(args: argparse.Namespace) -> int:
 
     check_url(args.url)  # before any file is read or key generated
     _check_out(args.out)
+    _check_key_dir(args.keys)
     X = load_features(args.data, label_column=args.label_column)
     progress = Progress(quiet=args.quiet)
     with HttpClient(

@@ -19,7 +19,7 @@ import numpy as np
 
 from autofhe.errors import CompilationError, ResourceError
 from autofhe.fhe.program import IntegerProgram
-from autofhe.fhe.runtime import concrete_fhe, restore_signal_handlers
+from autofhe.fhe.runtime import concrete_fhe, shielded
 
 __all__ = [
     "MAX_LOOKUP_BITS",
@@ -213,7 +213,7 @@ def compile_program(
         kwargs = {"p_error": p_error, "global_p_error": None}
     compiler = fhe.Compiler(program.run, {"x": "encrypted"})
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), shielded():
             warnings.simplefilter("ignore")
             return compiler.compile(samples, config, **kwargs)
     except RuntimeError as exc:
@@ -235,15 +235,15 @@ def run_circuit(circuit, x_int: np.ndarray, mode: str, progress: bool = True) ->
     rows = range(len(x_int))
     if mode == "execute":
         check_key_memory(circuit_report_sizes(circuit))
-        circuit.keygen()
         if progress and len(x_int) > 3:
             from tqdm.auto import tqdm
 
             rows = tqdm(rows, desc="FHE execute", unit="sample", leave=False)
-        out = np.stack([circuit.encrypt_run_decrypt(x_int[i]) for i in rows])
-        restore_signal_handlers()  # the first run took SIGPIPE over (runtime.py)
-        return out
-    return np.stack([circuit.simulate(x_int[i]) for i in rows])
+        with shielded():
+            circuit.keygen()
+            return np.stack([circuit.encrypt_run_decrypt(x_int[i]) for i in rows])
+    with shielded():
+        return np.stack([circuit.simulate(x_int[i]) for i in rows])
 
 
 def circuit_report_sizes(circuit) -> dict:

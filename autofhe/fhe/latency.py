@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autofhe.fhe.runtime import concrete_fhe, restore_signal_handlers
+from autofhe.fhe.runtime import concrete_fhe, shielded
 
 __all__ = [
     "CostModel",
@@ -65,27 +65,27 @@ def measure_circuit(circuit, samples: list[np.ndarray], n: int = 3) -> dict:
     100 MB of compressed keys) and warms the runtime: it is timed on its own
     (``first_sample_s``, what a client's first request costs) and left out of the median.
     """
-    t0 = time.perf_counter()
-    circuit.keygen(force=True)
-    keygen = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    circuit.decrypt(circuit.run(circuit.encrypt(samples[0])))
-    first = time.perf_counter() - t0
-    restore_signal_handlers()  # the first run took SIGPIPE over (runtime.py)
-    enc, run, dec, total = [], [], [], []
-    for i in range(n):
-        x = samples[i % len(samples)]
+    with shielded():  # stop signals wait for concrete (runtime.py)
         t0 = time.perf_counter()
-        encrypted = circuit.encrypt(x)
-        t1 = time.perf_counter()
-        result = circuit.run(encrypted)
-        t2 = time.perf_counter()
-        circuit.decrypt(result)
-        t3 = time.perf_counter()
-        enc.append(t1 - t0)
-        run.append(t2 - t1)
-        dec.append(t3 - t2)
-        total.append(t3 - t0)
+        circuit.keygen(force=True)
+        keygen = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        circuit.decrypt(circuit.run(circuit.encrypt(samples[0])))
+        first = time.perf_counter() - t0
+        enc, run, dec, total = [], [], [], []
+        for i in range(n):
+            x = samples[i % len(samples)]
+            t0 = time.perf_counter()
+            encrypted = circuit.encrypt(x)
+            t1 = time.perf_counter()
+            result = circuit.run(encrypted)
+            t2 = time.perf_counter()
+            circuit.decrypt(result)
+            t3 = time.perf_counter()
+            enc.append(t1 - t0)
+            run.append(t2 - t1)
+            dec.append(t3 - t2)
+            total.append(t3 - t0)
     return {
         "keygen_s": keygen,
         "encrypt_s": statistics.median(enc),

@@ -1,26 +1,30 @@
 """concrete-python, imported with Python's signal handlers given back.
 
 Loading concrete's native runtime installs its own crash reporter on SIGINT, SIGTERM, SIGHUP
-(and faults); its first encrypted run adds one on SIGPIPE. That reporter prints the native
-stack and kills the process: Ctrl-C during a search ended in ``Segmentation fault`` (exit
-139), and a client closing its socket while ``serve`` wrote to it killed the server (Python
-itself ignores SIGPIPE and turns the write into an ``OSError``). :func:`concrete_fhe` is how
-autofhe imports ``concrete.fhe``; :func:`restore_signal_handlers` re-installs Python's
-handlers after a first run. Both only act in the main thread, where Python's handlers live.
+(and faults); its first simulation installs it again, and adds SIGPIPE; so does its first
+encrypted run. That reporter prints the native stack and kills the process: Ctrl-C during a
+search ended in ``Segmentation fault`` (exit 139), and a client closing its socket while
+``serve`` wrote to it killed the server (Python itself ignores SIGPIPE and turns the write into
+an ``OSError``). :func:`concrete_fhe` is how autofhe imports ``concrete.fhe``: the first time,
+it simulates and runs a one-operation circuit (about 0.3 s), so that every lazy start-up of the
+runtime is behind it, then re-installs Python's handlers (:func:`restore_signal_handlers`).
+Both act in the main thread only, where Python's handlers live.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
-__all__ = ["concrete_fhe", "restore_signal_handlers"]
+__all__ = ["concrete_fhe", "restore_signal_handlers", "shielded"]
 
 #: What concrete's runtime takes over and Python (or autofhe's CLI) must keep.
 SIGNALS = tuple(
     getattr(signal, name)
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGPIPE")
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGPIPE", "SIGUSR1", "SIGUSR2")
     if hasattr(signal, name)
 )
 
@@ -38,12 +42,43 @@ def restore_signal_handlers() -> None:
             signal.signal(sig, handler)
 
 
-def concrete_fhe() -> ModuleType:
-    """``concrete.fhe``; on its first import in this process, Python's handlers are restored."""
-    global _restored
-    from concrete import fhe
+#: Signals held back while concrete works (see :func:`shielded`).
+HELD = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, n))
 
-    if not _restored and threading.current_thread() is threading.main_thread():
-        restore_signal_handlers()
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Hold the stop signals back (blocked, so pending, not lost) in the main thread while
+    concrete works: for the length of each compilation, key generation and run, concrete puts
+    a SIGINT handler of its own in place, and that handler kills the process. They are
+    delivered, to Python's handlers, when the block ends. Elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def concrete_fhe() -> ModuleType:
+    """``concrete.fhe``, its runtime started and Python's handlers restored (first call in the
+    main thread of a process: the threads concrete starts then inherit the held signals, so
+    that none of them ever takes a stop signal meant for Python)."""
+    global _restored
+    if _restored or threading.current_thread() is not threading.main_thread():
+        from concrete import fhe
+
+        return fhe
+    with shielded():
+        from concrete import fhe
+
         _restored = True
+        config = fhe.Configuration(dump_artifacts_on_unexpected_failures=False)
+        circuit = fhe.Compiler(lambda x: x + 1, {"x": "encrypted"}).compile(range(4), config)
+        circuit.simulate(1)  # each of these starts a part of the runtime on first use ...
+        circuit.keygen()
+        circuit.encrypt_run_decrypt(1)
+        restore_signal_handlers()  # ... and installs the crash reporter again
     return fhe

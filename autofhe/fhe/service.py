@@ -26,7 +26,7 @@ from autofhe.fhe.bundle import bundle_digest, read_json, read_part
 from autofhe.fhe.compile import available_memory, evaluation_key_bytes
 from autofhe.fhe.deploy import FheServer
 from autofhe.fhe.progress import Progress
-from autofhe.fhe.runtime import concrete_fhe, restore_signal_handlers
+from autofhe.fhe.runtime import concrete_fhe
 from autofhe.units import megabytes
 
 __all__ = ["KeyStore", "KeysFull", "ServeLimits", "Service", "UnknownKeys", "specs_digest"]
@@ -250,7 +250,6 @@ class Service:
         del client
         # the first run starts the runtime (threads, caches) and decompresses its keys ...
         self.server.run_value(value, fhe.EvaluationKeys.deserialize(body))
-        restore_signal_handlers()  # ... and takes SIGPIPE over (runtime.py)
         _trim()
         # ... so a second key set, held beside nothing else, shows what one costs
         before, peak, done = _rss(), [0], threading.Event()

@@ -6,9 +6,11 @@ worker fails the live trial and the original then reports into a finished trial.
 worker starts one small helper *process* (``python -m autofhe.search.heartbeat``) that
 
 - records the heartbeat of the worker's current trial every ``interval`` seconds, whatever the
-  worker is doing, and stops as soon as the worker dies (its stdin reaches end of file);
-- reaps: fails the study's stale trials every ``interval`` seconds and re-queues them, so a
-  killed worker's trial is retried after the grace period even when no trial starts.
+  worker is doing; when the worker dies (its stdin reaches end of file) in the middle of a
+  trial, ends that trial at once, with the reason, and queues it again;
+- reaps: every ``interval`` seconds, fails the study's trials whose worker stopped beating
+  ``grace`` seconds ago (killed with its helper, another machine cut off) with the reason
+  (which worker, silent for how long) and queues them again.
 
 This module imports nothing from autofhe (whose package imports are lazy: no torch), so the
 helper starts in about a second and holds little memory. Database errors never end the
@@ -19,9 +21,12 @@ for ``RECONNECT_S``.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 import select
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,9 +41,13 @@ __all__ = [
     "GRACE_S",
     "HEARTBEAT_S",
     "Heartbeat",
+    "end_trial",
     "engine_kwargs",
     "make_storage",
+    "reap",
+    "requeue",
     "serialize_sqlite",
+    "worker_id",
 ]
 
 #: A worker's helper beats every HEARTBEAT_S seconds; a trial silent for GRACE_S is failed and
@@ -150,29 +159,22 @@ for _name in ("_get_stale_trial_ids", "_get_trials"):
 _STORAGES: dict[tuple, optuna.storages.RDBStorage] = {}
 
 
-def make_storage(
-    url: str, heartbeat_s: int | None = None, grace_s: int | None = None, role: str = "worker"
-) -> optuna.storages.RDBStorage:
+def make_storage(url: str, role: str = "worker", create: bool = True) -> optuna.storages.RDBStorage:
     """This process's Optuna storage for ``url`` (one pooled engine per process and URL).
 
-    Creating the schema races when several processes open a new database at once (UNIQUE or
-    "already exists" errors, alembic's version row): the loser retries and finds it made.
+    ``create``: make Optuna's tables when they are missing (only a search does). Creating
+    them races when several processes open a new database at once (UNIQUE or "already
+    exists" errors, alembic's version row): the loser retries and finds them made.
+    Heartbeats are recorded through it; stale trials are reaped by :func:`reap` (with a reason,
+    which Optuna's own stale-trial check cannot write), not by Optuna.
     """
-    heartbeat_s = heartbeat_s or HEARTBEAT_S
-    grace_s = grace_s or GRACE_S
-    key = (url, heartbeat_s, grace_s, os.getpid())
+    key = (url, os.getpid(), create)
     if key in _STORAGES:
         return _STORAGES[key]
     for attempt in range(8):
         try:
             storage = _ReconnectingStorage(
-                url,
-                engine_kwargs=engine_kwargs(url, role),
-                heartbeat_interval=heartbeat_s,
-                grace_period=grace_s,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=2
-                ),
+                url, engine_kwargs=engine_kwargs(url, role), skip_table_creation=not create
             )
             break
         except ImportError:
@@ -186,13 +188,117 @@ def make_storage(
     return storage
 
 
+def worker_id() -> str:
+    """``host:pid`` of this process: who ran a trial (its system attribute ``autofhe_worker``)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+#: A trial is queued again at most this many times (a configuration that kills its worker,
+#: say by running out of memory, would otherwise be retried for ever).
+MAX_RETRIES = 2
+
+
+def requeue(study: optuna.Study, failed: optuna.trial.FrozenTrial, limit: int | None = MAX_RETRIES):
+    """Queue ``failed``'s configuration again, as Optuna's RetryFailedTrialCallback does (system
+    attributes ``failed_trial`` and ``retry_history``); False when it was retried ``limit``
+    times already."""
+    history = [*failed.system_attrs.get("retry_history", []), failed.number]
+    if limit is not None and len(history) > limit:
+        return False
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            params=failed.params,
+            distributions=failed.distributions,
+            system_attrs={"failed_trial": failed.number, "retry_history": history},
+        )
+    )
+    return True
+
+
+def end_trial(
+    storage: optuna.storages.RDBStorage,
+    study: optuna.Study,
+    trial_id: int,
+    reason: str,
+    limit: int | None = MAX_RETRIES,
+) -> bool:
+    """Fail the RUNNING trial ``trial_id`` with ``reason`` (user attribute ``reason``) and queue
+    its configuration again; False when another process ended it first."""
+    try:
+        frozen = storage.get_trial(trial_id)
+        if frozen.state != optuna.trial.TrialState.RUNNING:
+            return False
+        queued = limit is None or len(frozen.system_attrs.get("retry_history", [])) < limit
+        tail = "; queued again" if queued else f"; not queued again (failed {limit + 1} times)"
+        storage.set_trial_user_attr(trial_id, "reason", reason + tail)
+        if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
+            return False
+    except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+        return False  # its worker (or another reaper) ended it meanwhile
+    requeue(study, storage.get_trial(trial_id), limit)
+    return True
+
+
+_RUNNING = sa.text(
+    "SELECT t.trial_id, t.datetime_start, h.heartbeat, w.value_json FROM trials t "
+    "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+    "LEFT JOIN trial_system_attributes w ON w.trial_id = t.trial_id AND w.key = 'autofhe_worker' "
+    "WHERE t.study_id = :study_id AND t.state = 'RUNNING'"
+).columns(
+    sa.column("trial_id", sa.Integer),
+    sa.column("datetime_start", sa.DateTime),
+    sa.column("heartbeat", sa.DateTime),
+    sa.column("value_json", sa.Text),
+)
+
+
+def reap(storage: optuna.storages.RDBStorage, study: optuna.Study, grace: float) -> list[int]:
+    """Fail (with a reason) and queue again the study's RUNNING trials whose worker stopped
+    beating more than ``grace`` seconds ago, or never beat and started that long ago (a
+    worker killed between asking for a trial and its first beat); their numbers.
+
+    Heartbeats are compared with the database's clock, as Optuna records them; start times
+    are the workers' local time, as Optuna records those.
+    """
+    from datetime import datetime
+
+    with storage.engine.connect() as conn:
+        now = conn.execute(sa.select(sa.func.now())).scalar().replace(tzinfo=None)
+        rows = conn.execute(_RUNNING, {"study_id": study._study_id}).all()
+    ended = []
+    for trial_id, started, beat, worker in rows:
+        if beat is not None:
+            silent = (now - beat.replace(tzinfo=None)).total_seconds()
+        else:
+            silent = (datetime.now() - started.replace(tzinfo=None)).total_seconds()
+        if silent <= grace:
+            continue
+        who = json.loads(worker) if worker else "an unknown worker"
+        reason = (
+            f"interrupted: its worker {who} sent no heartbeat for {silent:.0f} s (killed, or cut "
+            "off from the database)"
+        )
+        if end_trial(storage, study, trial_id, reason):
+            ended.append(storage.get_trial(trial_id).number)
+    return ended
+
+
 class Heartbeat:
-    """The helper process of one worker: beats for the current trial, reaps stale ones.
+    """The helper process of one worker: beats for the current trial, reaps stale ones, and
+    when the worker dies in the middle of a trial, ends that trial with a reason at once.
 
     Use :meth:`start` right after a trial is asked for and :meth:`stop` before it is told.
     """
 
-    def __init__(self, url: str, study_name: str, storage: optuna.storages.RDBStorage):
+    def __init__(
+        self,
+        url: str,
+        study_name: str,
+        storage: optuna.storages.RDBStorage,
+        interval: int = HEARTBEAT_S,
+        grace: int = GRACE_S,
+    ):
         self.storage = storage
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         self.proc = subprocess.Popen(
@@ -202,8 +308,9 @@ class Heartbeat:
                 "autofhe.search.heartbeat",
                 url,
                 study_name,
-                str(storage.heartbeat_interval),
-                str(storage.grace_period),
+                str(interval),
+                str(grace),
+                worker_id(),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -226,7 +333,7 @@ class Heartbeat:
             pass  # the helper died: the reaper of another worker still recovers this trial
 
     def start(self, trial_id: int) -> None:
-        # the first beat from here: a trial with no heartbeat row is never reaped
+        # the first beat from here: a trial with no heartbeat row is reaped only after grace
         self.storage.record_heartbeat(trial_id)
         self._send(str(trial_id))
 
@@ -246,50 +353,18 @@ class Heartbeat:
             self.proc.wait()
 
 
-_UNBEATEN = sa.text(
-    "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-    "WHERE t.study_id = :study_id AND t.state = 'RUNNING' AND h.trial_id IS NULL "
-    "AND t.datetime_start < :cutoff"
-).bindparams(sa.bindparam("cutoff", type_=sa.DateTime))
-
-
-def fail_unbeaten(storage: optuna.storages.RDBStorage, study: optuna.Study, grace: int) -> list:
-    """Fail (and re-queue) RUNNING trials that never beat, started over ``grace`` s ago.
-
-    Optuna's stale-trial check looks only at trials with a heartbeat row; a worker killed
-    between asking for a trial and its first beat would leave the trial RUNNING for ever.
-    (Trial start times are local and naive in Optuna's tables, hence ``datetime.now()``.)
-    """
-    from datetime import datetime, timedelta
-
-    cutoff = datetime.now() - timedelta(seconds=grace)
-    with storage.engine.connect() as conn:
-        ids = [
-            row[0]
-            for row in conn.execute(_UNBEATEN, {"study_id": study._study_id, "cutoff": cutoff})
-        ]
-    failed = []
-    retry = storage.get_heartbeat_stale_trial_callback()
-    for trial_id in ids:
-        try:
-            if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
-                continue
-        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-            continue  # its worker (or another reaper) ended it meanwhile
-        frozen = storage.get_trial(trial_id)
-        failed.append(frozen.number)
-        if retry is not None:
-            retry(study, frozen)
-    return failed
-
-
-def _serve(url: str, study_name: str, interval: int, grace: int) -> None:
-    """The helper's loop; ends when the worker closes stdin or dies."""
+def _serve(url: str, study_name: str, interval: int, grace: int, worker: str) -> None:
+    """The helper's loop; ends when the worker closes stdin or dies. Its worker's Ctrl-C is
+    not its own: it goes on until the worker has ended its trial and closed the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = make_storage(url, interval, grace, role="heartbeat")
+    storage = make_storage(url, role="heartbeat")
     study = optuna.load_study(study_name=study_name, storage=storage)
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the worker stopped while this helper started: nothing to do
+        return
     current: int | None = None
     buffer = b""
     next_beat = next_reap = 0.0
@@ -299,8 +374,11 @@ def _serve(url: str, study_name: str, interval: int, grace: int) -> None:
         ready, _, _ = select.select([0], [], [], max(0.0, due - time.monotonic()))
         if ready:
             chunk = os.read(0, 4096)
-            if not chunk:
-                return  # the worker is gone: stop beating, its trial goes stale
+            if not chunk:  # the worker is gone; in the middle of a trial, it died there
+                if current is not None:
+                    reason = f"interrupted: its worker {worker} ended in the middle of it (killed?)"
+                    _retrying(end_trial, storage, study, current, reason)
+                return
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
@@ -314,8 +392,7 @@ def _serve(url: str, study_name: str, interval: int, grace: int) -> None:
                 next_beat = now + interval
             if now >= next_reap:
                 next_reap = now + interval
-                optuna.storages.fail_stale_trials(study)
-                fail_unbeaten(storage, study, grace)
+                reap(storage, study, grace)
             failing = False
         except Exception as exc:  # never die of a database error: retry on the next tick
             next_beat, next_reap = now + 1.0, now + 1.0
@@ -324,5 +401,18 @@ def _serve(url: str, study_name: str, interval: int, grace: int) -> None:
             failing = True
 
 
+def _retrying(work, *args, seconds: float = 30.0) -> None:
+    """``work(*args)`` until it runs without a database error, for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            work(*args)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(1.0)
+
+
 if __name__ == "__main__":
-    _serve(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    _serve(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

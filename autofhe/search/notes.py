@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,6 @@ __all__ = [
     "front_note",
     "measurement_conditions",
     "publish_front",
-    "publish_missing_fronts",
     "publish_trial",
     "record_measurement_conditions",
     "trial_note",
@@ -104,7 +104,7 @@ def front_note(study_name: str, metric: str, front: Sequence, n_complete: int) -
         )
     lines += [
         "",
-        f"Export one: `autofhe export --study {study_name} --trial N --out model/`",
+        f"Export one: `autofhe export --study {shlex.quote(study_name)} --trial N --out model/`",
     ]
     return "\n".join(lines) + "\n"
 
@@ -229,24 +229,3 @@ def publish_front(study: Any, front: Sequence, n_complete: int | None = None) ->
     save_plotly_graph_object(
         study, _Figure(front_figure(metric, front)), graph_object_id=FRONT_PLOT_ID
     )
-
-
-def publish_missing_fronts(storage: Any) -> list[str]:
-    """Write the front note and plot of every autofhe study that has none yet (studies
-    searched before notes existed); returns their names. Other studies are left alone.
-    """
-    import optuna
-    from optuna_dashboard import get_note
-
-    from autofhe.search.pareto import pareto_front
-
-    written = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        if "autofhe_fingerprint" not in summary.user_attrs:
-            continue  # not ours: its note is its owner's
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        if FRONT_HEADING in get_note(study):
-            continue
-        publish_front(study, pareto_front(study.get_trials(deepcopy=False)))
-        written.append(summary.study_name)
-    return written

@@ -266,6 +266,13 @@ def _finish(trial, reason: str | None, violated: dict[str, float]) -> None:
     trial.set_user_attr("reason", reason or "")
 
 
+def set_phase(trial, what: str) -> None:
+    """What the trial is doing now (system attribute ``autofhe_phase``), for the progress lines
+    of ``search`` while it runs; a FixedTrial (tests) is never stored and has none."""
+    if isinstance(trial, optuna.Trial):
+        trial.storage.set_trial_system_attr(trial._trial_id, "autofhe_phase", what)
+
+
 def _reject(trial, quote: Price) -> None:
     """A configuration that is never trained: its violated limit is recorded as a constraint
     (so the sampler learns to avoid the region) and the trial ends PRUNED, without values."""
@@ -378,6 +385,8 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price:
         trial.set_user_attr(key, round(seconds[key], 3))
 
     for i, (X_fit, y_fit, X_val, y_val) in enumerate(splits):
+        fold = f" (fold {i + 1} of {len(splits)})" if len(splits) > 1 else ""
+        set_phase(trial, f"training{fold}")
         t0 = time.perf_counter()
         rungs = None
         if i == 0:
@@ -401,6 +410,7 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price:
         if i == 0:  # a hopeless configuration stops after its first model
             _maybe_prune(trial, ctx.metric_of(y_val, clear, _classes(model)), ctx.metric)
         quiet.checkpoint()
+        set_phase(trial, f"compiling{fold}")
         t0 = time.perf_counter()
         try:
             model.compile(X_fit)
@@ -412,6 +422,7 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price:
             return value
         spent("compile_s", t0)
         quiet.checkpoint()
+        set_phase(trial, f"simulating{fold}")
         t0 = time.perf_counter()
         simulated.append(ctx.simulated_outputs(model, X_val, clear[-1]))
         spent("simulate_s", t0)
@@ -442,6 +453,7 @@ def _classes(model):
 def _final_model(trial, ctx: SearchContext, params: dict[str, Any], model):
     """The model a front trial ships: refit (:meth:`SearchContext.refit_rows`) when that
     compiles within the limits, else the one the trial scored."""
+    set_phase(trial, "refitting the front model")
     t0 = time.perf_counter()
     try:
         final = ctx.refit(params)

@@ -87,6 +87,7 @@ artifacts = sa.Table(
 
 #: One engine per process and URL: every ParetoStore of a process shares its small pool.
 _ENGINES: dict[tuple[str, int], sa.Engine] = {}
+_CREATED: set[tuple[str, int]] = set()  # engines whose tables this process made sure of
 
 
 def pareto_front(trials) -> list:
@@ -125,11 +126,14 @@ def _completion_order(trial) -> tuple:
     return (done is None, done.timestamp() if done else 0.0, trial.number)
 
 
-def _engine(url: str) -> sa.Engine:
-    """This process's engine for ``url``, its tables created (racing creators retry)."""
+def _engine(url: str, create: bool) -> sa.Engine:
+    """This process's engine for ``url``; ``create``: its tables created (racing creators
+    retry)."""
     key = (url, os.getpid())
     if key not in _ENGINES:
-        engine = serialize_sqlite(sa.create_engine(url, **engine_kwargs(url, "autofhe")))
+        _ENGINES[key] = serialize_sqlite(sa.create_engine(url, **engine_kwargs(url, "autofhe")))
+    engine = _ENGINES[key]
+    if create and key not in _CREATED:
         for attempt in range(8):
             try:
                 metadata.create_all(engine)
@@ -139,16 +143,18 @@ def _engine(url: str) -> sa.Engine:
                 if attempt == 7:
                     raise
                 time.sleep(0.2 + random.random())
-        _ENGINES[key] = engine
-    return _ENGINES[key]
+        _CREATED.add(key)
+    return engine
 
 
 class ParetoStore:
-    """Reads and writes autofhe's tables on an SQLAlchemy URL."""
+    """Reads and writes autofhe's tables on an SQLAlchemy URL; ``create``: make them when they
+    are missing (a search does; every reader finds them or reads nothing)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, create: bool = False):
         try:
-            self.engine = _engine(url)
+            self.engine = _engine(url, create)
+            self.tables = create or sa.inspect(self.engine).has_table(studies.name)
         except ImportError as exc:
             raise missing_driver(url, exc) from None
         except (SQLAlchemyError, ValueError) as exc:  # ValueError: e.g. a port that is no number
@@ -205,6 +211,8 @@ class ParetoStore:
         return True
 
     def study_info(self, name: str) -> dict | None:
+        if not self.tables:
+            return None
         row = self.transact(
             lambda conn: conn.execute(
                 sa.select(studies).where(studies.c.study_name == name)
@@ -224,6 +232,9 @@ class ParetoStore:
 
     # -- Pareto snapshots ---------------------------------------------------------------------
     def latest_front(self, name: str) -> list[dict]:
+        if not self.tables:
+            return []
+
         def read(conn) -> list[dict]:
             snap = conn.execute(
                 sa.select(snapshots.c.id)

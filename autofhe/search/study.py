@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +21,17 @@ import optuna
 
 from autofhe.data import Dataset, check_Xy, split_dataset
 from autofhe.errors import DataError, ParameterError, StorageError
-from autofhe.search import heartbeat
 from autofhe.search.heartbeat import Heartbeat, make_storage
 from autofhe.search.locate import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
     artifact_dir,
     artifact_store,
+    find_study,
     resolve_storage,
 )
 from autofhe.search.notes import publish_front, publish_trial
-from autofhe.search.objective import METRICS, SearchContext
+from autofhe.search.objective import METRICS, SearchContext, set_phase
 from autofhe.search.pareto import ParetoStore, pareto_front
 from autofhe.search.plan import make_plan, project
 from autofhe.search.refine import maybe_refine
@@ -54,10 +53,6 @@ __all__ = [
 ]
 
 OBJECTIVE_NAMES = ["fhe_latency_s"]
-#: A worker's helper beats every HEARTBEAT_S seconds; a trial silent for GRACE_S is failed and
-#: re-queued ($AUTOFHE_HEARTBEAT_S, $AUTOFHE_GRACE_S).
-HEARTBEAT_S = heartbeat.HEARTBEAT_S
-GRACE_S = heartbeat.GRACE_S
 MEASURE_ALL_S = 2.0
 #: Validation predictions recorded per front trial, for checking exported models.
 RECORDED_PREDICTIONS = 16
@@ -69,7 +64,7 @@ def default_study_name(ds: Dataset, metric: str) -> str:
 
 def _storage(url: str) -> optuna.storages.RDBStorage:
     """This process's pooled, reconnecting storage for ``url`` (heartbeat.make_storage)."""
-    return make_storage(url, HEARTBEAT_S, GRACE_S)
+    return make_storage(url)
 
 
 def _sampler(spec_sampler: str, seed: int | None):
@@ -136,16 +131,27 @@ def _dry_run(ds: Dataset, spec: Spec, seed: int) -> None:
 
 
 def open_study(
-    ds: Dataset, spec: Spec, url: str, name: str | None, seed: int = 0
+    ds: Dataset,
+    spec: Spec,
+    url: str,
+    name: str | None,
+    seed: int = 0,
+    say: Callable[[str], None] | None = None,
 ) -> tuple[optuna.Study, ParetoStore, str]:
-    """Create the study (registering its data) or resume it; refuse different data.
+    """Create the study (registering its data) or resume it; refuse different data, and a
+    study autofhe did not make.
 
-    Everything the user passed is validated before the database is touched.
+    Everything the user passed is validated before the database is touched. ``say`` receives
+    a line before and after the probe of a new study's data (seconds to minutes on wide data).
     """
     metric = check_search_inputs(ds, spec, seed)
     name = name or default_study_name(ds, metric)
-    store = ParetoStore(url)
-    info = store.study_info(name)
+    # Ours: registered in autofhe's table (the first write of a new study, before Optuna's
+    # study exists). Anything else of that name is refused before any write.
+    info = ParetoStore(url).study_info(name)
+    if info is None:
+        find_study(url, name)
+    store = ParetoStore(url, create=True)
     if info is not None and info["fingerprint"] != ds.fingerprint:
         raise DataError(
             f"study {name!r} was created with different data (fingerprint "
@@ -165,6 +171,23 @@ def open_study(
                 "resume it with the original --spec / --metric / --max-latency, or start a new "
                 "study with --study NAME."
             )
+    if info is None:
+        if say:
+            rows, cols = ds.X.shape
+            say(f"planning: a float linear model and MLP on {rows} rows x {cols} features ...")
+        plan = make_plan(
+            ds.task, metric, split_dataset(ds, seed), spec.space, spec.fixed, spec.folds
+        )
+        if say:
+            p = plan["probe"]
+            say(
+                f"planning: float linear {metric} {p['float_linear']:.4f}, float MLP "
+                f"{p['float_mlp']:.4f} (in {p['probe_s']:.1f} s); first trials: "
+                + ("hidden-layer networks" if plan["nonlinear"] else "quantized linear models")
+            )
+        if not store.register_study(name, ds, metric, wanted):
+            # another first run registered it between our look and our write: join it
+            return open_study(ds, spec, url, name, seed, say)
     study = optuna.create_study(
         study_name=name,
         storage=_storage(url),
@@ -173,12 +196,6 @@ def open_study(
         load_if_exists=True,
     )
     if info is None:
-        plan = make_plan(
-            ds.task, metric, split_dataset(ds, seed), spec.space, spec.fixed, spec.folds
-        )
-        if not store.register_study(name, ds, metric, wanted):
-            # another first run registered it between our look and our write: join it
-            return open_study(ds, spec, url, name, seed)
         study.set_metric_names([metric, *OBJECTIVE_NAMES])
         study.set_user_attr("autofhe_fingerprint", ds.fingerprint)
         study.set_user_attr("autofhe_task", ds.task)
@@ -262,6 +279,7 @@ class SearchSession:
             from autofhe.search.notes import measurement_conditions, record_measurement_conditions
 
             # what the exported model must reproduce (clear program == encrypted circuit)
+            set_phase(trial, "measuring its latency under encryption")
             head = model.predict(X_valid[:RECORDED_PREDICTIONS])
             trial.set_user_attr("valid_predictions_head", np.asarray(head).tolist())
             try:
@@ -277,7 +295,7 @@ class SearchSession:
                 record_measurement_conditions(trial, conditions)
             except ResourceError as exc:
                 trial.set_user_attr("measure_error", str(exc))
-            store = artifact_store(url)
+            store = artifact_store(url, write=True)
             with tempfile.TemporaryDirectory() as tmp:
                 provenance = {"study": name, "trial": trial.number}
                 try:
@@ -299,13 +317,7 @@ class SearchSession:
 
         return on_front
 
-    def run(
-        self,
-        n_trials: int | None,
-        timeout: float | None,
-        cost_model,
-        progress: Callable | None = None,
-    ) -> int:
+    def run(self, n_trials: int | None, timeout: float | None, cost_model) -> int:
         """Run trials in this process until ``n_trials`` more are done or ``timeout`` passes.
 
         ``cost_model`` None: this machine's cached latency model (calibrated if missing).
@@ -315,7 +327,7 @@ class SearchSession:
             from autofhe.fhe.latency import load_cost_model
 
             cost_model = load_cost_model()
-        store = ParetoStore(self.url)
+        store = ParetoStore(self.url, create=True)
         info = self._info(store)
         storage = _storage(self.url)
         study = optuna.load_study(
@@ -335,12 +347,6 @@ class SearchSession:
                     publish_front(study, front, n_complete)
             except StorageError as exc:  # the next trial's snapshot catches up
                 print(f"autofhe: warning: front snapshot not saved: {exc}", file=sys.stderr)
-            if progress:
-                progress(study, trial, trials, front)
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        # our helper process beats for the asked trials (Optuna assumes its own thread)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
         def before_ask() -> None:
             try:

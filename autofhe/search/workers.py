@@ -1,10 +1,18 @@
-"""The worker loop and worker processes.
+"""The worker loop, worker processes, and how a search stops.
 
 - :func:`optimize`: ask -> objective -> tell in one process, with the heartbeat helper of
-  heartbeat.py beating for the current trial; a trial that another process ended (a reaper
-  that took it for dead) is dropped with a warning, never a crash.
-- :func:`run_workers`: N such processes for ``search --workers N``; their exit codes are
-  returned, so a failed child is never reported as success.
+  heartbeat.py beating for the current trial. A trial that another process ended (a reaper
+  that took it for dead) is dropped with a warning, never a crash. Ctrl-C or SIGTERM in the
+  middle of a trial ends it FAIL with the reason ``interrupted (SIGINT)`` and queues its
+  configuration again, so the next run takes it first: nothing is lost.
+- :func:`run_workers`: the search's workers, each a child process in its own process group
+  (``search --workers N``; the CLI always isolates them, a library call with one worker runs
+  in-process). The parent supervises: the terminal's Ctrl-C reaches it alone, and it passes
+  one stop on to each worker, which ends its trial as above and exits 130 (143); a second
+  Ctrl-C kills the workers at once (their helpers then end their trials with that reason).
+  Its ``progress`` callback sees the study every few seconds. A Ctrl-C is passed on as
+  SIGUSR1, not SIGINT: concrete-python puts its own SIGINT handler in place for the length of
+  each compilation, key generation and run, and that handler kills the process.
 """
 
 from __future__ import annotations
@@ -12,24 +20,36 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
-import socket
+import signal
 import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import optuna
 
-from autofhe.errors import AutofheError
+from autofhe.errors import AutofheError, Interrupted, on_stop_signals
 from autofhe.search import quiet
-from autofhe.search.heartbeat import GRACE_S, Heartbeat
+from autofhe.search.heartbeat import Heartbeat, end_trial, worker_id
 from autofhe.search.objective import objective
-from autofhe.search.pareto import pareto_front
 
-__all__ = ["optimize", "run_workers"]
+__all__ = ["Outcome", "optimize", "run_workers"]
 
-#: Seconds between two looks of `search --workers N` at its children's progress.
-PROGRESS_POLL_S = 5.0
+#: Seconds between two looks of the supervisor at the study (progress, started trials).
+PROGRESS_POLL_S = 2.0
+#: What a worker's exit code says when it was stopped by a signal it handled.
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def _signal_name(exc: BaseException) -> str:
+    return signal.Signals(exc.signum).name if isinstance(exc, Interrupted) else "SIGINT"
+
+
+#: The signals a worker stops on; ignored while it starts (see run_workers).
+STOP_SIGNALS = (*EXIT_CODES, signal.SIGUSR1)
+#: What the supervisor sends a worker for each signal it receives (see the module docstring).
+RELAYED = {signal.SIGINT: signal.SIGUSR1, signal.SIGTERM: signal.SIGTERM}
 
 
 def optimize(
@@ -44,9 +64,9 @@ def optimize(
     """ask -> objective -> tell until ``n_trials`` are told or ``timeout`` passes.
 
     Unlike ``study.optimize`` this survives a trial that another process ended (a reaper that
-    took it for dead): its result is dropped with a warning instead of a crash.
-    ``before_ask`` runs right before each ask this process makes (it may enqueue the trial
-    the ask then takes: nothing is left queued when the search ends).
+    took it for dead): its result is dropped with a warning instead of a crash. ``before_ask``
+    runs right before each ask this process makes (it may enqueue the trial the ask then
+    takes: nothing is left queued when the search ends).
     """
     with quiet.working():  # this process pauses at checkpoints while another one measures
         return _optimize(study, ctx, n_trials, timeout, beat, after_trial, before_ask)
@@ -62,11 +82,11 @@ def _optimize(study, ctx, n_trials, timeout, beat, after_trial, before_ask) -> i
         if before_ask is not None:
             before_ask()
         trial = study.ask()
-        beat.start(trial._trial_id)
-        # who ran it (a system attribute: not one of the trial's results)
-        study._storage.set_trial_system_attr(trial._trial_id, "autofhe_worker", _worker_id())
         values, ended = None, state.FAIL
         try:
+            beat.start(trial._trial_id)
+            # who runs it (a system attribute: not one of the trial's results)
+            study._storage.set_trial_system_attr(trial._trial_id, "autofhe_worker", worker_id())
             values, ended = objective(trial, ctx), None
         except optuna.TrialPruned:
             ended = state.PRUNED
@@ -79,9 +99,10 @@ def _optimize(study, ctx, n_trials, timeout, beat, after_trial, before_ask) -> i
                 f"autofhe: trial {trial.number} failed: {type(exc).__name__}: {first}",
                 file=sys.stderr,
             )
-        except BaseException:  # Ctrl-C: the trial is failed, not left RUNNING
+        except BaseException as exc:  # Ctrl-C, SIGTERM: the trial ends and is queued again
             beat.stop()
-            _tell(study, trial, None, state.FAIL)
+            reason = f"interrupted ({_signal_name(exc)}) in worker {worker_id()}"
+            end_trial(study._storage, study, trial._trial_id, reason, limit=None)
             raise
         beat.stop()
         frozen = _tell(study, trial, values, ended)
@@ -100,10 +121,6 @@ def _record_error(trial, text: str) -> None:
         pass
 
 
-def _worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def _tell(study, trial, values, ended) -> optuna.trial.FrozenTrial | None:
     """Report a trial; None (and a warning) when another process already ended it."""
     try:
@@ -112,40 +129,120 @@ def _tell(study, trial, values, ended) -> optuna.trial.FrozenTrial | None:
             return study.tell(trial, values, state=ended)
     except optuna.exceptions.UpdateFinishedTrialError:  # ended between our look and our write
         current = study._storage.get_trial(trial._trial_id)
+    why = current.user_attrs.get("reason") or f"{current.state.name}, no heartbeat?"
     print(
-        f"autofhe: warning: trial {trial.number} was ended by another process "
-        f"({current.state.name}, heartbeat older than {GRACE_S} s?); its result is dropped",
+        f"autofhe: warning: trial {trial.number} was ended by another process ({why}); its "
+        "result is dropped",
         file=sys.stderr,
     )
     return None
 
 
 def _worker_main(
-    url: str, name: str, n_trials: int | None, timeout: float | None, seed: int
+    url: str, name: str, n_trials: int | None, timeout: float | None, seed: int, cost: dict, ready
 ) -> None:
-    """A child of ``run_workers``; its exit code is explicit (concrete's exit hook, once an
-    encrypted run happened, would turn any exit into 0)."""
+    """A child of ``run_workers``, in a process group of its own. It is born ignoring the stop
+    signals; ``ready`` tells the supervisor when it stops on them. Its exit code is explicit
+    (concrete's exit hook, once an encrypted run happened, would turn any exit into 0)."""
+    os.setpgid(0, 0)  # the terminal's Ctrl-C reaches the supervisor, which passes one on
+    on_stop_signals(relayed=True)
+    _stop_with_parent()
+    ready.set()
     warnings.filterwarnings("ignore")
     code = 0
     try:
+        from autofhe.fhe.runtime import concrete_fhe
+
+        concrete_fhe()  # first, while no other thread exists (runtime.py)
         import torch
 
         # Small networks train as fast on one thread: N workers use N cores, not 2N threads.
         torch.set_num_threads(1)
-        from autofhe.fhe.latency import load_cost_model
+        from autofhe.fhe.latency import CostModel
         from autofhe.search.study import SearchSession
 
-        SearchSession(url, name, seed).run(n_trials, timeout, load_cost_model())
+        SearchSession(url, name, seed).run(n_trials, timeout, CostModel.from_json(cost))
+    except Interrupted as exc:
+        code = exc.exit_code
     except AutofheError as exc:
         print(f"autofhe: worker error: {exc}", file=sys.stderr)
         code = 2
     except BaseException as exc:
         first = (str(exc).splitlines() or [""])[0]
         print(f"autofhe: worker error: {type(exc).__name__}: {first}", file=sys.stderr)
-        code = 130 if isinstance(exc, KeyboardInterrupt) else 1
+        code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _stop_with_parent() -> None:
+    """SIGTERM to this worker when its supervisor dies (``kill -9`` of `autofhe search`):
+    otherwise, in its own process group, it would go on alone. Linux only (prctl)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@dataclass
+class Outcome:
+    """How the workers of :func:`run_workers` ended."""
+
+    codes: list[int] = field(default_factory=list)  # exit codes (negative: killed by a signal)
+    pids: list[int] = field(default_factory=list)
+    stopped_by: int | None = None  # SIGINT / SIGTERM the supervisor received, if any
+    aborted: bool = False  # a second signal: workers killed without ending their trials
+
+    @property
+    def exit_code(self) -> int:
+        """130 / 143 when stopped by SIGINT / SIGTERM, else 0 or the failed workers' code."""
+        if self.stopped_by is not None:
+            return EXIT_CODES[self.stopped_by]
+        codes = [c for c in self.codes if c]
+        if not codes:
+            return 0
+        return max(codes) if all(c > 0 for c in codes) else 1
+
+    def failures(self) -> list[str]:
+        """One description per worker that did not end well (a stop we asked for is fine)."""
+        asked = {0, *EXIT_CODES.values()} if self.stopped_by else {0}
+        out = []
+        for i, (code, pid) in enumerate(zip(self.codes, self.pids)):
+            if code in asked or (self.aborted and code == -signal.SIGKILL):
+                continue
+            if code < 0:
+                out.append(f"worker {i + 1} (pid {pid}) was killed by {signal.Signals(-code).name}")
+            else:
+                out.append(f"worker {i + 1} (pid {pid}) exited with code {code}")
+        return out
+
+
+class _Stop:
+    """The supervisor's SIGINT / SIGTERM handlers: they only count, the loop acts."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.count = 0
+        self._old = {}
+
+    def __enter__(self):
+        for sig in EXIT_CODES:
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        self.signum = self.signum or signum
+        self.count += 1
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def run_workers(
@@ -156,42 +253,76 @@ def run_workers(
     timeout: float | None,
     seed: int,
     cost_model,
-    progress=None,
-) -> list[int]:
-    """Run the study with ``workers`` processes (1: in this process).
+    progress: Callable | None = None,
+    isolate: bool = False,
+) -> Outcome:
+    """Run the study with ``workers`` processes.
 
-    Returns the exit codes of the worker processes (empty with one worker: its errors raise).
+    With one worker and ``isolate`` False (a library call), the worker runs in this process;
+    otherwise every worker is a child (see the module docstring) and ``progress(study)``, when
+    given, is called every :data:`PROGRESS_POLL_S` seconds. ``cost_model`` None: this machine's
+    cached latency model.
     """
+    from autofhe.fhe.latency import load_cost_model
     from autofhe.search.study import SearchSession, _storage
 
-    if workers <= 1:
-        SearchSession(url, name, seed).run(n_trials, timeout, cost_model, progress)
-        return []
+    cost_model = cost_model or load_cost_model()
+    if workers <= 1 and not isolate:
+        SearchSession(url, name, seed).run(n_trials, timeout, cost_model)
+        return Outcome()
     shares = [None] * workers
     if n_trials is not None:
         shares = [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
     ctx = multiprocessing.get_context("spawn")
+    cost = cost_model.to_json()
+    ready = [ctx.Event() for share in shares if share != 0]
     procs = [
-        ctx.Process(target=_worker_main, args=(url, name, share, timeout, seed + i))
-        for i, share in enumerate(shares)
-        if share != 0
+        ctx.Process(target=_worker_main, args=(url, name, share, timeout, seed + i, cost, flag))
+        for i, (share, flag) in enumerate(zip([s for s in shares if s != 0], ready))
     ]
-    for p in procs:
-        p.start()
+    outcome = Outcome()
+    # Children inherit ignored signals: until their handlers exist they ignore a Ctrl-C (the
+    # supervisor passes it on once they are ready), where a default handler would print a
+    # KeyboardInterrupt traceback from the middle of an import.
+    ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
     try:
-        # one storage (one small pool) for every look, and a look every few seconds only
+        for p in procs:
+            p.start()
+    finally:
+        for sig, old in ignored.items():
+            signal.signal(sig, old)
+    with _Stop() as stop:
         study = optuna.load_study(study_name=name, storage=_storage(url)) if progress else None
-        seen = -1
+        told: set[int] = set()  # workers the first stop signal was passed on to
+        killed, last = False, 0.0
         while any(p.is_alive() for p in procs):
             for p in procs:
-                p.join(timeout=PROGRESS_POLL_S / len(procs))
-            if study is not None:
-                trials = study.get_trials(deepcopy=False)
-                finished = sum(t.state.is_finished() for t in trials)
-                if finished != seen:
-                    seen = finished
-                    progress(study, None, trials, pareto_front(trials))
-    finally:
-        for p in procs:
-            p.join()
-    return [p.exitcode for p in procs]
+                p.join(timeout=0.2 / len(procs))
+            if stop.count > 1 and not killed:  # the second: at once, whatever they do
+                killed = outcome.aborted = True
+                for p in procs:
+                    if p.is_alive():
+                        p.kill()
+            elif stop.count == 1:
+                relay = RELAYED[stop.signum]
+                for i, p in enumerate(procs):
+                    if i not in told and p.is_alive() and ready[i].is_set():
+                        told.add(i)
+                        os.kill(p.pid, relay)
+            if study is not None and time.monotonic() - last >= PROGRESS_POLL_S:
+                last = time.monotonic()
+                _quietly(progress, study)
+        outcome.stopped_by = stop.signum
+    if study is not None:
+        _quietly(progress, study)
+    outcome.codes = [p.exitcode for p in procs]
+    outcome.pids = [p.pid for p in procs]
+    return outcome
+
+
+def _quietly(progress: Callable, study) -> None:
+    """A progress report never ends a search (a database hiccup skips one report)."""
+    try:
+        progress(study)
+    except Exception as exc:
+        print(f"autofhe: warning: no progress report: {exc}"[:200], file=sys.stderr)

@@ -19,7 +19,6 @@ from autofhe.search.notes import (
     FRONT_HEADING,
     front_figure,
     publish_front,
-    publish_missing_fronts,
 )
 from autofhe.search.pareto import pareto_front
 
@@ -122,26 +121,6 @@ def test_front_figure_uses_a_log_axis_only_over_a_decade(latencies, axis):
     assert figure["layout"]["xaxis"]["type"] == axis
     assert [t["name"] for t in figure["data"]] == ["predicted", "measured"]
     assert json.loads(json.dumps(figure)) == figure  # plain JSON for the dashboard
-
-
-def test_studies_searched_before_notes_get_their_front_once(tmp_path):
-    from optuna_dashboard import get_note
-
-    url = f"sqlite:///{tmp_path}/old.db"
-    ours = optuna.create_study(study_name="ours", storage=url, directions=["maximize", "minimize"])
-    ours.set_user_attr("autofhe_fingerprint", "abc")
-    _tell(ours, [0.9, 0.5], {})
-    other = optuna.create_study(study_name="other", storage=url)
-    storage = optuna.storages.RDBStorage(url)
-    assert publish_missing_fronts(storage) == ["ours"]
-    assert FRONT_HEADING in get_note(ours) and get_note(other) == ""
-
-    def version():
-        return storage.get_study_system_attrs(ours._study_id)["dashboard:note_ver"]
-
-    before = version()
-    assert publish_missing_fronts(storage) == []  # written once
-    assert version() == before
 
 
 def test_trial_note_heads():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -275,49 +276,62 @@ def test_two_workers_share_one_sqlite_study(tmp_path, wine_ds, spec_file):
         assert t.user_attrs["artifact_id"]
 
 
-def test_killed_worker_trial_is_failed_and_retried(tmp_path, wine_ds, spec_file):
+@pytest.mark.parametrize("victim", ["worker", "command"])
+def test_kill_9_ends_the_trial_with_a_reason_and_queues_it_again(
+    tmp_path, wine_ds, spec_file, victim
+):
+    """With no other run started. Before: the trial stayed RUNNING until a later run began
+    over 30 s after the kill, then became FAIL with an empty reason. ``worker``: the process
+    that trains (its heartbeat helper ends the trial); ``command``: `autofhe worker` itself
+    (the process that trains is told to stop, as by SIGTERM)."""
     url = f"sqlite:///{tmp_path}/s.db"
     spec = load_spec(spec_file)
     spec.fixed["max_epochs"] = 5000  # a trial long enough to be killed in the middle
     spec.fixed["batch_size"] = 8
     open_study(wine_ds, spec, url, "w", seed=0)
-    env = {**os.environ, "AUTOFHE_HEARTBEAT_S": "1"}
-    worker = subprocess.Popen(
+    grace = 3
+    env = {**os.environ, "AUTOFHE_HEARTBEAT_S": "1", "AUTOFHE_GRACE_S": str(grace)}
+    command = subprocess.Popen(
         [AUTOFHE, "worker", "--storage", url, "--study", "w", "--trials", "1"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    study = optuna.load_study(study_name="w", storage=url)
     running = optuna.trial.TrialState.RUNNING
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        trials = optuna.load_study(study_name="w", storage=url).get_trials()
-        if any(t.state == running for t in trials):
-            break
+    deadline, trial = time.time() + 120, None
+    while trial is None and time.time() < deadline:
+        for t in study.get_trials(states=(running,)):
+            if "autofhe_worker" in t.system_attrs:
+                trial = t
         time.sleep(0.2)
-    worker.kill()  # SIGKILL: no chance to clean up
-    worker.wait(timeout=10)
-    killed = next(t for t in trials if t.state == running).number
-    before = len(trials)  # the killed trial and the plan's seeds still waiting
-    time.sleep(4)  # past the grace period of 3 missed heartbeats
-    # What every worker does before each trial: fail stale trials, re-queue them.
-    from autofhe.search import study as study_mod
-
-    monkey = study_mod.HEARTBEAT_S, study_mod.GRACE_S
-    study_mod.HEARTBEAT_S, study_mod.GRACE_S = 1, 3
-    try:
-        study = optuna.load_study(study_name="w", storage=study_mod._storage(url))
-        optuna.storages.fail_stale_trials(study)
-    finally:
-        study_mod.HEARTBEAT_S, study_mod.GRACE_S = monkey
+    assert trial is not None, "no trial started"
+    before = len(study.get_trials())
+    pid = int(trial.system_attrs["autofhe_worker"].rsplit(":", 1)[1])
+    os.kill(pid if victim == "worker" else command.pid, signal.SIGKILL)
+    killed_at = time.time()
+    while study.get_trials()[trial.number].state == running:
+        assert time.time() - killed_at < 2 * grace, "the trial was not ended in time"
+        time.sleep(0.2)
     trials = study.get_trials()
-    assert trials[killed].state == optuna.trial.TrialState.FAIL
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    ended = trials[trial.number]
+    assert ended.state == optuna.trial.TrialState.FAIL
+    reason = ended.user_attrs["reason"]
+    assert reason.startswith("interrupted") and reason.endswith("queued again"), reason
+    if victim == "worker":
+        assert f"its worker {trial.system_attrs['autofhe_worker']} ended in the middle" in reason
+    else:
+        assert "(SIGTERM)" in reason
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]
     assert len(retries) == 1
     assert retries[0].state == optuna.trial.TrialState.WAITING  # the next worker runs it
-    assert retries[0].params == trials[killed].params
+    assert retries[0].params == ended.params
     assert len(trials) == before + 1  # nothing lost, nothing duplicated
+    command.wait(timeout=60)
+    if victim == "worker":  # the command says which worker died, and how
+        assert f"(pid {pid}) was killed by SIGKILL" in command.stderr.read()
 
 
 # -- the command line ---------------------------------------------------------------------------

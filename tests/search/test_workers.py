@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import optuna
@@ -34,28 +33,6 @@ AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
 OPTUNA = str(Path(sys.executable).with_name("optuna"))
 SPEC = fast_spec(max_epochs=2)
 State = optuna.trial.TrialState
-
-
-def require_services() -> bool:
-    return os.environ.get("AUTOFHE_REQUIRE_SERVICES") == "1"
-
-
-@pytest.fixture()
-def pg_url():
-    """A fresh database on the test server, dropped afterwards."""
-    base = os.environ.get("AUTOFHE_TEST_PG_URL")
-    if not base:
-        if require_services():
-            pytest.fail("AUTOFHE_TEST_PG_URL is not set: .ci/run must start PostgreSQL")
-        pytest.skip("no PostgreSQL server ($AUTOFHE_TEST_PG_URL)")
-    name = f"w_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    yield base.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-    admin.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +235,7 @@ def test_killed_worker_trial_is_retried_within_twice_the_grace(pg_url, wine, tmp
 def test_workers_ride_out_a_postgres_restart(pg_url, wine, tmp_path):
     restart = os.environ.get("AUTOFHE_TEST_PG_RESTART")
     if not restart:
-        if require_services():
+        if os.environ.get("AUTOFHE_REQUIRE_SERVICES") == "1":
             pytest.fail("AUTOFHE_TEST_PG_RESTART is not set: .ci/run must export it")
         pytest.skip("no command to restart the PostgreSQL server ($AUTOFHE_TEST_PG_RESTART)")
     name = _study(pg_url, wine, tmp_path)
@@ -361,8 +338,8 @@ def test_concurrent_first_runs_create_one_study_and_join_it(backend, tmp_path, r
 
 def test_search_with_workers_reports_failed_children(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
-    ParetoStore(url)  # an empty autofhe database: the children find no study "nope"
-    assert run_workers(url, "nope", 2, 2, None, 0, None) == [2, 2]
+    ParetoStore(url, create=True)  # an empty autofhe database: no study "nope" in it
+    assert run_workers(url, "nope", 2, 2, None, 0, None).codes == [2, 2]
 
 
 # -- heartbeats and trials ended elsewhere (in-process, SQLite) ---------------------------------
@@ -371,23 +348,28 @@ def test_search_with_workers_reports_failed_children(tmp_path):
 def test_heartbeat_goes_on_while_the_worker_holds_the_gil(tmp_path):
     import ctypes
 
-    from autofhe.search.heartbeat import Heartbeat, make_storage
+    from autofhe.search.heartbeat import Heartbeat, make_storage, reap
 
     url = f"sqlite:///{tmp_path}/h.db"
-    storage = make_storage(url, 1, 3)
+    storage = make_storage(url)
     study = optuna.create_study(study_name="h", storage=storage, directions=["maximize"])
     trial = study.ask()
-    beat = Heartbeat(url, "h", storage)
+    storage.set_trial_system_attr(trial._trial_id, "autofhe_worker", "host:123")
+    beat = Heartbeat(url, "h", storage, interval=1, grace=3)
     try:
         beat.start(trial._trial_id)
         # libc sleep through PyDLL keeps the GIL, as concrete's key generation does: a
         # heartbeat thread of this process would be silent for 6 s, twice the grace period
         ctypes.PyDLL(None).sleep(6)
-        optuna.storages.fail_stale_trials(study)
+        assert reap(storage, study, 3) == []
         assert storage.get_trial(trial._trial_id).state == State.RUNNING
         beat.stop()
         time.sleep(5)  # no beats once stopped: the helper's own reaper fails it
-        assert storage.get_trial(trial._trial_id).state == State.FAIL
+        failed = storage.get_trial(trial._trial_id)
+        assert failed.state == State.FAIL
+        reason = failed.user_attrs["reason"]
+        assert reason.startswith("interrupted: its worker host:123 sent no heartbeat for ")
+        assert reason.endswith("; queued again")
     finally:
         beat.close()
     retries = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == 0]
@@ -400,11 +382,11 @@ def test_a_trial_whose_worker_died_before_its_first_beat_is_reaped(tmp_path):
     from autofhe.search.heartbeat import Heartbeat, make_storage
 
     url = f"sqlite:///{tmp_path}/u.db"
-    storage = make_storage(url, 1, 2)
+    storage = make_storage(url)
     study = optuna.create_study(study_name="u", storage=storage, directions=["maximize"])
     orphan = study.ask()  # never beaten
     live = study.ask()
-    beat = Heartbeat(url, "u", storage)  # another worker's helper: it reaps every second
+    beat = Heartbeat(url, "u", storage, interval=1, grace=2)  # another worker's helper
     try:
         beat.start(live._trial_id)
         deadline = time.monotonic() + 10
@@ -414,6 +396,7 @@ def test_a_trial_whose_worker_died_before_its_first_beat_is_reaped(tmp_path):
         failed = storage.get_trial(orphan._trial_id)
         assert failed.state == State.FAIL
         assert (failed.datetime_complete - failed.datetime_start).total_seconds() >= 2  # grace
+        assert "an unknown worker sent no heartbeat" in failed.user_attrs["reason"]
         assert storage.get_trial(live._trial_id).state == State.RUNNING  # it beats: kept
     finally:
         beat.close()
@@ -425,7 +408,7 @@ def test_a_trial_ended_by_another_process_is_skipped_not_a_crash(tmp_path, capsy
     from autofhe.search.heartbeat import make_storage
     from autofhe.search.workers import _tell
 
-    storage = make_storage(f"sqlite:///{tmp_path}/t.db", 1, 3)
+    storage = make_storage(f"sqlite:///{tmp_path}/t.db")
     study = optuna.create_study(study_name="t", storage=storage, directions=["maximize"])
     trial = study.ask()
     storage.set_trial_state_values(trial._trial_id, State.FAIL)  # a reaper took it for dead
@@ -558,16 +541,17 @@ def test_a_spec_whose_trials_would_all_crash_is_refused_before_any_write(tmp_pat
 
 def test_search_exit_code_reflects_its_failed_workers(tmp_path, monkeypatch, capsys):
     from autofhe import cli
-    from autofhe.search import study as study_mod
+    from autofhe.search import workers
+    from autofhe.search.workers import Outcome
 
     (tmp_path / "spec.toml").write_text(SPEC)
     calls = []
 
     def one_worker_failed(*args, **kwargs):
         calls.append(args)
-        return [0, 3]
+        return Outcome(codes=[0, 3], pids=[101, 102])
 
-    monkeypatch.setattr(study_mod, "run_workers", one_worker_failed)
+    monkeypatch.setattr(workers, "run_workers", one_worker_failed)
     argv = [
         "search",
         "--data",
@@ -584,4 +568,4 @@ def test_search_exit_code_reflects_its_failed_workers(tmp_path, monkeypatch, cap
     assert cli.main(argv) == 3  # was 0 with a partial front
     assert len(calls) == 1
     err = capsys.readouterr().err
-    assert "1 of 2 workers failed (exit codes 3)" in err
+    assert "1 of 2 workers failed (worker 2 (pid 102) exited with code 3)" in err

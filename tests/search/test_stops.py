@@ -1,0 +1,183 @@
+"""How a search stops: Ctrl-C (to the whole process group, as a terminal sends it) and SIGTERM
+in the middle of training, compilation and the latency measurement; a second Ctrl-C; and the
+progress lines while it runs.
+
+Before: Ctrl-C during `search` printed concrete's native stack dump and ``Segmentation
+fault`` (exit 139), the heartbeat helper a KeyboardInterrupt traceback, and the trial stayed
+RUNNING with no reason; during training skorch swallowed it and the search went on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autofhe.search.report import RUNNING_REPORT_S, ProgressReport
+
+AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
+State = optuna.trial.TrialState
+SEARCH = [AUTOFHE, "search", "--data", "sklearn:wine", "--spec", "spec.toml"]
+#: hidden-layer networks: seconds of training, a compilation and a latency measurement to hit
+SPEC = """
+[space]
+n_w_bits = [3]
+n_a_bits = [3]
+module__n_hidden_neurons_multiplier = [1.0]
+
+[fixed]
+module__n_layers = 2
+module__lookup_bits = 5
+max_epochs = 150
+"""
+
+
+def _search(tmp_path: Path, trials: int) -> subprocess.Popen:
+    (tmp_path / "spec.toml").write_text(SPEC)
+    return subprocess.Popen(
+        [*SEARCH, "--trials", str(trials), "--storage", "sqlite:///s.db", "--study", "s"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group: killpg is a terminal's Ctrl-C
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+
+
+def _wait_for_phase(tmp_path: Path, phase: str, timeout: float = 240) -> int:
+    """The number of the first trial seen running ``phase``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (tmp_path / "s.db").exists():
+            try:  # never create a table: the search is making them
+                storage = optuna.storages.RDBStorage(
+                    f"sqlite:///{tmp_path}/s.db", skip_table_creation=True
+                )
+                study = optuna.load_study(study_name="s", storage=storage)
+                for t in study.get_trials(deepcopy=False, states=(State.RUNNING,)):
+                    if t.system_attrs.get("autofhe_phase", "").startswith(phase):
+                        return t.number
+            except Exception:  # not made yet
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"no trial reached {phase!r}")
+
+
+def _clean_stderr(err: str) -> None:
+    for bad in ("Segmentation fault", "Traceback", "{what}", "KeyboardInterrupt"):
+        assert bad not in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("phase", "sig", "code"),
+    [
+        ("training", signal.SIGINT, 130),
+        ("compiling", signal.SIGINT, 130),
+        ("measuring", signal.SIGINT, 130),
+        ("training", signal.SIGTERM, 143),
+    ],
+)
+def test_a_stop_mid_trial_ends_it_interrupted_and_a_rerun_completes(tmp_path, phase, sig, code):
+    proc = _search(tmp_path, trials=2)
+    number = _wait_for_phase(tmp_path, phase)
+    os.killpg(proc.pid, sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, (out[-2000:], err)
+    _clean_stderr(err)
+    assert err.strip().splitlines() == [
+        "autofhe: stopped: the running trials ended as interrupted and were queued again; "
+        "resume with the same command."
+    ]
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    trials = study.get_trials()
+    stopped = trials[number]
+    assert stopped.state == State.FAIL
+    name = signal.Signals(sig).name
+    assert stopped.user_attrs["reason"].startswith(f"interrupted ({name}) in worker ")
+    assert not [t for t in trials if t.state == State.RUNNING]
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == number]
+    assert len(retry) == 1 and retry[0].state == State.WAITING
+    # the search goes on where it stopped: the configurations queued before the stop (the
+    # plan's first trials), then the interrupted one; nothing is lost
+    waiting = sum(t.state == State.WAITING for t in trials)
+    again = _search(tmp_path, trials=waiting)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    trials = study.get_trials()
+    assert trials[retry[0].number].state in (State.COMPLETE, State.PRUNED)
+    assert trials[retry[0].number].params == stopped.params
+    assert all(t.state.is_finished() for t in trials)
+    assert sum(t.state == State.FAIL for t in trials) == 1  # only the interrupted one
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_aborts_at_once(tmp_path):
+    proc = _search(tmp_path, trials=2)
+    number = _wait_for_phase(tmp_path, "measuring")  # concrete's key generation: seconds
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    start = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.monotonic() - start < 5
+    _clean_stderr(err)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    deadline = time.time() + 30  # ended by the trial itself, or by the killed worker's helper
+    while study.get_trials()[number].state == State.RUNNING and time.time() < deadline:
+        time.sleep(0.5)
+    ended = study.get_trials()[number]
+    assert ended.state == State.FAIL and ended.user_attrs["reason"].startswith("interrupted")
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_says_when_trials_start_run_and_end(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr("autofhe.search.report.time.monotonic", clock)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    done = study.ask()
+    study.tell(done, [0.5, 0.1])  # before this run: not counted in it
+    lines: list[str] = []
+    report = ProgressReport(study, total=2, out=lambda line, flush: lines.append(line))
+    running = study.ask({"module__n_layers": optuna.distributions.IntDistribution(1, 3)})
+    study._storage.set_trial_system_attr(running._trial_id, "autofhe_phase", "compiling")
+    report(study)
+    assert lines[-1].endswith(
+        f"trial {running.number} started: {running.params['module__n_layers']} layer"
+        + ("s" if running.params["module__n_layers"] != 1 else "")
+        + ", ?/? bits"
+    )
+    clock.now += RUNNING_REPORT_S - 1
+    report(study)
+    assert len(lines) == 1  # nothing new, and not yet half a minute
+    clock.now += 2
+    report(study)
+    assert lines[-1].split("] ", 1)[1].startswith(f"trial {running.number}: compiling (")
+    study.tell(running, [0.9, 0.2])
+    report(study)
+    assert lines[-1].split("] ", 1)[1] == (
+        f"trial {running.number}: 0.9000, 0.2 s | this run 1/2 | study: 2 finished, "
+        "2 feasible, front 2"
+    )
+    pruned = study.ask()
+    pruned.set_user_attr("reason", "latency: priced 6 s > max 5 s")
+    study.tell(pruned, state=State.PRUNED)
+    report(study)
+    assert (
+        f"trial {pruned.number}: pruned (latency: priced 6 s > max 5 s) | this run 2/2"
+        in (lines[-1])
+    )
