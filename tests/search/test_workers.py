@@ -73,6 +73,15 @@ def _workers(url, name, n, trials, tmp_path, **env) -> list[subprocess.Popen]:
     return procs
 
 
+def _children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (Linux)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
 def _wait(procs, timeout=300) -> list[int]:
     deadline = time.time() + timeout
     return [p.wait(timeout=max(1, deadline - time.time())) for p in procs]
@@ -198,23 +207,27 @@ def test_killed_worker_trial_is_retried_within_twice_the_grace(pg_url, wine, tmp
     procs = _workers(
         pg_url, name, 3, 8, tmp_path, AUTOFHE_HEARTBEAT_S="1", AUTOFHE_GRACE_S=str(grace)
     )
-    victim = procs[0]
-    tag = f":{victim.pid}"
+    # `autofhe worker` supervises one child process that runs the trials: kill that child, as
+    # the kernel's OOM killer would (no chance to clean up), and leave the supervisor alone
+    supervisor = procs[0]
     storage = optuna.storages.RDBStorage(pg_url)
     study = optuna.load_study(study_name=name, storage=storage)
     deadline = time.time() + 120
     killed = None
     while killed is None and time.time() < deadline:
+        tags = {f":{pid}": pid for pid in _children(supervisor.pid)}
         for t in study.get_trials(deepcopy=False, states=(State.RUNNING,)):
-            if t.system_attrs.get("autofhe_worker", "").endswith(tag):
-                victim.send_signal(signal.SIGKILL)  # no chance to clean up
+            pid = tags.get(":" + t.system_attrs.get("autofhe_worker", "").rsplit(":", 1)[-1])
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
                 killed_at = datetime.datetime.now()
-                killed = t.number
+                killed, tag = t.number, f":{pid}"
                 break
         time.sleep(0.05)
     assert killed is not None, "the worker never ran a trial"
     codes = _wait(procs[1:])
-    victim.wait()
+    assert supervisor.wait(timeout=60) != 0  # it says its worker was killed
+    assert "killed by SIGKILL" in _log(tmp_path, 0)
     trials = study.get_trials()
     assert codes == [0, 0], [_log(tmp_path, i) for i in (1, 2)]
     assert trials[killed].state == State.FAIL
