@@ -22,7 +22,9 @@ __all__ = [
     "SEED_ACTIVATIONS",
     "Param",
     "check_param",
+    "default",
     "seed_values",
+    "value_of",
 ]
 
 #: The activations the seed documents (and the search explores by default).
@@ -41,8 +43,9 @@ LR_SCHEDULES = ("constant", "cosine")
 class Param:
     """What one estimator parameter may be.
 
-    ``kind``: "int", "float", "bool", "activation", "schedule", or "accum" / "lookup" (an
-    integer, or None: an unbounded accumulator / a lookup precision compile chooses).
+    ``kind``: "int", "float", "bool", "activation", "schedule", "accum" / "lookup" (an
+    integer, or None: an unbounded accumulator / a lookup precision compile chooses), or
+    "batch" (an integer, or -1: all rows in one batch).
     ``default``: the estimator's default, which is also the seed configuration's value.
     """
 
@@ -64,12 +67,22 @@ PARAMS: dict[str, Param] = {
     "power_of_two_scaling": Param("bool", default=True),
     "lr": Param("float", 1e-7, 10.0, 0.001),
     "max_epochs": Param("int", 1, 10_000, 10),
-    "batch_size": Param("int", 1, 1_000_000, 128, seed=False),
+    "batch_size": Param("batch", 1, 1_000_000, 128, seed=False),
     "lr_schedule": Param("schedule", default="constant"),
     "optimizer__weight_decay": Param("float", 0.0, 1.0, 0.0),
     "module__lookup_bits": Param("lookup", 2, 16, None),
     "n_init": Param("int", 1, 100, 1),
 }
+
+
+def default(name: str) -> Any:
+    """The estimator's default of parameter ``name``."""
+    return PARAMS[name].default
+
+
+def value_of(params: dict[str, Any], name: str) -> Any:
+    """``params[name]``, or the estimator's default when ``params`` leaves it out."""
+    return params.get(name, PARAMS[name].default)
 
 
 def seed_values() -> dict[str, Any]:
@@ -83,12 +96,17 @@ def check_param(name: str, value: Any) -> Any:
     p = PARAMS[name]
     if p.kind in ("accum", "lookup") and value is None:
         return None
-    if p.kind in ("int", "accum", "lookup"):
+    if p.kind == "batch" and not isinstance(value, bool) and value == -1:
+        return -1
+    if p.kind in ("int", "accum", "lookup", "batch"):
+        also = ", or -1 for all rows at once" if p.kind == "batch" else ""
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ParameterError(f"{name}={value!r} must be an integer from {p.low} to {p.high}.")
+            raise ParameterError(
+                f"{name}={value!r} must be an integer from {p.low} to {p.high}{also}."
+            )
         if not p.low <= value <= p.high:
             raise ParameterError(
-                f"{name}={value} is out of range: use an integer from {p.low} to {p.high}."
+                f"{name}={value} is out of range: use an integer from {p.low} to {p.high}{also}."
             )
         return int(value)
     if p.kind == "float":

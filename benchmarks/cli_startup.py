@@ -28,6 +28,8 @@ LIMIT_S = 1.0
 def _build_study(url: str) -> None:
     import optuna
 
+    from autofhe.search import record
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name="bench-accuracy", storage=url, directions=["maximize", "minimize"]
@@ -36,7 +38,7 @@ def _build_study(url: str) -> None:
     for i in range(6):
         trial = study.ask()
         trial.set_constraint("latency", 0.0 if i % 2 else 0.5)
-        trial.set_user_attr("reason", "" if i % 2 else "latency: over the limit")
+        record.write(trial, reason="" if i % 2 else "latency: over the limit")
         study.tell(trial, [0.8 + i / 50, 0.1 * (i + 1)])
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import optuna
 
 from autofhe.fhe.bundle import load_program, unpack_bundle
-from autofhe.search.locate import artifact_store
-from autofhe.search.pareto import pareto_front
+from autofhe.search.front import pareto_front
+from autofhe.search.record import TrialRecord
+from autofhe.search.store.locate import artifact_store
 
 
 def front_bundles(url: str, study_name: str, trials, every: bool = False) -> Iterator[tuple]:
@@ -18,7 +19,8 @@ def front_bundles(url: str, study_name: str, trials, every: bool = False) -> Ite
     ``every``: front trials without one too, as ``(trial, None, None, None)``."""
     store = artifact_store(url)
     for t in pareto_front(trials):
-        if not t.user_attrs.get("artifact_id"):
+        artifact_id = TrialRecord.of(t).artifact_id
+        if not artifact_id:
             if every:
                 yield t, None, None, None
             continue
@@ -27,7 +29,7 @@ def front_bundles(url: str, study_name: str, trials, every: bool = False) -> Ite
             optuna.artifacts.download_artifact(
                 artifact_store=store,
                 file_path=str(archive),
-                artifact_id=t.user_attrs["artifact_id"],
+                artifact_id=artifact_id,
             )
             unpack_bundle(archive, Path(tmp) / "bundle")  # path-checked, then checksums
             manifest, program = load_program(Path(tmp) / "bundle")

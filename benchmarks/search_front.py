@@ -25,14 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from targets import CONCRETE_ML, GOALS
 
 from autofhe.data import load_dataset
+from autofhe.fhe.bundle import load_model
 from autofhe.fhe.deploy import measure_bundle
 from autofhe.fhe.latency import load_cost_model
-from autofhe.search.pareto import pareto_front
+from autofhe.search.front import pareto_front
+from autofhe.search.record import TrialRecord
 from autofhe.search.select import choose
 from autofhe.search.spec import load_spec, parse_duration
-from autofhe.search.study import open_study, run_workers
+from autofhe.search.study import open_study
+from autofhe.search.workers import run_workers
 
 from front_models import front_bundles
 from protocol import split, table
@@ -41,13 +45,6 @@ warnings.filterwarnings("ignore")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 ROOT = Path(__file__).resolve().parents[1]
-#: dataset -> (target accuracy, target latency s, best Concrete ML (acc, warm latency s, what))
-TARGETS = {
-    "breast_cancer": (0.958, 0.3, (0.909, 10.7, "hand-tuned: 3 layers, x2, 4 bits")),
-    "wine": (None, None, (0.978, 11.2, "defaults, 3 layers")),
-    "digits": (0.97, 0.5, (0.960, 2.2, "hand-tuned: 2 layers, x1, 2 bits")),
-    "circles": (0.88, 0.3, (0.892, 1.09, "100 epochs, lr 0.01")),
-}
 #: front models measured slower than this in the search are re-measured on one sample
 SLOW_S = 2.0
 COLUMNS = ["dataset", "model", "valid acc", "test acc", "latency s (search)", "latency s"]
@@ -60,25 +57,22 @@ def front_rows(dataset: str, url: str, name: str, Xte, yte) -> list[dict]:
     front = pareto_front(trials)
     # what `autofhe export` ships by default (None: no front model has a stored model yet)
     knee = (
-        choose(trials, front).number
-        if any(t.user_attrs.get("artifact_id") for t in front)
-        else None
+        choose(trials, front).number if any(TrialRecord.of(t).exportable for t in front) else None
     )
-    for t, manifest, program, bundle in front_bundles(url, name, trials, every=True):
+    for t, _, program, bundle in front_bundles(url, name, trials, every=True):
         test_acc = in_search = measured = None
         if program is not None:
-            classes = np.asarray(manifest["classes"])
-            pred = classes[program.predict_raw(Xte).argmax(axis=1)]
+            pred = load_model(bundle).predict(Xte)  # decoded as the client decodes it
             test_acc = float(np.mean(pred == yte))
-            in_search = t.user_attrs.get("measured_latency_s")
+            in_search = TrialRecord.of(t).measured_latency_s
             n = 5 if in_search is not None and in_search <= SLOW_S else 1
             measured = measure_bundle(bundle, Xte, n=n)["latency_s"]
         rows.append(
             {
                 "dataset": dataset,
                 "model": f"trial {t.number}{' (knee)' if t.number == knee else ''}: "
-                f"{len(t.user_attrs['lookups_per_layer']) + 1} layers, "
-                f"{t.user_attrs.get('lookups_per_layer')} lookups, "
+                f"{len(TrialRecord.of(t).lookups_per_layer) + 1} layers, "
+                f"{TrialRecord.of(t).lookups_per_layer} lookups, "
                 f"w/a {t.params.get('n_w_bits')}/{t.params.get('n_a_bits')} bits",
                 "valid acc": f"{t.values[0]:.3f}",
                 "test acc": "-" if test_acc is None else f"{test_acc:.3f}",
@@ -92,7 +86,8 @@ def front_rows(dataset: str, url: str, name: str, Xte, yte) -> list[dict]:
 
 
 def verdict(dataset: str, rows: list[dict]) -> str:
-    goal_acc, goal_lat, (cml_acc, cml_lat, _) = TARGETS[dataset]
+    goal_acc, goal_lat = GOALS[dataset]
+    cml_acc, cml_lat, _ = CONCRETE_ML[dataset]
     # the anchors are rounded to 3 decimals: compare at that precision
     ok = [
         {**r, "_acc": round(r["_acc"], 3)}
@@ -118,7 +113,7 @@ def verdict(dataset: str, rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="20m", help="search time per dataset")
-    parser.add_argument("--datasets", nargs="+", default=list(TARGETS))
+    parser.add_argument("--datasets", nargs="+", default=list(CONCRETE_ML))
     parser.add_argument("--workdir", default=None, help="keep the databases here")
     parser.add_argument(
         "--workers", type=int, default=2, help="search processes (training uses one core each)"
@@ -143,7 +138,7 @@ def main() -> None:
         n = len(optuna.load_study(study_name=name, storage=url).trials)
         print(f"{dataset}: {n} trials in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
         found = front_rows(dataset, url, name, Xte, yte)
-        cml_acc, cml_lat, what = TARGETS[dataset][2]
+        cml_acc, cml_lat, what = CONCRETE_ML[dataset]
         cml = {
             "dataset": dataset,
             "model": f"Concrete ML {what}",

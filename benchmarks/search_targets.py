@@ -24,13 +24,16 @@ from pathlib import Path
 import numpy as np
 import optuna
 from sklearn.linear_model import Ridge
+from targets import GOALS
 
-from autofhe.data import Dataset, check_Xy
+from autofhe.data import Dataset, dataset_from_arrays
+from autofhe.fhe.bundle import load_model
 from autofhe.fhe.deploy import measure_bundle
 from autofhe.fhe.latency import load_cost_model
-from autofhe.fhe.model import CompiledModel
+from autofhe.search.record import StudyRecord, TrialRecord
 from autofhe.search.spec import load_spec, parse_duration
-from autofhe.search.study import open_study, run_workers
+from autofhe.search.study import open_study
+from autofhe.search.workers import run_workers
 
 from front_models import front_bundles
 from protocol import REGRESSION_SETS, split, table
@@ -38,15 +41,6 @@ from protocol import REGRESSION_SETS, split, table
 warnings.filterwarnings("ignore")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-#: dataset -> (metric target, latency target s); None: "keep today's front" style checks
-TARGETS = {
-    "circles": (0.88, 0.3),
-    "digits": (0.97, 0.5),
-    "breast_cancer": (0.958, 0.01),
-    "wine": (0.978, 0.01),
-    "classification6000": (None, None),
-    "diabetes": ("ridge - 0.02", 0.3),
-}
 #: >= 100 trials in 20 minutes, counting the trials that trained and were scored (run to the
 #: end or stopped at a rung), not those rejected before training, which cost nothing
 TRIALS_PER_HOUR = {"classification6000": 300}
@@ -54,17 +48,13 @@ TRIALS_PER_HOUR = {"classification6000": 300}
 
 def dataset(name: str, Xtr, ytr) -> Dataset:
     task = "regression" if name in REGRESSION_SETS else "classification"
-    X, y = check_Xy(Xtr, ytr, classification=task == "classification")
-    import hashlib
-
-    digest = hashlib.sha256(X.tobytes() + np.asarray(y).tobytes()).hexdigest()
-    return Dataset(X=X, y=y, name=name, task=task, fingerprint=digest, source=f"bench:{name}")
+    return dataset_from_arrays(Xtr, ytr, name=name, task=task, source=f"bench:{name}")
 
 
 def score(task: str, bundle: Path, Xte, yte) -> float:
     """Test metric of a stored front model in the clear (the circuit's function bit for bit),
     outputs decoded as the client decodes them (classes, or the de-standardized target)."""
-    pred = CompiledModel.load(bundle).predict(Xte)
+    pred = load_model(bundle).predict(Xte)
     if task == "classification":
         return float(np.mean(pred == yte))
     from sklearn.metrics import r2_score
@@ -77,7 +67,7 @@ def run(name: str, budget: float, workers: int, workdir: Path, cost_model) -> li
     ds = dataset(name, Xtr, ytr)
     url = f"sqlite:///{workdir}/{name}.db"
     study, _, study_name = open_study(ds, load_spec(None), url, None, seed=0)
-    plan = study.user_attrs["autofhe_plan"]
+    plan = StudyRecord.of(study).autofhe_plan
     t0 = time.perf_counter()
     run_workers(url, study_name, workers, None, budget, 0, cost_model)
     elapsed = time.perf_counter() - t0
@@ -85,8 +75,9 @@ def run(name: str, budget: float, workers: int, workdir: Path, cost_model) -> li
     trials = study.get_trials(deepcopy=False)
     finished = [t for t in trials if t.state.is_finished()]
     complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
-    rejected = [t for t in finished if t.user_attrs.get("rejected_before_training")]
-    rung = [t for t in finished if str(t.user_attrs.get("reason", "")).startswith("pruned at")]
+    records = {t.number: TrialRecord.of(t) for t in finished}
+    rejected = [t for t in finished if records[t.number].rejected_before_training]
+    rung = [t for t in finished if records[t.number].reason.startswith("pruned at")]
     sentinels = [
         t for t in complete if any(not math.isfinite(v) or v in (-1.0, -1e9, 1e6) for v in t.values)
     ]
@@ -104,17 +95,18 @@ def run(name: str, budget: float, workers: int, workdir: Path, cost_model) -> li
     for t, _, _, bundle in front_bundles(url, study_name, trials):
         test = score(ds.task, bundle, Xte, yte)
         alone = measure_bundle(bundle, Xte, n=3)["latency_s"] if bundle else None
-        params = t.user_attrs.get("estimator_params", t.params)
+        r = TrialRecord.of(t)
+        params = r.estimator_params or t.params
         rows.append(
             {
                 "trial": t.number,
                 "shape": f"{params.get('module__n_layers')} layers, "
-                f"{t.user_attrs.get('lookups_per_layer')} lookups @ "
-                f"{t.user_attrs.get('lookup_bits_per_layer')} bits, w/a "
+                f"{r.lookups_per_layer} lookups @ "
+                f"{r.lookup_bits_per_layer} bits, w/a "
                 f"{params.get('n_w_bits')}/{params.get('n_a_bits')}",
                 "valid": round(t.values[0], 4),
                 "test": round(test, 4),
-                "epochs": t.user_attrs.get("fidelity_epochs"),
+                "epochs": r.fidelity_epochs,
                 "predicted s": round(t.values[1], 4),
                 "measured s (alone)": None if alone is None else round(alone, 4),
             }
@@ -125,7 +117,7 @@ def run(name: str, budget: float, workers: int, workdir: Path, cost_model) -> li
 
 
 def verdict(name, rows, Xtr, ytr, Xte, yte, n_trained, elapsed) -> str:
-    target, max_s = TARGETS[name]
+    target, max_s = GOALS[name]
     if name == "classification6000":
         per_hour = n_trained / elapsed * 3600
         ok = per_hour >= TRIALS_PER_HOUR[name]
@@ -164,7 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="20m")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--datasets", nargs="+", default=list(TARGETS))
+    parser.add_argument("--datasets", nargs="+", default=list(GOALS))
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     budget = parse_duration(args.budget)

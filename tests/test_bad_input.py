@@ -23,11 +23,18 @@ import sqlalchemy as sa
 
 from autofhe.data import load_dataset
 from autofhe.search.spec import load_spec
-from autofhe.search.study import open_study, run_workers
+from autofhe.search.study import open_study
+from autofhe.search.workers import run_workers
+
+#: one autofhe process per row (make check leaves them out)
+pytestmark = pytest.mark.slow
 
 AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
 #: quantized linear models trained for 2 epochs: a trial takes about a second
 SPEC = """
+[study]
+folds = 1
+
 [space]
 n_w_bits = { low = 2, high = 4 }
 n_a_bits = { low = 2, high = 4 }

@@ -65,7 +65,7 @@ def _study(url: str, name: str = "s-accuracy") -> optuna.Study:
             reason="",
         )
     )
-    study.add_trial(_trial([0.9, 0.1], ok, measured_latency_s=0.12, reason="", fidelity=0.5))
+    study.add_trial(_trial([0.9, 0.1], ok, measured_latency_s=0.12, reason="", fidelity_epochs=20))
     study.add_trial(
         _trial([0.99, 0.05], {"latency": 0.0, "key_size": 1.5}, reason="key_size: 6 GB > 4 GB")
     )
@@ -218,7 +218,7 @@ def test_pareto_json_has_stable_machine_keys(one_study):
     assert table[:3] == ["trial", "accuracy", "test"]
 
 
-def test_trials_lists_every_trial_with_state_values_fidelity_and_reason(one_study):
+def test_trials_lists_every_trial_with_state_values_epochs_and_reason(one_study):
     tmp, url = one_study
     out = _run(["trials", "--storage", url, "--format", "json"], tmp)
     assert out.returncode == 0, out.stderr
@@ -231,7 +231,8 @@ def test_trials_lists_every_trial_with_state_values_fidelity_and_reason(one_stud
     ]
     assert (rows[2]["accuracy"], rows[2]["fhe_latency_s"]) == (0.99, 0.05)
     assert rows[2]["reason"] == "key_size: 6 GB > 4 GB"
-    assert [r["fidelity"] for r in rows] == [None, 0.5, None, None]
+    # the epochs a trial trained, as the search stores them (``fidelity_epochs``)
+    assert [r["epochs"] for r in rows] == [None, 20, None, None]
     table = _run(["trials", "--storage", url], tmp).stdout
     assert table.splitlines()[0].split() == [
         "trial",
@@ -239,7 +240,7 @@ def test_trials_lists_every_trial_with_state_values_fidelity_and_reason(one_stud
         "accuracy",
         "fhe_latency_s",
         "feasible",
-        "fidelity",
+        "epochs",
         "reason",
     ]
     assert "key_size: 6 GB > 4 GB" in table
@@ -266,7 +267,7 @@ def test_pareto_plot(one_study):
 
 def test_pareto_flags_a_measured_latency_over_max_latency(one_study):
     from autofhe.data import Dataset
-    from autofhe.search.pareto import ParetoStore
+    from autofhe.search.store.tables import ParetoStore
 
     tmp, url = one_study
     ds = Dataset(

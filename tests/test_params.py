@@ -43,9 +43,16 @@ def test_estimator_and_search_space_accept_exactly_the_tables_range(name):
 
 
 def test_n_layers_has_one_range_everywhere():
-    """It was 1-64 for the estimator and 1-8 for a study's space."""
-    validate_space({"module__n_layers": {"low": 1, "high": 12}})
-    _module_check("module__n_layers", 12)
+    """It was 1-64 for the estimator and 1-8 for a study's space: both take 12 now, and both
+    refuse the table's high + 1."""
+    high = PARAMS["module__n_layers"].high
+    space = {"module__n_layers": {"low": 1, "high": 12}}
+    assert validate_space(space) == space
+    assert _module_check("module__n_layers", 12) is None
+    with pytest.raises(ParameterError, match=f"{high + 1}"):
+        validate_space({"module__n_layers": {"low": 1, "high": high + 1}})
+    with pytest.raises(ParameterError, match=f"module__n_layers={high + 1} is out of range"):
+        _module_check("module__n_layers", high + 1)
 
 
 def test_seed_configuration_is_the_estimators_defaults():

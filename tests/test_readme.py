@@ -25,6 +25,9 @@ from pathlib import Path
 
 import pytest
 
+#: the README's commands on a fresh copy (make check leaves it out)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LONG = os.environ.get("AUTOFHE_README_LONG") == "1"

@@ -13,6 +13,7 @@ import warnings
 
 from autofhe.cli import deploy
 from autofhe.errors import AutofheError, Interrupted, ParameterError, on_stop_signals
+from autofhe.search.record import TrialRecord
 
 BUILTIN_SETS = ("breast_cancer", "wine", "digits", "iris")
 #: trials of `autofhe demo` (and `make demo`)
@@ -90,9 +91,9 @@ def _print_table(rows: list[dict], out=None) -> None:
 def _cmd_search(args: argparse.Namespace) -> int:
     from autofhe.data import load_dataset
     from autofhe.fhe.latency import load_cost_model
-    from autofhe.search.locate import check_study_name, check_writable
-    from autofhe.search.pareto import pareto_front
+    from autofhe.search.front import pareto_front
     from autofhe.search.spec import check_folds, load_spec
+    from autofhe.search.store.locate import check_study_name, check_writable
     from autofhe.search.study import (
         check_search_inputs,
         open_study,
@@ -132,7 +133,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if cost_model is None:
         print("cost model: calibrating it on this machine (first run here, about two minutes)")
         cost_model = load_cost_model()
-    study, _, name = open_study(ds, spec, url, args.study, args.seed, say=_say)
+    study, _, name = open_study(ds, spec, url, args.study, args.seed, say=_say, checked=True)
     at_start = study.get_trials(deepcopy=False)
     before = sum(t.state.is_finished() for t in at_start)
     queued = {t.number for t in at_start if t.state.name == "WAITING"}  # run by this search
@@ -156,7 +157,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         if t.number >= len(at_start) or t.number in queued
     ]
     if outcome.stopped_by is None and new and all(t.state.name == "FAIL" for t in new):
-        error = new[-1].user_attrs.get("error", "see the messages above")
+        error = TrialRecord.of(new[-1]).error or "see the messages above"
         print(
             f"autofhe: error: all {len(new)} trials of this run failed (last: {error}); "
             "fix the spec or the data and rerun.",
@@ -220,8 +221,9 @@ def _ended(outcome, resume: str, front: bool = False) -> int:
 def _cmd_pareto(args: argparse.Namespace) -> int:
     import json
 
-    from autofhe.search.pareto import ParetoStore, pareto_front
+    from autofhe.search.front import pareto_front
     from autofhe.search.report import display_rows, front_records, latency_warnings, plot_front
+    from autofhe.search.store.tables import ParetoStore
 
     study = _load_study(args)
     info = ParetoStore(_storage_url(args)).study_info(study.study_name)
@@ -259,15 +261,15 @@ def _cmd_trials(args: argparse.Namespace) -> int:
         print(json.dumps(records, indent=2))
         return 0
     rows = [rounded(r) for r in records]
-    if all(r["fidelity"] is None for r in records):  # a search without fidelities
+    if all(r["epochs"] is None for r in records):  # not an autofhe search
         for r in rows:
-            del r["fidelity"]
+            del r["epochs"]
     _print_table(rows) if rows else print(f"no trials in study {study.study_name!r} yet")
     return 0
 
 
 def _storage_url(args) -> str:
-    from autofhe.search.locate import resolve_storage
+    from autofhe.search.store.locate import resolve_storage
 
     return resolve_storage(args.storage)
 
@@ -275,7 +277,7 @@ def _storage_url(args) -> str:
 def _load_study(args, autofhe_only: bool = True):
     """The study of ``--study`` (or the database's only one), read without creating anything;
     sets ``args.study``. ``autofhe_only``: a study autofhe did not make is refused."""
-    from autofhe.search.locate import check_study_name, load_study
+    from autofhe.search.store.locate import check_study_name, load_study
 
     study = load_study(_storage_url(args), check_study_name(args.study), autofhe_only)
     args.study = study.study_name
@@ -283,8 +285,8 @@ def _load_study(args, autofhe_only: bool = True):
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
-    from autofhe.search.locate import has_tables, open_storage, require_database_file
-    from autofhe.search.summary import sqlite_summaries
+    from autofhe.search.store.locate import has_tables, open_storage, require_database_file
+    from autofhe.search.store.summary import sqlite_summaries
 
     url = _storage_url(args)
     require_database_file(url)
@@ -294,7 +296,7 @@ def _cmd_studies(args: argparse.Namespace) -> int:
     elif rows is None:
         import optuna
 
-        from autofhe.search.summary import optuna_summaries
+        from autofhe.search.store.summary import optuna_summaries
 
         if not args.debug:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -305,7 +307,7 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     from autofhe.fhe.latency import load_cost_model
-    from autofhe.search.locate import check_writable
+    from autofhe.search.store.locate import check_writable
 
     url = _storage_url(args)
     _check_seed(args.seed)
@@ -327,7 +329,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
     from autofhe.search.feasibility import patch_dashboard
-    from autofhe.search.locate import artifact_store, open_storage
+    from autofhe.search.store.locate import artifact_store, open_storage
 
     url = _storage_url(args)
     patch_dashboard()  # "best" = the feasible front, as in `autofhe pareto`
@@ -426,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     pareto.add_argument("--plot", default=None, metavar="FILE.png", help="also draw the front")
     pareto.set_defaults(func=_cmd_pareto)
 
-    trials = sub.add_parser("trials", help="list every trial: state, values, fidelity, reason")
+    trials = sub.add_parser("trials", help="every trial: state, values, epochs trained, reason")
     trials.add_argument("--study", default=None, help=one_study)
     storage_arg(trials)
     trials.add_argument("--format", choices=("table", "json"), default="table", help="output")

@@ -12,12 +12,13 @@ import math
 import shlex
 
 from autofhe.errors import ParameterError
+from autofhe.search.record import TrialRecord
 
 __all__ = ["cmd_export", "cmd_predict", "cmd_remote_predict", "cmd_serve"]
 
 
 def _choose_trial(study, args):
-    from autofhe.search.pareto import pareto_front
+    from autofhe.search.front import pareto_front
     from autofhe.search.select import choose
 
     trials = study.get_trials(deepcopy=False)
@@ -39,7 +40,7 @@ def _check_replaceable(out, url: str) -> None:
     from pathlib import Path
 
     from autofhe.fhe.bundle import is_bundle
-    from autofhe.search.locate import artifact_dir, sqlite_path
+    from autofhe.search.store.locate import artifact_dir, sqlite_path
 
     if out.is_symlink():
         raise ParameterError(f"--out {out} is a symbolic link; refusing to replace it.")
@@ -72,7 +73,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import optuna
 
     from autofhe.fhe.bundle import bundle_digest, unpack_bundle
-    from autofhe.search.locate import (
+    from autofhe.search.store.locate import (
         artifact_store,
         check_study_name,
         load_study,
@@ -99,7 +100,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             optuna.artifacts.download_artifact(
                 artifact_store=store,
                 file_path=str(archive),
-                artifact_id=trial.user_attrs["artifact_id"],
+                artifact_id=TrialRecord.of(trial).artifact_id,
             )
         except Exception as exc:  # missing artifact store, deleted file
             raise ParameterError(
@@ -118,11 +119,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from autofhe.fhe.bundle import read_manifest
     from autofhe.units import megabytes
 
-    measured = trial.user_attrs.get("measured_latency_s")
+    measured = TrialRecord.of(trial).measured_latency_s
     metric = (study.metric_names or ["metric"])[0]
     report = read_manifest(out).get("fhe_report") or {}
     keys = report.get("evaluation_keys_bytes")
-    keygen = trial.user_attrs.get("keygen_s")
+    keygen = TrialRecord.of(trial).keygen_s
     print(
         f"exported trial {trial.number} of {study.study_name!r} to {out}: {metric} "
         f"{trial.values[0]:.4f} (validation, simulated), latency "
@@ -147,11 +148,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _uncompressed(bundle, manifest: dict):
     """``bundle`` compiled again with uncompressed evaluation keys and inputs (``export
     --uncompressed``), beside it."""
-    from autofhe.fhe.bundle import manifest_extras
-    from autofhe.fhe.model import CompiledModel
+    from autofhe.fhe.bundle import load_model, manifest_extras, save_bundle
 
-    model = CompiledModel.load(bundle).recompiled(compress=False)
-    return model.save(bundle.with_name("uncompressed"), manifest_extras(manifest))
+    model = load_model(bundle).recompiled(compress=False)
+    return save_bundle(model, bundle.with_name("uncompressed"), manifest_extras(manifest))
 
 
 def _check_key_dir(keys: str | None) -> None:

@@ -8,6 +8,7 @@ numbers stored as objects become floats, anything else is refused.
 from autofhe.data.loading import (
     TASKS,
     Dataset,
+    dataset_from_arrays,
     infer_task,
     load_dataset,
     load_features,
@@ -21,6 +22,7 @@ __all__ = [
     "check_X",
     "check_Xy",
     "check_y",
+    "dataset_from_arrays",
     "infer_task",
     "load_dataset",
     "load_features",

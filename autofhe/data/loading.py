@@ -211,6 +211,13 @@ def _finish(
     )
 
 
+def dataset_from_arrays(X, y, *, name: str, source: str, task: str | None = None) -> Dataset:
+    """A :class:`Dataset` of in-memory arrays, checked and fingerprinted as a loaded one
+    (``task`` None: inferred from ``y``); ``source`` says where they came from."""
+    _check_task(task)
+    return _finish(X, y, task=task, name=name, source=source)
+
+
 def _load_sklearn(spec: str) -> tuple[np.ndarray, np.ndarray, str, str]:
     name = spec[len(_SKLEARN_PREFIX) :].strip().lower()
     if name not in _SKLEARN_SETS:

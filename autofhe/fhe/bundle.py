@@ -31,23 +31,26 @@ import tempfile
 import zipfile
 from importlib.metadata import version as dist_version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from autofhe.errors import BundleError
-from autofhe.fhe.codec import program_from_json, program_to_json
+from autofhe.fhe.codec import (
+    check_client_matches,
+    client_from_json,
+    program_from_json,
+    program_to_json,
+)
 from autofhe.fhe.compile import SYNTHETIC_ROWS, SYNTHETIC_SEED
-from autofhe.fhe.runtime import concrete_fhe
-
-if TYPE_CHECKING:
-    from autofhe.fhe.model import CompiledModel
+from autofhe.fhe.model import CompiledModel, ServerSource
+from autofhe.fhe.rebuild import check_specs, compile_server, compile_settings
 
 __all__ = [
     "BundleError",
     "bundle_digest",
-    "check_specs",
-    "compile_server",
+    "load_model",
+    "load_model_archive",
     "load_program",
     "pack_bundle",
     "read_json",
@@ -131,59 +134,6 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_bytes(), parse_constant=refuse)
     except (OSError, ValueError) as exc:
         raise BundleError(f"{path} is not readable JSON ({exc}); re-export the bundle.") from None
-
-
-def compile_server(data: dict):
-    """``server/program.json`` -> the ``concrete.fhe.Circuit`` the server runs."""
-    fhe = concrete_fhe()
-
-    from autofhe.fhe.compile import compile_program, synthetic_inputset
-
-    program = program_from_json(data)
-    settings = compile_settings(data)
-    config = fhe.Configuration(
-        dump_artifacts_on_unexpected_failures=False,
-        p_error=settings.get("p_error"),
-        global_p_error=settings.get("global_p_error"),
-    )
-    return compile_program(
-        program, synthetic_inputset(program), configuration=config, compress=settings["compress"]
-    )
-
-
-def compile_settings(data: dict) -> dict:
-    """``program.json``'s compilation settings, checked: ``p_error``, ``global_p_error``
-    (probabilities or null) and ``compress`` (bundles written before compression was the
-    default carry no flag: uncompressed)."""
-    settings = data.get("compile") or {}
-    if not isinstance(settings, dict):
-        raise BundleError("program.json: compile is not an object; the bundle is corrupt.")
-    for key in ("p_error", "global_p_error"):
-        value = settings.get(key)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1
-        ):
-            raise BundleError(
-                f"program.json: compile.{key}={value!r} is not a probability; the bundle is "
-                "corrupt."
-            )
-    compress = settings.get("compress", False)
-    if not isinstance(compress, bool):
-        raise BundleError(
-            f"program.json: compile.compress={compress!r} is not true or false; the bundle is "
-            "corrupt."
-        )
-    return {**settings, "compress": compress}
-
-
-def check_specs(circuit, expected: dict, where: Path) -> None:
-    """Refuse a circuit whose client specs differ from the bundle's."""
-    if json.loads(circuit.client.specs.serialize()) != expected:
-        raise BundleError(
-            f"the circuit compiled from {where / 'program.json'} does not match "
-            f"{where / 'client.specs.json'} (its keys would differ); the bundle was modified or "
-            "comes from another concrete-python: re-export it."
-        )
 
 
 def save_bundle(
@@ -456,3 +406,41 @@ def is_bundle(directory: str | Path) -> bool:
         and "format" in manifest
         and set(files) <= allowed
     )
+
+
+# -- loading a model --------------------------------------------------------------------------
+
+
+def load_model(directory: str | Path, digest: str | None = None) -> CompiledModel:
+    """The compiled model of a bundle directory, checked (pinned ``digest``, listing,
+    checksums, versions, client part against program); its circuit is compiled from
+    ``server/program.json`` on first use and checked against the bundle's client specs."""
+    root = Path(directory)
+    manifest, program = load_program(root, digest)
+    specs = read_json(root / "client" / "client.specs.json")
+    client = client_from_json(read_json(root / "client" / "client.json"), specs)
+    check_client_matches(client, program)
+    report = manifest.get("fhe_report")
+    params = manifest.get("params")
+    return CompiledModel(
+        program,
+        client.decoding,
+        dict(report) if isinstance(report, dict) else {},
+        dict(params) if isinstance(params, dict) else {},
+        source=ServerSource(
+            read_json(root / "server" / "program.json"),
+            read_json(root / "server" / "client.specs.json"),
+            root / "server",
+        ),
+    )
+
+
+def load_model_archive(archive: str | Path, digest: str | None = None) -> CompiledModel:
+    """The compiled model of a bundle archive, path-checked on unpack (:func:`unpack_bundle`);
+    ``digest`` pins the unpacked bundle's :func:`bundle_digest`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        unpack_bundle(archive, Path(tmp) / "bundle")
+        model = load_model(Path(tmp) / "bundle", digest)
+    # the JSON is in memory already: the temporary files may go
+    model.source = ServerSource(model.source.program, model.source.specs, Path(archive))
+    return model

@@ -19,7 +19,7 @@ import numpy as np
 
 from autofhe.errors import BundleError
 from autofhe.fhe.bits import input_max_abs, signed_bits
-from autofhe.fhe.program import IntegerProgram, ProgramLayer
+from autofhe.fhe.program import IntegerProgram, ProgramLayer, softmax
 
 __all__ = ["ClientPart", "Decoding", "client_from_json", "program_from_json", "program_to_json"]
 
@@ -209,10 +209,16 @@ class Decoding:
         return self.task == "classification"
 
     def predict(self, real: np.ndarray) -> np.ndarray:
+        """Predictions from real-valued outputs (logits, or standardized targets)."""
         if self.classification:
             return np.asarray(self.classes)[np.argmax(real, axis=1)]
         out = real * self.target_scale + self.target_mean
         return out.ravel() if self.target_ndim == 1 else out
+
+    def outputs(self, real: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions and, for a classifier, class probabilities (None for a regressor)."""
+        proba = softmax(real) if self.classification else None
+        return self.predict(real), proba
 
     def to_json(self) -> dict:
         """The ``classes`` / ``target`` entries of ``client/client.json``."""

@@ -15,17 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from autofhe.data import check_X
-from autofhe.fhe.bundle import (
-    BundleError,
-    check_specs,
-    compile_server,
-    read_json,
-    read_part,
-)
+from autofhe.fhe.bundle import BundleError, load_model, read_json, read_part
 from autofhe.fhe.codec import check_client_matches, client_from_json, program_from_json
-from autofhe.fhe.model import CompiledModel
+from autofhe.fhe.model import check_mode
 from autofhe.fhe.program import quantize_inputs, softmax
 from autofhe.fhe.progress import Progress, megabytes
+from autofhe.fhe.rebuild import check_specs, compile_server
 from autofhe.fhe.runtime import concrete_fhe
 
 __all__ = ["FheClient", "FheServer", "measure_bundle", "predict_bundle"]
@@ -200,10 +195,7 @@ def predict_bundle(
     """
     import time
 
-    from autofhe.errors import ParameterError
-
-    if fhe not in ("disable", "simulate", "execute"):
-        raise ParameterError(f"fhe={fhe!r} is not a mode; use 'disable', 'simulate' or 'execute'.")
+    check_mode(fhe)
     report = progress if isinstance(progress, Progress) else Progress(quiet=not progress)
     client = FheClient(bundle, key_dir, digest, progress=report)
     x_int = client.quantize(X)
@@ -217,7 +209,7 @@ def predict_bundle(
             count_samples(report, "encrypted predictions", i + 1, len(x_int), start)
         real = client.decrypt(outputs)
     else:
-        model = CompiledModel.load(bundle, digest)  # its circuit is checked against the specs
+        model = load_model(bundle, digest)  # its circuit is checked against the specs
         if fhe == "disable":
             acc = model.program.run(x_int)
         else:

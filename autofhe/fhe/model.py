@@ -2,14 +2,13 @@
 
 A :class:`CompiledModel` is the integer program (rounding chosen), its circuit and the output
 decoding (classes, or the regression target's mean and scale). :func:`compile_model` makes
-one from a program; estimators keep one after ``compile``; :meth:`CompiledModel.save` writes
-it as a bundle (:mod:`autofhe.fhe.bundle`, JSON only) and :meth:`CompiledModel.load` reads it
-back, compiling the circuit itself on first use (never loading one from the bundle).
+one from a program; estimators keep one after ``compile``. :mod:`autofhe.fhe.bundle` writes it
+as a bundle (JSON only) and reads it back, the circuit then compiled on first use from the
+bundle's program (never loaded from the bundle: :mod:`autofhe.fhe.rebuild`).
 """
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from autofhe.errors import ParameterError
-from autofhe.fhe.codec import Decoding, check_client_matches, client_from_json
+from autofhe.fhe.codec import Decoding
 from autofhe.fhe.compile import (
     argmax_agreement,
     choose_lsbs,
@@ -30,9 +29,25 @@ from autofhe.fhe.compile import (
 )
 from autofhe.fhe.program import IntegerProgram, softmax
 
-__all__ = ["CompiledModel", "Decoding", "compile_model"]
+__all__ = ["FHE_MODES", "CompiledModel", "Decoding", "ServerSource", "check_mode", "compile_model"]
 
 FHE_MODES = ("disable", "simulate", "execute")
+
+
+def check_mode(fhe: str) -> None:
+    """Refuse an ``fhe=`` that is not one of :data:`FHE_MODES` (one message everywhere)."""
+    if fhe not in FHE_MODES:
+        raise ParameterError(f"fhe={fhe!r} is not a mode; use 'disable', 'simulate' or 'execute'.")
+
+
+@dataclass(frozen=True)
+class ServerSource:
+    """A bundle's server part: ``program.json`` data, the client specs its circuit must have,
+    and where it was read (for error messages)."""
+
+    program: dict
+    specs: dict
+    where: Path
 
 
 @dataclass
@@ -48,27 +63,23 @@ class CompiledModel:
     report: dict
     params: dict[str, Any] = field(default_factory=dict)
     _circuit: Any = field(default=None, repr=False)
-    #: (server/program.json data, expected client specs, where) of a loaded bundle
-    _server: tuple | None = field(default=None, repr=False)
+    #: what a model loaded from a bundle compiles its circuit from
+    source: ServerSource | None = field(default=None, repr=False)
 
     @property
     def circuit(self):
         """The ``concrete.fhe.Circuit`` (compiled on first use for a loaded model)."""
-        if self._circuit is None and self._server is not None:
-            from autofhe.fhe.bundle import check_specs, compile_server
+        if self._circuit is None and self.source is not None:
+            from autofhe.fhe.rebuild import check_specs, compile_server
 
-            data, specs, where = self._server
-            circuit = compile_server(data)
-            check_specs(circuit, specs, where)
+            circuit = compile_server(self.source.program)
+            check_specs(circuit, self.source.specs, self.source.where)
             self._circuit = circuit
         return self._circuit
 
     def predict_raw(self, X: np.ndarray, fhe: str = "disable") -> np.ndarray:
         """Real-valued outputs (logits or standardized targets) of checked rows ``X``."""
-        if fhe not in FHE_MODES:
-            raise ParameterError(
-                f"fhe={fhe!r} is not a mode; use 'disable', 'simulate' or 'execute'."
-            )
+        check_mode(fhe)
         if fhe == "disable":
             return self.program.predict_raw(X)
         x_int = self.program.quantize(X)
@@ -81,19 +92,6 @@ class CompiledModel:
         if not self.decoding.classification:
             raise ParameterError("predict_proba is for classifiers; this model is a regressor.")
         return softmax(self.predict_raw(X, fhe))
-
-    # -- persistence --------------------------------------------------------------------------
-    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write the model as a bundle directory (see :mod:`autofhe.fhe.bundle`)."""
-        from autofhe.fhe.bundle import save_bundle
-
-        return save_bundle(self, directory, extra)
-
-    def save_archive(self, archive: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write the model as a bundle archive (a zip of exactly the bundle's files)."""
-        from autofhe.fhe.bundle import save_archive
-
-        return save_archive(self, archive, extra)
 
     def recompiled(self, compress: bool) -> CompiledModel:
         """The same program compiled as a server compiles it (data-free inputs), with
@@ -108,47 +106,6 @@ class CompiledModel:
         )
         report = circuit_report(circuit, self.program)
         return CompiledModel(self.program, self.decoding, report, dict(self.params), circuit)
-
-    @classmethod
-    def load(cls, directory: str | Path, digest: str | None = None) -> CompiledModel:
-        """A bundle directory, checked (pinned ``digest``, listing, checksums, versions)."""
-        from autofhe.fhe.bundle import load_program, read_json
-
-        root = Path(directory)
-        manifest, program = load_program(root, digest)
-        specs = read_json(root / "client" / "client.specs.json")
-        client = client_from_json(read_json(root / "client" / "client.json"), specs)
-        check_client_matches(client, program)
-        server = (
-            read_json(root / "server" / "program.json"),
-            read_json(root / "server" / "client.specs.json"),
-            root / "server",
-        )
-        report = manifest.get("fhe_report")
-        params = manifest.get("params")
-        return cls(
-            program,
-            client.decoding,
-            dict(report) if isinstance(report, dict) else {},
-            dict(params) if isinstance(params, dict) else {},
-            _server=server,
-        )
-
-    @classmethod
-    def load_archive(cls, archive: str | Path, digest: str | None = None) -> CompiledModel:
-        """A bundle archive, path-checked on unpack (:func:`~autofhe.fhe.bundle.unpack_bundle`).
-
-        ``digest`` pins the unpacked bundle's :func:`~autofhe.fhe.bundle.bundle_digest`.
-        """
-        from autofhe.fhe.bundle import unpack_bundle
-
-        with tempfile.TemporaryDirectory() as tmp:
-            unpack_bundle(archive, Path(tmp) / "bundle")
-            model = cls.load(Path(tmp) / "bundle", digest)
-            # the JSON is in memory already; the temporary files may go
-            data, specs, _ = model._server
-            model._server = (data, specs, Path(archive))
-            return model
 
 
 def compile_model(

@@ -19,12 +19,12 @@ from skorch.callbacks import LRScheduler
 from torch import nn
 
 from autofhe.data import check_X, check_Xy
-from autofhe.errors import DataError, NotCompiledError, NotFittedError, ParameterError
-from autofhe.fhe.model import CompiledModel, Decoding, compile_model
+from autofhe.errors import DataError, NotCompiledError, NotFittedError
+from autofhe.fhe.model import CompiledModel, Decoding, check_mode, compile_model
 from autofhe.fhe.program import IntegerProgram, softmax
 from autofhe.nn.export import build_program
 from autofhe.nn.module import QuantMLP, resolve_activation, validate_module_params
-from autofhe.nn.training import _INIT_ROWS, KeepBestEpoch, _QuietPrintLog, _TensorBatches
+from autofhe.nn.training import INIT_ROWS, KeepBestEpoch, QuietPrintLog, TensorBatches
 from autofhe.params import PARAMS, check_param
 
 __all__ = ["NeuralNetClassifier", "NeuralNetRegressor"]
@@ -76,7 +76,7 @@ class _QuantNet:
 
     def get_default_callbacks(self):
         callbacks = [
-            (name, _QuietPrintLog() if name == "print_log" else cb)
+            (name, QuietPrintLog() if name == "print_log" else cb)
             for name, cb in super().get_default_callbacks()
         ]
         callbacks.append(("best_epoch", KeepBestEpoch()))
@@ -116,20 +116,10 @@ class _QuantNet:
             getattr(self, "module__lookup_bits", None),
         )
         resolve_activation(self.module__activation_function)
-        check_param("lr_schedule", self.lr_schedule)
-        if isinstance(self.n_init, bool) or not isinstance(self.n_init, (int, np.integer)):
-            raise ParameterError(f"n_init={self.n_init!r} must be a positive integer.")
-        if self.n_init < 1:
-            raise ParameterError(f"n_init={self.n_init} must be at least 1 (one training run).")
-        batch = self.batch_size
-        if (
-            isinstance(batch, bool)
-            or not isinstance(batch, (int, np.integer))
-            or (batch < 1 and batch != -1)
-        ):
-            raise ParameterError(
-                f"batch_size={batch!r} must be a positive integer, or -1 for all rows at once."
-            )
+        # the knobs the module does not check, against the same table as the search space
+        for name in ("lr_schedule", "n_init", "batch_size", "lr", "max_epochs"):
+            check_param(name, getattr(self, name))
+        check_param("optimizer__weight_decay", getattr(self, "optimizer__weight_decay", 0.0))
 
     def _fit_quant(self, X, y_train, *, reinit: bool, **fit_params):
         self._check_params()
@@ -145,7 +135,7 @@ class _QuantNet:
                 torch.manual_seed(seed)
                 if reinit or not self.initialized_:
                     self.initialize()
-                    rows = torch.randperm(len(X))[:_INIT_ROWS].numpy()
+                    rows = torch.randperm(len(X))[:INIT_ROWS].numpy()
                     self.module_.data_init(
                         torch.from_numpy(X[rows]),
                         torch.from_numpy(self._init_targets(y_train[rows])),
@@ -211,7 +201,7 @@ class _QuantNet:
             and set(kwargs) <= {"batch_size", "shuffle"}
         ):
             batch_size = kwargs.get("batch_size", self.batch_size)
-            return _TensorBatches(
+            return TensorBatches(
                 torch.from_numpy(dataset.X),
                 torch.from_numpy(dataset.y),
                 len(dataset) if batch_size == -1 else int(batch_size),
@@ -295,7 +285,7 @@ class _QuantNet:
         self.fhe_model_ = compile_model(
             program,
             X,
-            self._decoding(),
+            self.output_decoding(),
             p_error=p_error,
             configuration=configuration,
             rounding=rounding,
@@ -324,8 +314,10 @@ class _QuantNet:
 
     def save(self, directory) -> None:
         """Write the compiled model as a deployable bundle (see :mod:`autofhe.fhe.bundle`)."""
+        from autofhe.fhe.bundle import save_bundle
+
         self._check_compiled("save")
-        self.fhe_model_.save(directory)
+        save_bundle(self.fhe_model_, directory)
 
     def _check_compiled(self, what: str) -> None:
         self.program  # noqa: B018 -- not-fitted comes first
@@ -334,16 +326,16 @@ class _QuantNet:
                 f"{what} needs a compiled model; call model.compile(X_train) first."
             )
 
-    def _raw_outputs(self, X, fhe: str = "disable") -> np.ndarray:
+    def predict_raw(self, X, fhe: str = "disable") -> np.ndarray:
+        """Real-valued outputs of the integer program (logits, or standardized targets) in
+        the clear, simulated or encrypted; :meth:`output_decoding` turns them into
+        predictions."""
         program = self.program
         X = check_X(X, n_features=program.n_features, estimator=type(self).__name__)
+        check_mode(fhe)
         if fhe == "disable":
             compiled = self.__dict__.get("fhe_model_")
             return (program if compiled is None else compiled.program).predict_raw(X)
-        if fhe not in ("simulate", "execute"):
-            raise ParameterError(
-                f"fhe={fhe!r} is not a mode; use 'disable', 'simulate' or 'execute'."
-            )
         self._check_compiled(f'predict(..., fhe="{fhe}")')
         return self.fhe_model_.predict_raw(X, fhe)
 
@@ -379,13 +371,13 @@ def _quant_init(default_criterion):
     ):
         kwargs = self._init_quant(
             kwargs,
-            n_w_bits,
-            n_a_bits,
-            n_accum_bits,
-            power_of_two_scaling,
-            lr_schedule,
-            n_init,
-            random_state,
+            n_w_bits=n_w_bits,
+            n_a_bits=n_a_bits,
+            n_accum_bits=n_accum_bits,
+            power_of_two_scaling=power_of_two_scaling,
+            lr_schedule=lr_schedule,
+            n_init=n_init,
+            random_state=random_state,
         )
         # the skorch class after _QuantNet in the estimator's MRO
         super(_QuantNet, self).__init__(
@@ -467,7 +459,8 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
         # Labels are validated and encoded by fit; skorch's own inference is not needed.
         return None
 
-    def _decoding(self) -> Decoding:
+    def output_decoding(self) -> Decoding:
+        """Real-valued outputs -> predictions (the fitted classes)."""
         return Decoding("classification", classes=self.classes_)
 
     def _prepare_targets(self, y: np.ndarray, first: bool, classes=None) -> np.ndarray:
@@ -483,10 +476,11 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
         return np.searchsorted(self._fitted_classes, y).astype(np.int64)
 
     def predict_proba(self, X, fhe: str = "disable") -> np.ndarray:
-        return softmax(self._raw_outputs(X, fhe))
+        return softmax(self.predict_raw(X, fhe))
 
     def predict(self, X, fhe: str = "disable") -> np.ndarray:
-        return self.classes_[np.argmax(self._raw_outputs(X, fhe), axis=1)]
+        raw = self.predict_raw(X, fhe)  # not fitted: says so before the decoding is read
+        return self.output_decoding().predict(raw)
 
 
 class NeuralNetRegressor(_QuantNet, skorch.NeuralNetRegressor):
@@ -523,7 +517,8 @@ class NeuralNetRegressor(_QuantNet, skorch.NeuralNetRegressor):
             )
         return ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
 
-    def _decoding(self) -> Decoding:
+    def output_decoding(self) -> Decoding:
+        """Real-valued outputs -> predictions (the fitted target's mean and scale)."""
         return Decoding(
             "regression",
             target_mean=self.y_mean_,
@@ -541,5 +536,5 @@ class NeuralNetRegressor(_QuantNet, skorch.NeuralNetRegressor):
         return tags
 
     def predict(self, X, fhe: str = "disable") -> np.ndarray:
-        out = self._raw_outputs(X, fhe) * self.y_scale_ + self.y_mean_
-        return out.ravel() if self.y_ndim_ == 1 else out
+        raw = self.predict_raw(X, fhe)  # not fitted: says so before the decoding is read
+        return self.output_decoding().predict(raw)

@@ -130,6 +130,18 @@ def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return t.sum(dims, keepdim=True).reshape(shape) if dims else t
 
 
+def _scale(r: torch.Tensor, spec: FusedSpec) -> torch.Tensor:
+    """brevitas's scale from its restricted value ``r``: clamped to ``min_scale``, divided by
+    the threshold."""
+    return torch.clamp_min(r, spec.min_scale) / spec.threshold
+
+
+def _clamp(q: torch.Tensor, spec: FusedSpec) -> torch.Tensor:
+    """Rounded values clamped to the integer range, as brevitas's tensor clamp does it."""
+    q = torch.where(q > spec.q_max, spec.q_max, q)
+    return torch.where(q < spec.q_min, spec.q_min, q)
+
+
 class _WeightQuant(torch.autograd.Function):
     """Narrow signed per-output-channel quantization, scale from the row's abs-max.
 
@@ -143,10 +155,8 @@ class _WeightQuant(torch.autograd.Function):
         m, idx = torch.max(torch.abs(w), dim=1, keepdim=True)
         m = torch.clamp_min(m, spec.min_scale)  # m >= 0: the sign-preserving clamp is this
         r = 2.0 ** torch.ceil(torch.log2(m)) if spec.po2 else torch.abs(m)
-        s = torch.clamp_min(r, spec.min_scale) / spec.threshold
-        q = torch.round(w / s + 0.0)
-        q = torch.where(q > spec.q_max, spec.q_max, q)
-        q = torch.where(q < spec.q_min, spec.q_min, q)
+        s = _scale(r, spec)
+        q = _clamp(torch.round(w / s + 0.0), spec)
         ctx.spec = spec
         ctx.save_for_backward(w, s, q, m, r, idx)
         return (q - 0.0) * s, s
@@ -183,11 +193,10 @@ class _ActQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, value, spec: FusedSpec):
         r = 2.0 ** torch.ceil(value) if spec.po2 else torch.abs(value)
-        s = torch.clamp_min(r, spec.min_scale) / spec.threshold
+        s = _scale(r, spec)
         q = torch.round(x / s + 0.0)
         inside = (q <= spec.q_max) & (q >= spec.q_min)
-        q = torch.where(q > spec.q_max, spec.q_max, q)
-        q = torch.where(q < spec.q_min, spec.q_min, q)
+        q = _clamp(q, spec)
         ctx.spec = spec
         ctx.save_for_backward(x, value, s, q, r, inside)
         return (q - 0.0) * s, s

@@ -52,6 +52,7 @@ __all__ = [
     "IntegerLayer",
     "QuantMLP",
     "hidden_width",
+    "is_nonnegative",
     "resolve_activation",
 ]
 
@@ -88,7 +89,7 @@ def hidden_width(input_dim: int, multiplier: float) -> int:
     return max(1, round(input_dim * multiplier))
 
 
-def _is_nonnegative(activation: nn.Module) -> bool:
+def is_nonnegative(activation: nn.Module) -> bool:
     """Whether the activation never outputs a negative value (then its quantizer is unsigned)."""
     grid = torch.linspace(-100.0, 100.0, 20001)
     with torch.no_grad():
@@ -167,7 +168,7 @@ class QuantMLP(nn.Module):
         self.n_accum_bits = None if n_accum_bits is None else int(n_accum_bits)
         self.lookup_bits = None if lookup_bits is None else int(lookup_bits)
         self.activation = self.activation_cls()
-        self.hidden_signed = not _is_nonnegative(self.activation)
+        self.hidden_signed = not is_nonnegative(self.activation)
         self.input_max_abs = input_max_abs(self.n_a_bits, signed=True)
         self.hidden_max_abs = input_max_abs(self.n_a_bits, signed=self.hidden_signed)
         check_budget(

@@ -1,9 +1,9 @@
 """The training loop's parts that skorch does not provide, or provides too slowly.
 
 * :class:`KeepBestEpoch`: training ends on the weights of its best epoch.
-* ``_TensorBatches``: mini-batches as slices of in-memory tensors (a ``DataLoader`` collates
+* ``TensorBatches``: mini-batches as slices of in-memory tensors (a ``DataLoader`` collates
   row by row, which on small data costs as much as the quantization-aware step itself).
-* ``_QuietPrintLog``: skorch's PrintLog without formatting a table nobody sees.
+* ``QuietPrintLog``: skorch's PrintLog without formatting a table nobody sees.
 
 Profile and figures: ``benchmarks/qat_speed.py``.
 """
@@ -14,16 +14,16 @@ import numpy as np
 import torch
 from skorch.callbacks import Callback, PrintLog
 
-__all__ = ["KeepBestEpoch"]
+__all__ = ["INIT_ROWS", "KeepBestEpoch", "QuietPrintLog", "TensorBatches"]
 
 #: Rows used to calibrate quantizers, solve the initial readout and pick the best epoch.
-_INIT_ROWS = 4096
+INIT_ROWS = 4096
 
 
 class KeepBestEpoch(Callback):
     """Restore, at the end of training, the weights of the epoch with the lowest training loss.
 
-    The loss is the criterion on (up to ``_INIT_ROWS`` rows of) the training set, computed with
+    The loss is the criterion on (up to ``INIT_ROWS`` rows of) the training set, computed with
     the quantized network: exactly what ``predict`` will run (once calibrated, the module
     computes the same function in training and inference mode, so no switch). Quantization
     makes the last epoch a poor choice: a power-of-two scale that sits near a rounding boundary
@@ -38,7 +38,7 @@ class KeepBestEpoch(Callback):
     """
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
-        rows = torch.randperm(len(X))[:_INIT_ROWS].numpy()
+        rows = torch.randperm(len(X))[:INIT_ROWS].numpy()
         self._X = torch.as_tensor(np.asarray(X)[rows])
         self._y = torch.as_tensor(np.asarray(y)[rows])
         self._best = (np.inf, None)
@@ -58,7 +58,7 @@ class KeepBestEpoch(Callback):
         self._best = (np.inf, None)
 
 
-class _QuietPrintLog(PrintLog):
+class QuietPrintLog(PrintLog):
     """skorch's PrintLog, which skips formatting its table when it would print nothing.
 
     PrintLog tabulates every epoch, even with ``verbose=False``: a millisecond per epoch.
@@ -70,7 +70,7 @@ class _QuietPrintLog(PrintLog):
         super().on_epoch_end(net, **kwargs)
 
 
-class _TensorBatches:
+class TensorBatches:
     """Mini-batches ``(X[rows], y[rows])`` of two tensors, reshuffled at every pass."""
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool):

@@ -26,7 +26,9 @@ import numpy as np
 import torch
 from skorch.callbacks import Callback
 
-from autofhe.params import PARAMS
+from autofhe.params import value_of
+from autofhe.search import record
+from autofhe.search.record import TrialRecord
 
 __all__ = ["RUNGS", "RungStop", "depth", "peers_at", "rung_verdict"]
 
@@ -79,7 +81,7 @@ class RungStop(Callback):
         if epoch not in self.rungs or epoch >= net.max_epochs:
             return
         score = float(self.score_fn(net))
-        self.trial.set_user_attr(f"rung_{epoch}", round(score, 6))
+        record.write(self.trial, rung=(epoch, score))
         verdict = rung_verdict(score, self.latency, self.peers_fn(epoch))
         if verdict is not None:
             self.stopped = f"pruned at epoch {epoch}: {verdict}"
@@ -102,21 +104,22 @@ def clear_outputs(net, X: np.ndarray) -> np.ndarray:
 def depth(params: dict) -> int:
     """The number of layers of estimator parameters ``params`` (the estimator's default when
     they do not say)."""
-    return int(params.get("module__n_layers", PARAMS["module__n_layers"].default))
+    return int(value_of(params, "module__n_layers"))
 
 
 def peers_at(study, number: int, epoch: int, layers: int) -> list[tuple[float, float]]:
     """``(priced latency, rung score)`` of every other trial of ``layers`` layers that reached
     ``epoch``."""
-    key = f"rung_{epoch}"
     out = []
     for t in study.get_trials(deepcopy=False):
-        attrs = t.user_attrs
+        if t.number == number:
+            continue
+        r = TrialRecord.of(t)
+        score = r.rungs.get(epoch)
         if (
-            t.number != number
-            and key in attrs
-            and attrs.get("priced_latency_s") is not None
-            and depth(attrs.get("estimator_params", {})) == layers
+            score is not None
+            and r.priced_latency_s is not None
+            and depth(r.estimator_params or {}) == layers
         ):
-            out.append((float(attrs["priced_latency_s"]), float(attrs[key])))
+            out.append((float(r.priced_latency_s), float(score)))
     return out

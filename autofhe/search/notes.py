@@ -22,6 +22,8 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
+from autofhe.search.record import TrialRecord
+
 __all__ = [
     "FRONT_HEADING",
     "FRONT_PLOT_ID",
@@ -30,7 +32,6 @@ __all__ = [
     "measurement_conditions",
     "publish_front",
     "publish_trial",
-    "record_measurement_conditions",
     "trial_note",
 ]
 
@@ -54,24 +55,18 @@ def measurement_conditions() -> dict[str, float]:
     }
 
 
-def record_measurement_conditions(trial: Any, conditions: dict | None = None) -> None:
-    """Store :func:`measurement_conditions` as user attributes of ``trial``."""
-    for key, value in (conditions or measurement_conditions()).items():
-        trial.set_user_attr(key, value)
-
-
 def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:.{digits}g}"
 
 
-def _conditions(attrs: dict) -> str:
-    load, cores = attrs.get("measured_loadavg_1m"), attrs.get("measured_cores")
+def _conditions(r: TrialRecord) -> str:
+    load, cores = r.measured_loadavg_1m, r.measured_cores
     if load is None or cores is None:
         return "-"
-    quiet = attrs.get("measured_quiet")  # None: stored before workers paused to measure
-    alone = {True: ", other workers paused", False: ", beside other work"}.get(quiet, "")
+    # None: stored before workers paused to measure
+    alone = {True: ", other workers paused", False: ", beside other work"}.get(r.measured_quiet, "")
     return f"load {load:g} on {cores} cores{alone}"
 
 
@@ -94,13 +89,13 @@ def front_note(study_name: str, metric: str, front: Sequence, n_complete: int) -
         "|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for t in front:
-        a, p = t.user_attrs, t.params
+        r, p = TrialRecord.of(t), t.params
         lines.append(
             f"| {t.number} | {t.values[0]:.4f} | {_fmt(t.values[1])} "
-            f"| {_fmt(a.get('measured_latency_s'))} | {_conditions(a)} "
+            f"| {_fmt(r.measured_latency_s)} | {_conditions(r)} "
             f"| {p.get('module__n_layers', '-')} "
             f"| {p.get('n_w_bits', '-')}/{p.get('n_a_bits', '-')} "
-            f"| {'yes' if a.get('artifact_id') else 'no'} |"
+            f"| {'yes' if r.exportable else 'no'} |"
         )
     lines += [
         "",
@@ -111,30 +106,30 @@ def front_note(study_name: str, metric: str, front: Sequence, n_complete: int) -
 
 def trial_note(trial: Any, metric: str) -> str:
     """Markdown for one finished trial: feasible or why not, then its rounded key figures."""
-    a = trial.user_attrs
+    r = TrialRecord.of(trial)
     state = trial.state.name
-    if state == "COMPLETE" and a.get("reason"):
-        head = f"**Infeasible**: {a['reason']}"
+    if state == "COMPLETE" and r.reason:
+        head = f"**Infeasible**: {r.reason}"
     elif state == "COMPLETE":
         head = "**Feasible**"
     else:
-        why = (a.get("reason") or "").removeprefix(f"{state.lower()}: ")  # "pruned: ..."
+        why = r.reason.removeprefix(f"{state.lower()}: ")  # "pruned: ..."
         head = f"**{state.capitalize()}**" + (f": {why}" if why else "")
     facts = []
     if trial.values is not None:
         facts.append(f"{metric} {trial.values[0]:.4f} (validation, simulated)")
         latency = f"latency {_fmt(trial.values[1])} s predicted"
-        if a.get("measured_latency_s") is not None:
-            latency += f", {_fmt(a['measured_latency_s'])} s measured ({_conditions(a)})"
+        if r.measured_latency_s is not None:
+            latency += f", {_fmt(r.measured_latency_s)} s measured ({_conditions(r)})"
         facts.append(latency)
-    if a.get("lookups_per_layer") is not None:
-        facts.append(f"lookups per layer {a['lookups_per_layer']}")
-    if a.get("max_bit_width") is not None:
-        facts.append(f"max bit width {a['max_bit_width']}")
-    if a.get("evaluation_keys_bytes") is not None:
-        keys = f"evaluation keys {a['evaluation_keys_bytes'] / 1e6:.1f} MB as uploaded"
-        if a.get("keygen_s") is not None:
-            keys += f", generated in {a['keygen_s']:.1f} s"
+    if r.lookups_per_layer is not None:
+        facts.append(f"lookups per layer {r.lookups_per_layer}")
+    if r.max_bit_width is not None:
+        facts.append(f"max bit width {r.max_bit_width}")
+    if r.evaluation_keys_bytes is not None:
+        keys = f"evaluation keys {r.evaluation_keys_bytes / 1e6:.1f} MB as uploaded"
+        if r.keygen_s is not None:
+            keys += f", generated in {r.keygen_s:.1f} s"
         facts.append(keys)
     return head + "\n\n" + "".join(f"- {fact}\n" for fact in facts)
 
@@ -152,10 +147,9 @@ def publish_trial(study: Any, trial: Any) -> None:
 def front_figure(metric: str, front: Sequence) -> dict:
     """A plotly figure (as a dict): the metric against predicted and measured latency."""
     by_latency = sorted(front, key=lambda t: t.values[1])
-    measured = [t for t in by_latency if t.user_attrs.get("measured_latency_s") is not None]
-    latencies = [t.values[1] for t in front] + [
-        t.user_attrs["measured_latency_s"] for t in measured
-    ]
+    measured_s = {t.number: TrialRecord.of(t).measured_latency_s for t in by_latency}
+    measured = [t for t in by_latency if measured_s[t.number] is not None]
+    latencies = [t.values[1] for t in front] + [measured_s[t.number] for t in measured]
     positive = [v for v in latencies if v > 0]
     # a log axis only when the latencies span more than a decade
     log = bool(positive) and max(positive) / min(positive) > 10
@@ -175,7 +169,7 @@ def front_figure(metric: str, front: Sequence) -> dict:
 
     data = [trace("predicted", by_latency, [t.values[1] for t in by_latency], "circle")]
     if measured:
-        xs = [t.user_attrs["measured_latency_s"] for t in measured]
+        xs = [measured_s[t.number] for t in measured]
         data.append(trace("measured", measured, xs, "diamond"))
     return {
         "data": data,
@@ -209,7 +203,7 @@ def publish_front(study: Any, front: Sequence, n_complete: int | None = None) ->
     study : optuna.Study
         The study (its storage receives the note and the plot).
     front : sequence of FrozenTrial
-        The Pareto front, as :func:`autofhe.search.pareto.pareto_front` returns it.
+        The Pareto front, as :func:`autofhe.search.front.pareto_front` returns it.
     n_complete : int, optional
         Complete trials so far (counted from the study when not given).
     """

@@ -30,9 +30,8 @@ from skorch.callbacks import Callback
 
 from autofhe.errors import AutofheError, CompilationError, ParameterError
 from autofhe.fhe.latency import CostModel
-from autofhe.fhe.program import softmax
 from autofhe.nn.estimators import NeuralNetClassifier, NeuralNetRegressor
-from autofhe.search import quiet
+from autofhe.search import quiet, record
 from autofhe.search.fidelity import RungStop, clear_outputs, depth, peers_at
 from autofhe.search.pricing import Price, price
 from autofhe.search.space import suggest_raw, to_estimator_params
@@ -162,12 +161,7 @@ class SearchContext:
     def clear_outputs(self, net, X) -> tuple[np.ndarray, np.ndarray | None]:
         """Outputs of a model still training (no integer program yet): its quantized module
         in inference mode, which computes what the integer program will."""
-        raw = clear_outputs(net, X)
-        if self.task == "regression":
-            out = raw * net.y_scale_ + net.y_mean_
-            return (out.ravel() if net.y_ndim_ == 1 else out), None
-        proba = softmax(raw)
-        return net.classes_[proba.argmax(axis=1)], proba
+        return net.output_decoding().outputs(clear_outputs(net, X))
 
     def refit(self, params: dict[str, Any]):
         """The trial's configuration trained and compiled on the rows the shipped model learns
@@ -221,10 +215,7 @@ class SearchContext:
 
     def outputs(self, model, X, fhe: str) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions and (classification) probabilities."""
-        if self.task == "regression":
-            return model.predict(X, fhe=fhe), None
-        proba = model.predict_proba(X, fhe=fhe)
-        return model.classes_[proba.argmax(axis=1)], proba
+        return model.output_decoding().outputs(model.predict_raw(X, fhe))
 
     def simulated_outputs(self, model, X, clear):
         """FHE-simulated outputs of at most :data:`SIMULATED_ROWS` rows (evenly spread), the
@@ -261,9 +252,9 @@ def _finish(trial, reason: str | None, violated: dict[str, float]) -> None:
     from autofhe.search.feasibility import record_constraints  # also what the dashboard reads
 
     record_constraints(trial, {key: violated.get(key, 0.0) for key in CONSTRAINTS})
-    trial.set_user_attr("feasible", reason is None)
-    trial.set_user_attr("compile_ok", reason is None or "compile" not in violated)
-    trial.set_user_attr("reason", reason or "")
+    record.write(trial, feasible=reason is None)
+    record.write(trial, compile_ok=reason is None or "compile" not in violated)
+    record.write(trial, reason=reason or "")
 
 
 def set_phase(trial, what: str) -> None:
@@ -282,8 +273,8 @@ def _reject(trial, quote: Price) -> None:
         amount = float(quote.latency_s)  # further over the cap: further from feasible
     violated = {kind if kind in CONSTRAINTS else "compile": amount}
     _finish(trial, quote.reason, violated)
-    trial.set_user_attr("fidelity_epochs", 0)
-    trial.set_user_attr("rejected_before_training", True)
+    record.write(trial, fidelity_epochs=0)
+    record.write(trial, rejected_before_training=True)
     raise optuna.TrialPruned(quote.reason)
 
 
@@ -296,18 +287,22 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
     # machine made a fit 20x slower (53 s against 2.7 s, measured): one thread per worker.
     torch.set_num_threads(1)
     params = ctx.params(suggest_raw(trial, ctx.space, ctx.linear))
-    trial.set_user_attr("estimator_params", _jsonable(params))
+    record.begin(trial, _jsonable(params))
     quote = ctx.price(params)
-    for key, value in quote.attrs().items():
-        trial.set_user_attr(key, value)
+    record.write(trial, **quote.attrs())
     if quote.reason:
         _reject(trial, quote)
 
     splits = ctx.fold_splits()
     folds = _fit_folds(trial, ctx, params, splits, quote.latency_s)
-    if isinstance(folds, float):  # did not compile: real clear metric, priced latency
-        return folds, quote.latency_s
-    models, clear, simulated, latencies = folds
+    if folds.uncompiled_metric is not None:  # real clear metric, priced latency
+        return folds.uncompiled_metric, quote.latency_s
+    models, clear, simulated, latencies = (
+        folds.models,
+        folds.clear,
+        folds.simulated,
+        folds.latencies,
+    )
     splits = splits[: len(models)]  # an infeasible first fold stops the others
     y_val = np.concatenate([fold[3] for fold in splits])
 
@@ -315,39 +310,27 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
     model = models[int(np.argmax(latencies))]
     latency = max(latencies)
     classes = _classes(model)
-    trial.set_user_attr("folds", len(splits))
-    trial.set_user_attr("clear_valid", ctx.metric_of(y_val, clear, classes))
-    trial.set_user_attr("accumulator_bits", model.accumulator_bits_)
+    record.write(trial, folds=len(splits))
+    record.write(trial, clear_valid=ctx.metric_of(y_val, clear, classes))
+    record.write(trial, accumulator_bits=model.accumulator_bits_)
     report = model.fhe_report()
-    for key in (
-        "pbs_count",
-        "lookups_per_layer",
-        "lookup_bits_per_layer",
-        "max_lookup_bits",
-        "max_bit_width",
-        "complexity",
-        "evaluation_keys_bytes",
-        "bit_exact",
-    ):
-        trial.set_user_attr(key, report[key])
+    record.write(trial, **{key: report[key] for key in record.CIRCUIT_FIELDS})
     simulated_metric = ctx.metric_of(y_val, simulated, classes)
-    trial.set_user_attr("simulated_valid", simulated_metric)
+    record.write(trial, simulated_valid=simulated_metric)
     if len(splits) > 1:
-        trial.set_user_attr(
-            "simulated_valid_per_fold",
-            [ctx.metric_of(fold[3], [out], classes) for fold, out in zip(splits, simulated)],
-        )
+        per_fold = [ctx.metric_of(fold[3], [out], classes) for fold, out in zip(splits, simulated)]
+        record.write(trial, simulated_valid_per_fold=per_fold)
     test = [ctx.score(m, ctx.X_test, ctx.y_test, "disable") for m in models]
-    trial.set_user_attr("clear_test", float(np.mean(test)))
-    trial.set_user_attr("predicted_latency_s", latency)
-    trial.set_user_attr(
-        "metric_source",
-        f"simulated (at most {SIMULATED_ROWS} rows per model; the bit-exact clear program on "
-        "the rest)",
+    record.write(trial, clear_test=float(np.mean(test)))
+    record.write(trial, predicted_latency_s=latency)
+    record.write(
+        trial,
+        metric_source=f"simulated (at most {SIMULATED_ROWS} rows per model; the bit-exact "
+        "clear program on the rest)",
     )
-    trial.set_user_attr("latency_source", "predicted")
+    record.write(trial, latency_source="predicted")
     if latency > 0:
-        trial.set_user_attr("price_error", round(quote.latency_s / latency - 1, 4))
+        record.write(trial, price_error=round(quote.latency_s / latency - 1, 4))
 
     violated, reasons = _limits(ctx, report, latency)
     _finish(trial, "; ".join(reasons) or None, violated)
@@ -372,17 +355,28 @@ def _limits(ctx: SearchContext, report: dict, latency: float) -> tuple[dict, lis
     return violated, reasons
 
 
-def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price: float):
-    """Train, compile and simulate one model per fold: (models, clear outputs, simulated
-    outputs, predicted latencies); or the clear metric when a fold does not compile (trial
-    finished with the compile constraint violated). The first fold trains with rungs
-    (fidelity.py): a trial its peers beat stops there, PRUNED."""
+@dataclass
+class Folds:
+    """One model per fold, trained, compiled and simulated: clear and simulated validation
+    outputs, predicted latencies; or, when a fold's circuit did not compile, that fold's clear
+    metric (``uncompiled_metric``), the trial finished with the compile constraint violated."""
+
+    models: list = field(default_factory=list)
+    clear: list = field(default_factory=list)
+    simulated: list = field(default_factory=list)
+    latencies: list = field(default_factory=list)
+    uncompiled_metric: float | None = None
+
+
+def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price: float) -> Folds:
+    """Train, compile and simulate one model per fold (:class:`Folds`). The first fold trains
+    with rungs (fidelity.py): a trial its peers beat stops there, PRUNED."""
     models, clear, simulated, latencies = [], [], [], []
     seconds = {"train_s": 0.0, "compile_s": 0.0, "simulate_s": 0.0}
 
     def spent(key: str, t0: float) -> None:  # phase times summed over folds
         seconds[key] += time.perf_counter() - t0
-        trial.set_user_attr(key, round(seconds[key], 3))
+        record.write(trial, **{key: round(seconds[key], 3)})
 
     for i, (X_fit, y_fit, X_val, y_val) in enumerate(splits):
         fold = f" (fold {i + 1} of {len(splits)})" if len(splits) > 1 else ""
@@ -401,10 +395,10 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price:
         model = ctx.estimator(params, rungs).fit(X_fit, y_fit)
         spent("train_s", t0)
         if i == 0:
-            trial.set_user_attr("fidelity_epochs", len(model.history_))
+            record.write(trial, fidelity_epochs=len(model.history_))
         if rungs is not None and rungs.stopped:
             _finish(trial, rungs.stopped, {})
-            trial.set_user_attr("feasible", False)
+            record.write(trial, feasible=False)
             raise optuna.TrialPruned(rungs.stopped)
         clear.append(ctx.outputs(model, X_val, "disable"))
         if i == 0:  # a hopeless configuration stops after its first model
@@ -417,9 +411,9 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price:
         except CompilationError as exc:
             _finish(trial, f"compile: {str(exc).splitlines()[0]}", {"compile": 1.0})
             value = ctx.metric_of(y_val, clear[-1:], _classes(model))
-            trial.set_user_attr("metric_source", "clear")
-            trial.set_user_attr("latency_source", "priced")
-            return value
+            record.write(trial, metric_source="clear")
+            record.write(trial, latency_source="priced")
+            return Folds(uncompiled_metric=value)
         spent("compile_s", t0)
         quiet.checkpoint()
         set_phase(trial, f"simulating{fold}")
@@ -431,7 +425,7 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price:
         latencies.append(ctx.cost_model.predict(report))
         if _limits(ctx, report, latencies[-1])[0]:
             break  # infeasible whatever the other folds score
-    return models, clear, simulated, latencies
+    return Folds(models, clear, simulated, latencies)
 
 
 def _peers(trial, epoch: int, layers: int) -> list[tuple[float, float]]:
@@ -458,20 +452,18 @@ def _final_model(trial, ctx: SearchContext, params: dict[str, Any], model):
     try:
         final = ctx.refit(params)
     except AutofheError as exc:
-        trial.set_user_attr("refit_error", str(exc).splitlines()[0])
+        record.write(trial, refit_error=str(exc).splitlines()[0])
         return model
     if final.fhe_report()["evaluation_keys_bytes"] > ctx.max_key_size:
-        trial.set_user_attr("refit_error", "refit model's keys are over max_key_size")
+        record.write(trial, refit_error="refit model's keys are over max_key_size")
         return model
-    trial.set_user_attr("refit_s", round(time.perf_counter() - t0, 3))
-    trial.set_user_attr("refit_rows", len(ctx.refit_rows()[1]))
+    record.write(trial, refit_s=round(time.perf_counter() - t0, 3))
+    record.write(trial, refit_rows=len(ctx.refit_rows()[1]))
     # what the refit trained with (refit_params scaled it): read back, not computed again
-    trial.set_user_attr(
-        "refit_weight_decay", final.get_params().get("optimizer__weight_decay", 0.0)
-    )
+    record.write(trial, refit_weight_decay=final.get_params().get("optimizer__weight_decay", 0.0))
     if ctx.folds <= 1:  # else the test rows are among the refit's: clear_test stands
-        trial.set_user_attr("final_clear_test", ctx.score(final, ctx.X_test, ctx.y_test, "disable"))
-    trial.set_user_attr("final_lookup_bits_per_layer", final.fhe_report()["lookup_bits_per_layer"])
+        record.write(trial, final_clear_test=ctx.score(final, ctx.X_test, ctx.y_test, "disable"))
+    record.write(trial, final_lookup_bits_per_layer=final.fhe_report()["lookup_bits_per_layer"])
     return final
 
 
@@ -479,9 +471,9 @@ def _front_values(trial) -> list[tuple[float, float]]:
     study = getattr(trial, "study", None)  # FixedTrial has none
     if study is None:
         return []
-    from autofhe.search.pareto import pareto_front
+    from autofhe.search.front import study_front
 
-    return [tuple(t.values) for t in pareto_front(study.get_trials(deepcopy=False))]
+    return [tuple(t.values) for t in study_front(study)]
 
 
 def _enters_front(trial, metric: float, latency: float) -> bool:
@@ -495,5 +487,5 @@ def _maybe_prune(trial: optuna.Trial, clear: float, metric: str) -> None:
     best = [m for m, _ in _front_values(trial)]
     if best and clear < max(best) - PRUNE_MARGIN:
         _finish(trial, f"pruned: clear validation metric {clear:.3f} far below the front", {})
-        trial.set_user_attr("feasible", False)
+        record.write(trial, feasible=False)
         raise optuna.TrialPruned(f"clear metric {clear:.3f} < best {max(best):.3f} - margin")

@@ -32,6 +32,7 @@ from autofhe.nn.pruning import (
     signed_bits,
     weight_max_abs,
 )
+from autofhe.params import value_of
 
 __all__ = ["Price", "Shape", "min_accum_bits", "price", "shape_of"]
 
@@ -63,9 +64,9 @@ class Price:
 
 
 def _hidden_signed(activation) -> bool:
-    from autofhe.nn.module import _is_nonnegative, resolve_activation
+    from autofhe.nn.module import is_nonnegative, resolve_activation
 
-    return not _is_nonnegative(resolve_activation(activation)())
+    return not is_nonnegative(resolve_activation(activation)())
 
 
 @functools.lru_cache(maxsize=64)
@@ -95,13 +96,13 @@ def shape_of(params: dict[str, Any], n_features: int, n_outputs: int) -> Shape:
     """
     from autofhe.nn.module import hidden_width, validate_module_params
 
-    n_layers = int(params.get("module__n_layers", 2))
-    mult = params.get("module__n_hidden_neurons_multiplier", 4.0)
-    n_w, n_a = int(params.get("n_w_bits", 3)), int(params.get("n_a_bits", 3))
-    budget = params.get("n_accum_bits")
-    lookup = params.get("module__lookup_bits")
+    n_layers = int(value_of(params, "module__n_layers"))
+    mult = value_of(params, "module__n_hidden_neurons_multiplier")
+    n_w, n_a = int(value_of(params, "n_w_bits")), int(value_of(params, "n_a_bits"))
+    budget = value_of(params, "n_accum_bits")
+    lookup = value_of(params, "module__lookup_bits")
     validate_module_params(n_layers, mult, n_w, n_a, budget, lookup)
-    signed = hidden_signed(params.get("module__activation_function", "ReLU"))
+    signed = hidden_signed(value_of(params, "module__activation_function"))
     width = hidden_width(n_features, mult)
     dims = (n_features, *([width] * (n_layers - 1)), n_outputs)
     in_maxes = [input_max_abs(n_a, True)] + [input_max_abs(n_a, signed)] * (n_layers - 1)

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import optuna
 
-from autofhe.search.pareto import pareto_front
+from autofhe.search import record
+from autofhe.search.front import study_front
+from autofhe.search.record import TrialRecord
 
 __all__ = ["EVERY", "MIN_COMPLETE", "maybe_refine", "neighbour"]
 
@@ -102,8 +104,7 @@ def neighbour(params: dict, space: dict, rng: np.random.Generator) -> dict | Non
 
 def maybe_refine(study: optuna.Study, trials: list, space: dict, seed: int) -> bool:
     """Enqueue a neighbour of the front's most accurate trial when it is time (see the module
-    docstring); returns whether one was enqueued. Called before every ask: the front (a
-    quadratic computation) is only computed once the cheap conditions hold."""
+    docstring); returns whether one was enqueued. Called before every ask."""
     state = optuna.trial.TrialState
     finished = [t for t in trials if t.state.is_finished()]
     complete = [t for t in finished if t.state == state.COMPLETE]
@@ -111,19 +112,17 @@ def maybe_refine(study: optuna.Study, trials: list, space: dict, seed: int) -> b
         return False
     if any(t.state == state.WAITING for t in trials):
         return False  # a queued trial (a seed, a retry, a refinement) runs first
-    if any(t.user_attrs.get("refine_at") == len(finished) for t in trials):
+    if any(TrialRecord.of(t).refine_at == len(finished) for t in trials):
         return False  # another worker refined at this count already
-    front = pareto_front(trials)
+    front = study_front(study, trials)
     if not front:
         return False
-    top = front[0]  # pareto_front sorts by metric, best first
+    top = front[0]  # the front is sorted by metric, best first
     rng = np.random.default_rng(seed + len(finished))
     tried = [t.params for t in trials]
     for _ in range(8):  # a neighbour not tried yet
         params = neighbour(top.params, space, rng)
         if params is not None and params not in tried:
-            study.enqueue_trial(
-                params, user_attrs={"refines": top.number, "refine_at": len(finished)}
-            )
+            record.enqueue(study, params, refines=top.number, refine_at=len(finished))
             return True
     return False

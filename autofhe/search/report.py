@@ -12,6 +12,7 @@ from typing import Any
 
 from autofhe.errors import ParameterError
 from autofhe.search.feasibility import is_feasible
+from autofhe.search.record import TrialRecord
 
 __all__ = [
     "ProgressReport",
@@ -36,27 +37,27 @@ def front_records(study: Any, front: list, max_latency: float | None = None) -> 
     study : optuna.Study
         The study (for its metric name).
     front : list of FrozenTrial
-        :func:`autofhe.search.pareto.pareto_front` of its trials.
+        :func:`autofhe.search.front.pareto_front` of its trials.
     max_latency : float, optional
         The study's latency limit: ``over_max_latency`` says whether a measured latency
         breaks it (None when either is unknown).
     """
     records = []
     for t in front:
-        a = t.user_attrs
-        measured = a.get("measured_latency_s")
+        r = TrialRecord.of(t)
+        measured = r.measured_latency_s
         records.append(
             {
                 "trial": t.number,
                 "metric": _metric(study),
                 "value": t.values[0],
                 # the shipped model's: refit on training + validation rows
-                "test_clear": a.get("final_clear_test", a.get("clear_test")),
+                "test_clear": r.test_metric,
                 "predicted_latency_s": t.values[1],
                 "measured_latency_s": measured,
-                "measured_loadavg_1m": a.get("measured_loadavg_1m"),
-                "measured_cores": a.get("measured_cores"),
-                "measured_quiet": a.get("measured_quiet"),
+                "measured_loadavg_1m": r.measured_loadavg_1m,
+                "measured_cores": r.measured_cores,
+                "measured_quiet": r.measured_quiet,
                 "max_latency_s": max_latency,
                 "over_max_latency": (
                     None if measured is None or max_latency is None else measured > max_latency
@@ -64,11 +65,11 @@ def front_records(study: Any, front: list, max_latency: float | None = None) -> 
                 "n_layers": t.params.get("module__n_layers"),
                 "n_w_bits": t.params.get("n_w_bits"),
                 "n_a_bits": t.params.get("n_a_bits"),
-                "lookups_per_layer": a.get("lookups_per_layer"),
+                "lookups_per_layer": r.lookups_per_layer,
                 # what a client uploads once (compressed) and waits for before its first row
-                "evaluation_keys_bytes": a.get("evaluation_keys_bytes"),
-                "keygen_s": a.get("keygen_s"),
-                "has_model": bool(a.get("artifact_id")),
+                "evaluation_keys_bytes": r.evaluation_keys_bytes,
+                "keygen_s": r.keygen_s,
+                "has_model": r.exportable,
             }
         )
     return records
@@ -129,19 +130,21 @@ def latency_warnings(records: list[dict]) -> list[str]:
 
 
 def trial_records(study: Any) -> list[dict]:
-    """Every trial: number, state, one key per objective, feasibility, fidelity, reason."""
+    """Every trial: number, state, one key per objective, feasibility, the epochs its (first)
+    model trained, reason."""
     names = study.metric_names or ["metric", "latency_s"]
     records = []
     for t in study.get_trials(deepcopy=False):
         values = dict(zip(names, t.values)) if t.values is not None else {}
+        r = TrialRecord.of(t)
         records.append(
             {
                 "trial": t.number,
                 "state": t.state.name,
                 **{n: values.get(n) for n in names},
                 "feasible": is_feasible(t) if t.state.name == "COMPLETE" else None,
-                "fidelity": t.user_attrs.get("fidelity"),
-                "reason": t.user_attrs.get("reason") or "",
+                "epochs": r.fidelity_epochs,
+                "reason": r.reason,
             }
         )
     return records
@@ -174,10 +177,11 @@ def plot_front(study: Any, front: list, path: str, max_latency: float | None = N
         ) from None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot([t.values[1] for t in front], [t.values[0] for t in front], "o-", label="predicted")
-    measured = [t for t in front if t.user_attrs.get("measured_latency_s") is not None]
+    measured_s = {t.number: TrialRecord.of(t).measured_latency_s for t in front}
+    measured = [t for t in front if measured_s[t.number] is not None]
     if measured:
         ax.plot(
-            [t.user_attrs["measured_latency_s"] for t in measured],
+            [measured_s[t.number] for t in measured],
             [t.values[0] for t in measured],
             "D--",
             label="measured",
@@ -242,7 +246,7 @@ class ProgressReport:
         self.out(f"[{(time.monotonic() - self.start) / 60:5.1f} min] {text}", flush=True)
 
     def __call__(self, study: Any) -> None:
-        from autofhe.search.pareto import pareto_front
+        from autofhe.search.front import study_front
 
         trials = study.get_trials(deepcopy=False)
         now = time.monotonic()
@@ -270,7 +274,7 @@ class ProgressReport:
         feasible = sum(t.state.name == "COMPLETE" and is_feasible(t) for t in finished)
         study_line = (
             f"this run {goal} | study: {len(finished)} finished, {feasible} feasible, "
-            f"front {len(pareto_front(trials))}"
+            f"front {len(study_front(study, trials))}"
         )
         for t in ended:
             self._line(f"{_outcome(t)} | {study_line}")
@@ -290,7 +294,8 @@ def _summary(params: dict) -> str:
 
 def _outcome(trial: Any) -> str:
     """``trial 7: 0.9512, 0.0123 s`` or ``trial 8: pruned (why)``, the reason when there is one."""
-    why = trial.user_attrs.get("reason") or trial.user_attrs.get("error") or ""
+    r = TrialRecord.of(trial)
+    why = r.reason or r.error or ""
     if trial.state.name == "COMPLETE" and trial.values is not None:
         metric, latency = trial.values
         text = f"trial {trial.number}: {metric:.4f}, {latency:.4g} s"

@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 
 from autofhe.errors import ParameterError
+from autofhe.search.record import TrialRecord
 
 __all__ = ["PICKS", "choose", "knee", "latency", "with_model"]
 
@@ -26,7 +27,7 @@ PICKS = ("knee", "accuracy", "latency")
 
 def latency(trial) -> float:
     """Seconds per sample: measured when known, else predicted."""
-    return trial.user_attrs.get("measured_latency_s") or trial.values[1]
+    return TrialRecord.of(trial).latency(trial.values[1])
 
 
 def _most_accurate(trials):
@@ -63,7 +64,7 @@ def knee(front: Sequence):
 
 def with_model(front: Sequence) -> list:
     """Front trials whose compiled model is stored (the ones that can be exported)."""
-    return [t for t in front if t.user_attrs.get("artifact_id")]
+    return [t for t in front if TrialRecord.of(t).exportable]
 
 
 def choose(
@@ -81,7 +82,7 @@ def choose(
     Parameters
     ----------
     trials : every trial of the study (to find ``number``).
-    front : its Pareto front (``autofhe.search.pareto.pareto_front``).
+    front : its Pareto front (``autofhe.search.front.pareto_front``).
     number : this trial; it must be COMPLETE and have a stored model.
     pick : "knee", "accuracy" (most accurate, then fastest) or "latency" (fastest, then most
         accurate), among the front models that meet the filters. Default: the knee, or with
@@ -139,9 +140,9 @@ def _by_number(trials, candidates, number: int, study: str):
             f"trial {number} is {trial.state.name}, not COMPLETE; pick a trial of the front "
             "(autofhe pareto --study ...)."
         )
-    if not trial.user_attrs.get("artifact_id"):
+    if not TrialRecord.of(trial).exportable:
         numbers = ", ".join(str(t.number) for t in candidates) or "none"
-        why = trial.user_attrs.get("store_error")
+        why = TrialRecord.of(trial).store_error
         raise ParameterError(
             f"trial {number} has no stored model "
             + (f"(storing it failed: {why})" if why else "(only Pareto-front trials get one)")

@@ -4,8 +4,8 @@ compile choose the lookup precision), with one exception that keeps every draw f
 ``accum_slack``, the accumulator budget in bits *above the smallest one the drawn bit widths
 allow* (``n_accum_bits = min + accum_slack``), so an impossible budget is never sampled.
 :func:`to_estimator_params` turns a trial's parameters into estimator parameters (a trial
-records them as its ``estimator_params`` user attribute, so
-``est.set_params(**trial.user_attrs["estimator_params"])`` rebuilds it).
+records them as ``estimator_params`` in its record, so
+``est.set_params(**TrialRecord.of(trial).estimator_params)`` rebuilds it).
 
 A space maps a parameter to one of
 - ``{"low": a, "high": b}`` (int when both are ints), optional ``"log": true`` / ``"step"``;
@@ -18,7 +18,14 @@ from __future__ import annotations
 from typing import Any
 
 from autofhe.errors import ParameterError
-from autofhe.params import ACTIVATION_NAMES, LR_SCHEDULES, PARAMS, SEED_ACTIVATIONS, seed_values
+from autofhe.params import (
+    ACTIVATION_NAMES,
+    LR_SCHEDULES,
+    PARAMS,
+    SEED_ACTIVATIONS,
+    seed_values,
+    value_of,
+)
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -172,9 +179,9 @@ def to_estimator_params(params: dict[str, Any]) -> dict[str, Any]:
             from autofhe.search.pricing import hidden_signed, min_accum_bits
 
             out["n_accum_bits"] = int(slack) + min_accum_bits(
-                int(out.get("n_w_bits", 3)),
-                int(out.get("n_a_bits", 3)),
-                int(out.get("module__n_layers", 2)),
-                hidden_signed(out.get("module__activation_function", "ReLU")),
+                int(value_of(out, "n_w_bits")),
+                int(value_of(out, "n_a_bits")),
+                int(value_of(out, "module__n_layers")),
+                hidden_signed(value_of(out, "module__activation_function")),
             )
     return out

@@ -21,8 +21,19 @@ import optuna
 
 from autofhe.data import Dataset, check_Xy, split_dataset
 from autofhe.errors import DataError, ParameterError, StorageError
-from autofhe.search.heartbeat import Heartbeat, make_storage
-from autofhe.search.locate import (
+from autofhe.search import record
+from autofhe.search.front import study_front
+from autofhe.search.heartbeat import Heartbeat
+from autofhe.search.loop import optimize
+from autofhe.search.notes import publish_front, publish_trial
+from autofhe.search.objective import METRICS, SearchContext, set_phase
+from autofhe.search.plan import make_plan, project
+from autofhe.search.record import StudyRecord, record_study
+from autofhe.search.refine import maybe_refine
+from autofhe.search.space import SEED_CONFIG
+from autofhe.search.spec import Spec
+from autofhe.search.store.engine import make_storage
+from autofhe.search.store.locate import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
     artifact_dir,
@@ -30,14 +41,7 @@ from autofhe.search.locate import (
     find_study,
     resolve_storage,
 )
-from autofhe.search.notes import publish_front, publish_trial
-from autofhe.search.objective import METRICS, SearchContext, set_phase
-from autofhe.search.pareto import ParetoStore, pareto_front
-from autofhe.search.plan import make_plan, project
-from autofhe.search.refine import maybe_refine
-from autofhe.search.space import SEED_CONFIG
-from autofhe.search.spec import Spec
-from autofhe.search.workers import optimize, run_workers
+from autofhe.search.store.tables import ParetoStore
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -49,7 +53,6 @@ __all__ = [
     "default_study_name",
     "open_study",
     "resolve_storage",
-    "run_workers",
 ]
 
 OBJECTIVE_NAMES = ["fhe_latency_s"]
@@ -60,11 +63,6 @@ RECORDED_PREDICTIONS = 16
 
 def default_study_name(ds: Dataset, metric: str) -> str:
     return f"{ds.name}-{metric}"
-
-
-def _storage(url: str) -> optuna.storages.RDBStorage:
-    """This process's pooled, reconnecting storage for ``url`` (heartbeat.make_storage)."""
-    return make_storage(url)
 
 
 def _sampler(spec_sampler: str, seed: int | None):
@@ -99,8 +97,12 @@ def _dry_run(ds: Dataset, spec: Spec, seed: int) -> None:
     from autofhe.nn.estimators import NeuralNetClassifier, NeuralNetRegressor
     from autofhe.search.space import suggest, to_estimator_params
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     try:
         params = suggest(trial, spec.space)
     except (ValueError, TypeError) as exc:
@@ -137,14 +139,17 @@ def open_study(
     name: str | None,
     seed: int = 0,
     say: Callable[[str], None] | None = None,
+    checked: bool = False,
 ) -> tuple[optuna.Study, ParetoStore, str]:
     """Create the study (registering its data) or resume it; refuse different data, and a
     study autofhe did not make.
 
-    Everything the user passed is validated before the database is touched. ``say`` receives
-    a line before and after the probe of a new study's data (seconds to minutes on wide data).
+    Everything the user passed is validated before the database is touched (``checked``: the
+    caller ran :func:`check_search_inputs` on them already, the dry run included). ``say``
+    receives a line before and after the probe of a new study's data (seconds to minutes on
+    wide data).
     """
-    metric = check_search_inputs(ds, spec, seed)
+    metric = spec.metric if checked and spec.metric else check_search_inputs(ds, spec, seed)
     name = name or default_study_name(ds, metric)
     # Ours: registered in autofhe's table (the first write of a new study, before Optuna's
     # study exists). Anything else of that name is refused before any write.
@@ -190,17 +195,22 @@ def open_study(
             return open_study(ds, spec, url, name, seed, say)
     study = optuna.create_study(
         study_name=name,
-        storage=_storage(url),
+        storage=make_storage(url),
         directions=["maximize", "minimize"],
         sampler=_sampler(spec.sampler, seed),
         load_if_exists=True,
     )
     if info is None:
         study.set_metric_names([metric, *OBJECTIVE_NAMES])
-        study.set_user_attr("autofhe_fingerprint", ds.fingerprint)
-        study.set_user_attr("autofhe_task", ds.task)
-        study.set_user_attr("autofhe_source", ds.source)
-        study.set_user_attr("autofhe_plan", plan)
+        record_study(
+            study,
+            StudyRecord(
+                autofhe_fingerprint=ds.fingerprint,
+                autofhe_task=ds.task,
+                autofhe_source=ds.source,
+                autofhe_plan=plan,
+            ),
+        )
         space = {**spec.space, **plan["space"]}
         for params in plan["seeds"]:
             study.enqueue_trial(project(params, space))
@@ -274,14 +284,15 @@ class SearchSession:
             generation plus three samples of a 20 s model would stall the search.
             """
             from autofhe.errors import BundleError, ResourceError
+            from autofhe.fhe.bundle import save_archive
             from autofhe.fhe.latency import measure_latency
             from autofhe.search import quiet
-            from autofhe.search.notes import measurement_conditions, record_measurement_conditions
+            from autofhe.search.notes import measurement_conditions
 
             # what the exported model must reproduce (clear program == encrypted circuit)
             set_phase(trial, "measuring its latency under encryption")
             head = model.predict(X_valid[:RECORDED_PREDICTIONS])
-            trial.set_user_attr("valid_predictions_head", np.asarray(head).tolist())
+            record.write(trial, valid_predictions_head=np.asarray(head).tolist())
             try:
                 # the machine's other workers pause at their next checkpoint (quiet.py)
                 with quiet.measuring() as calm:
@@ -290,22 +301,25 @@ class SearchSession:
                         model.compiled_model, X_valid, n=3 if predicted <= MEASURE_ALL_S else 1
                     )
                 conditions["measured_quiet"] = calm
-                trial.set_user_attr("measured_latency_s", measured["latency_s"])
-                trial.set_user_attr("keygen_s", measured["keygen_s"])
-                record_measurement_conditions(trial, conditions)
+                record.write(
+                    trial,
+                    measured_latency_s=measured["latency_s"],
+                    keygen_s=measured["keygen_s"],
+                    **conditions,
+                )
             except ResourceError as exc:
-                trial.set_user_attr("measure_error", str(exc))
+                record.write(trial, measure_error=str(exc))
             store = artifact_store(url, write=True)
             with tempfile.TemporaryDirectory() as tmp:
                 provenance = {"study": name, "trial": trial.number}
                 try:
-                    archive = model.compiled_model.save_archive(
-                        Path(tmp) / f"trial-{trial.number}.zip", provenance
+                    archive = save_archive(
+                        model.compiled_model, Path(tmp) / f"trial-{trial.number}.zip", provenance
                     )
                 except BundleError as exc:
                     # the trial's values stand; only its model cannot ship (and a live
                     # trial must not FAIL for it)
-                    trial.set_user_attr("store_error", str(exc).splitlines()[0])
+                    record.write(trial, store_error=str(exc).splitlines()[0])
                     return
                 artifact_id = optuna.artifacts.upload_artifact(
                     artifact_store=store,
@@ -313,7 +327,7 @@ class SearchSession:
                     study_or_trial=trial,
                     mimetype="application/zip",
                 )
-            trial.set_user_attr("artifact_id", artifact_id)
+            record.write(trial, artifact_id=artifact_id)
 
         return on_front
 
@@ -329,17 +343,17 @@ class SearchSession:
             cost_model = load_cost_model()
         store = ParetoStore(self.url, create=True)
         info = self._info(store)
-        storage = _storage(self.url)
+        storage = make_storage(self.url)
         study = optuna.load_study(
             study_name=self.name,
             storage=storage,
             sampler=_sampler(info["spec"].get("sampler", "tpe"), self.seed + os.getpid()),
         )
-        ctx = self._context(info, cost_model, study.user_attrs.get("autofhe_plan"))
+        ctx = self._context(info, cost_model, StudyRecord.of(study).autofhe_plan)
 
         def after_trial(trial: optuna.trial.FrozenTrial) -> None:
             trials = study.get_trials(deepcopy=False)
-            front = pareto_front(trials)
+            front = study_front(study, trials)
             n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
             publish_trial(study, trial)  # what optuna-dashboard shows first, for people
             try:
@@ -357,7 +371,7 @@ class SearchSession:
 
         beat = Heartbeat(self.url, self.name, storage)
         try:
-            return optimize(study, ctx, n_trials, timeout, beat, after_trial, before_ask)
+            return optimize(study, storage, ctx, n_trials, timeout, beat, after_trial, before_ask)
         finally:
             beat.close()
 

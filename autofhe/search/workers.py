@@ -1,14 +1,9 @@
-"""The worker loop, worker processes, and how a search stops.
+"""Worker processes, and how a search stops.
 
-- :func:`optimize`: ask -> objective -> tell in one process, with the heartbeat helper of
-  heartbeat.py beating for the current trial. A trial that another process ended (a reaper
-  that took it for dead) is dropped with a warning, never a crash. Ctrl-C or SIGTERM in the
-  middle of a trial ends it FAIL with the reason ``interrupted (SIGINT)`` and queues its
-  configuration again, so the next run takes it first: nothing is lost.
-- :func:`run_workers`: the search's workers, each a child process in its own process group
+:func:`run_workers`: the search's workers, each a child process in its own process group
   (``search --workers N``; the CLI always isolates them, a library call with one worker runs
   in-process). The parent supervises: the terminal's Ctrl-C reaches it alone, and it passes
-  one stop on to each worker, which ends its trial as above and exits 130 (143); a second
+  one stop on to each worker, which ends its trial (loop.py) and exits 130 (143); a second
   Ctrl-C kills the workers at once (their helpers then end their trials with that reason).
   Its ``progress`` callback sees the study every few seconds. A Ctrl-C is passed on as
   SIGUSR1, not SIGINT: concrete-python puts its own SIGINT handler in place for the length of
@@ -17,7 +12,6 @@
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 import signal
@@ -30,11 +24,9 @@ from dataclasses import dataclass, field
 import optuna
 
 from autofhe.errors import AutofheError, Interrupted, on_stop_signals
-from autofhe.search import quiet
-from autofhe.search.heartbeat import Heartbeat, end_trial, worker_id
-from autofhe.search.objective import objective
+from autofhe.search.store.engine import make_storage
 
-__all__ = ["Outcome", "optimize", "run_workers"]
+__all__ = ["Outcome", "run_workers"]
 
 #: Seconds between two looks of the supervisor at the study (progress, started trials).
 PROGRESS_POLL_S = 2.0
@@ -42,100 +34,10 @@ PROGRESS_POLL_S = 2.0
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-def _signal_name(exc: BaseException) -> str:
-    return signal.Signals(exc.signum).name if isinstance(exc, Interrupted) else "SIGINT"
-
-
 #: The signals a worker stops on; ignored while it starts (see run_workers).
 STOP_SIGNALS = (*EXIT_CODES, signal.SIGUSR1)
 #: What the supervisor sends a worker for each signal it receives (see the module docstring).
 RELAYED = {signal.SIGINT: signal.SIGUSR1, signal.SIGTERM: signal.SIGTERM}
-
-
-def optimize(
-    study,
-    ctx,
-    n_trials,
-    timeout,
-    beat: Heartbeat,
-    after_trial: Callable,
-    before_ask: Callable | None = None,
-) -> int:
-    """ask -> objective -> tell until ``n_trials`` are told or ``timeout`` passes.
-
-    Unlike ``study.optimize`` this survives a trial that another process ended (a reaper that
-    took it for dead): its result is dropped with a warning instead of a crash. ``before_ask``
-    runs right before each ask this process makes (it may enqueue the trial the ask then
-    takes: nothing is left queued when the search ends).
-    """
-    with quiet.working():  # this process pauses at checkpoints while another one measures
-        return _optimize(study, ctx, n_trials, timeout, beat, after_trial, before_ask)
-
-
-def _optimize(study, ctx, n_trials, timeout, beat, after_trial, before_ask) -> int:
-    state = optuna.trial.TrialState
-    start, done = time.monotonic(), 0
-    while n_trials is None or done < n_trials:
-        if timeout is not None and time.monotonic() - start >= timeout:
-            break
-        quiet.checkpoint()
-        if before_ask is not None:
-            before_ask()
-        trial = study.ask()
-        values, ended = None, state.FAIL
-        try:
-            beat.start(trial._trial_id)
-            # who runs it (a system attribute: not one of the trial's results)
-            study._storage.set_trial_system_attr(trial._trial_id, "autofhe_worker", worker_id())
-            values, ended = objective(trial, ctx), None
-        except optuna.TrialPruned:
-            ended = state.PRUNED
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another process ended it: _tell says so
-        except Exception as exc:  # a crash fails this trial, not the worker
-            first = (str(exc).splitlines() or [""])[0]
-            _record_error(trial, f"{type(exc).__name__}: {first}")
-            print(
-                f"autofhe: trial {trial.number} failed: {type(exc).__name__}: {first}",
-                file=sys.stderr,
-            )
-        except BaseException as exc:  # Ctrl-C, SIGTERM: the trial ends and is queued again
-            beat.stop()
-            reason = f"interrupted ({_signal_name(exc)}) in worker {worker_id()}"
-            end_trial(study._storage, study, trial._trial_id, reason, limit=None)
-            raise
-        beat.stop()
-        frozen = _tell(study, trial, values, ended)
-        done += 1
-        if frozen is not None:
-            after_trial(frozen)
-        gc.collect()
-    return done
-
-
-def _record_error(trial, text: str) -> None:
-    """What crashed a trial, for the person who inspects it (and `search`'s exit message)."""
-    try:
-        trial.set_user_attr("error", text[:500])
-    except Exception:  # the trial may be ended already: the error is printed anyway
-        pass
-
-
-def _tell(study, trial, values, ended) -> optuna.trial.FrozenTrial | None:
-    """Report a trial; None (and a warning) when another process already ended it."""
-    try:
-        current = study._storage.get_trial(trial._trial_id)
-        if not current.state.is_finished():
-            return study.tell(trial, values, state=ended)
-    except optuna.exceptions.UpdateFinishedTrialError:  # ended between our look and our write
-        current = study._storage.get_trial(trial._trial_id)
-    why = current.user_attrs.get("reason") or f"{current.state.name}, no heartbeat?"
-    print(
-        f"autofhe: warning: trial {trial.number} was ended by another process ({why}); its "
-        "result is dropped",
-        file=sys.stderr,
-    )
-    return None
 
 
 def _worker_main(
@@ -264,7 +166,7 @@ def run_workers(
     cached latency model.
     """
     from autofhe.fhe.latency import load_cost_model
-    from autofhe.search.study import SearchSession, _storage
+    from autofhe.search.study import SearchSession
 
     cost_model = cost_model or load_cost_model()
     if workers <= 1 and not isolate:
@@ -292,7 +194,7 @@ def run_workers(
         for sig, old in ignored.items():
             signal.signal(sig, old)
     with _Stop() as stop:
-        study = optuna.load_study(study_name=name, storage=_storage(url)) if progress else None
+        study = optuna.load_study(study_name=name, storage=make_storage(url)) if progress else None
         told: set[int] = set()  # workers the first stop signal was passed on to
         killed, last = False, 0.0
         while any(p.is_alive() for p in procs):

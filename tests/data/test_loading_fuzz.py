@@ -102,6 +102,45 @@ def test_arbitrary_bytes(tmp_path, data, suffix):
     _load_both(tmp_path / f"d{suffix}", label_column="y" if suffix == ".csv" else None)
 
 
+# The fuzz tests above pass if the loaders refuse everything; these fail then: well-formed
+# files of the same kinds load, values unchanged.
+_good = st.integers(2, 30).flatmap(
+    lambda rows: st.tuples(
+        st.lists(
+            st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=3, max_size=3),
+            min_size=rows,
+            max_size=rows,
+        ),
+        st.lists(st.integers(0, 2), min_size=rows, max_size=rows),
+    )
+)
+
+
+@FUZZ
+@given(data=_good, form=st.sampled_from(["npy", "npz", "csv"]))
+def test_well_formed_files_load_unchanged(tmp_path, data, form):
+    rows, labels = data
+    X, y = np.array(rows), np.array(labels)
+    if (X == X[0]).all() or len(set(labels)) < 2:  # constant features, one class: refused
+        return
+    if form == "npy":
+        np.save(tmp_path / "X.npy", X)
+        np.save(tmp_path / "y.npy", y)
+        path = tmp_path / "X.npy"
+    elif form == "npz":
+        path = tmp_path / "d.npz"
+        np.savez(path, X=X, y=y)
+    else:
+        path = tmp_path / "d.csv"
+        table = np.column_stack([X, y])
+        np.savetxt(path, table, delimiter=",", header="a,b,c,y", comments="", fmt="%.17g")
+    kwargs = {"label_column": "y"} if form == "csv" else {}
+    ds = load_dataset(str(path), task="classification", **kwargs)
+    np.testing.assert_array_equal(ds.X, X.astype(ds.X.dtype))  # stored as float32
+    assert ds.y.tolist() == y.tolist()
+    np.testing.assert_array_equal(load_features(path, **kwargs), ds.X)
+
+
 def test_zip_bomb_like_npz_member_is_refused_or_loaded(tmp_path):
     with zipfile.ZipFile(tmp_path / "d.npz", "w") as archive:
         archive.writestr("X.npy", _NPY_HEADER + b"\xff" * 50)

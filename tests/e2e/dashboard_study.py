@@ -14,9 +14,10 @@ from pathlib import Path
 
 import optuna
 
+from autofhe.search import record
 from autofhe.search.feasibility import record_constraints
-from autofhe.search.notes import publish_front, publish_trial, record_measurement_conditions
-from autofhe.search.pareto import pareto_front
+from autofhe.search.front import pareto_front
+from autofhe.search.notes import measurement_conditions, publish_front, publish_trial
 
 AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
 MAX_LATENCY = 1.0
@@ -48,7 +49,7 @@ def build_study(url: str, name: str = "demo-accuracy") -> optuna.Study:
         trial.set_user_attr("predicted_latency_s", latency)
         if measured is not None:
             trial.set_user_attr("measured_latency_s", measured)
-            record_measurement_conditions(trial)
+            record.write(trial, **measurement_conditions())
         study.tell(trial, [acc, latency])
         publish_trial(study, study.trials[-1])
     trials = study.get_trials(deepcopy=False)

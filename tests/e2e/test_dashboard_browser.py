@@ -21,6 +21,9 @@ from dashboard_study import FEASIBLE_FRONT, TRIALS, get_json
 
 from autofhe.search.notes import FRONT_PLOT_ID
 
+#: a dashboard server and a headless browser (make check leaves them out)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 #: flags that work in containers: no sandbox, no GPU, and nothing that phones home
 CHROMIUM_FLAGS = (

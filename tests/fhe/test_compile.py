@@ -264,10 +264,11 @@ def test_server_compile_keeps_the_widths_that_training_rows_reached(tmp_path):
     # of the truncated accumulator on the compile's rows, so without a hint the server
     # compiled a narrower lookup than the model's: the bundle failed its own check (and a
     # search trial with it).
-    from autofhe.fhe.bundle import check_specs, compile_server, save_bundle
+    from autofhe.fhe.bundle import save_bundle
     from autofhe.fhe.codec import program_from_json, program_to_json
     from autofhe.fhe.model import Decoding, compile_model
     from autofhe.fhe.program import IntegerProgram, ProgramLayer
+    from autofhe.fhe.rebuild import check_specs, compile_server
 
     n = 16
     hidden = ProgramLayer(

@@ -18,10 +18,17 @@ from autofhe.data import load_dataset, split_dataset
 from autofhe.fhe.bundle import BundleError, bundle_digest, load_program, read_manifest
 from autofhe.fhe.deploy import FheClient, FheServer, measure_bundle, predict_bundle
 from autofhe.search.spec import load_spec
-from autofhe.search.study import open_study, run_workers
+from autofhe.search.study import open_study
+from autofhe.search.workers import run_workers
+
+#: exports, key generation and encrypted runs through the CLI (make check leaves them out)
+pytestmark = pytest.mark.slow
 
 AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
 SPEC = """
+[study]
+folds = 1
+
 [space]
 n_w_bits = { low = 2, high = 3 }
 n_a_bits = { low = 2, high = 3 }

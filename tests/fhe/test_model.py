@@ -9,7 +9,13 @@ import pytest
 
 from autofhe import NeuralNetClassifier, NeuralNetRegressor
 from autofhe.errors import BundleError, CompilationError, ParameterError
-from autofhe.fhe.bundle import bundle_digest
+from autofhe.fhe.bundle import (
+    bundle_digest,
+    load_model,
+    load_model_archive,
+    save_archive,
+    save_bundle,
+)
 from autofhe.fhe.model import CompiledModel, Decoding
 
 
@@ -26,7 +32,7 @@ def classifier(wine):
 @pytest.fixture(scope="module")
 def saved(classifier, tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "bundle"
-    classifier.compiled_model.save(path)
+    save_bundle(classifier.compiled_model, path)
     return path
 
 
@@ -42,7 +48,7 @@ def test_estimator_predictions_are_the_compiled_models(classifier, wine):
 
 def test_load_gives_the_same_model_without_torch_objects(classifier, saved, wine):
     _, Xte, _, _ = wine
-    loaded = CompiledModel.load(saved, digest=bundle_digest(saved))
+    loaded = load_model(saved, digest=bundle_digest(saved))
     np.testing.assert_array_equal(loaded.predict(Xte), classifier.predict(Xte))
     np.testing.assert_array_equal(
         loaded.program.run(loaded.program.quantize(Xte)),
@@ -56,7 +62,7 @@ def test_load_gives_the_same_model_without_torch_objects(classifier, saved, wine
 
 def test_loaded_circuit_simulates_like_the_clear_program(saved, wine):
     _, Xte, _, _ = wine
-    loaded = CompiledModel.load(saved)
+    loaded = load_model(saved)
     np.testing.assert_array_equal(
         loaded.predict(Xte[:8], fhe="simulate"), loaded.predict(Xte[:8], fhe="disable")
     )
@@ -64,15 +70,15 @@ def test_loaded_circuit_simulates_like_the_clear_program(saved, wine):
 
 def test_archive_round_trip_and_pinned_digest(classifier, saved, tmp_path, wine):
     _, Xte, _, _ = wine
-    archive = classifier.compiled_model.save_archive(tmp_path / "m.zip", {"trial": 3})
-    loaded = CompiledModel.load_archive(archive)
+    archive = save_archive(classifier.compiled_model, tmp_path / "m.zip", {"trial": 3})
+    loaded = load_model_archive(archive)
     np.testing.assert_array_equal(loaded.predict(Xte), classifier.predict(Xte))
     with pytest.raises(BundleError, match="not the pinned"):
-        CompiledModel.load(saved, digest="0" * 64)
+        load_model(saved, digest="0" * 64)
 
 
 def test_a_loaded_program_keeps_its_rounding_and_says_how_to_change_it(saved):
-    program = CompiledModel.load(saved).program
+    program = load_model(saved).program
     hidden = program.layers[0]
     assert hidden.has_lookup and hidden.with_rounding(hidden.lsbs_to_remove) is hidden
     with pytest.raises(CompilationError, match="compile the estimator again"):

@@ -254,7 +254,7 @@ def test_layers_and_activations(toy, n_layers, activation):
 
 
 def _fit(X, y, **params):
-    return NeuralNetClassifier(max_epochs=1, **params).fit(X, y)
+    return NeuralNetClassifier(**{"max_epochs": 1, **params}).fit(X, y)
 
 
 def test_nan_and_inf(toy):
@@ -329,8 +329,15 @@ def test_empty_data(toy):
             "module__n_hidden_neurons_multiplier=-1 must be a positive finite number",
         ),
         ({"lr_schedule": "linear"}, "lr_schedule='linear' is not a schedule; use one of"),
-        ({"n_init": 0}, "n_init=0 must be at least 1"),
-        ({"n_init": 2.0}, "n_init=2.0 must be a positive integer"),
+        ({"n_init": 0}, "n_init=0 is out of range: use an integer from 1 to 100"),
+        ({"n_init": 2.0}, "n_init=2.0 must be an integer from 1 to 100"),
+        # never checked before: params.py's table is the one source
+        ({"lr": -0.1}, "lr=-0.1 must be a positive finite number"),
+        ({"lr": float("nan")}, "lr=nan must be a positive finite number"),
+        ({"max_epochs": 0}, "max_epochs=0 is out of range: use an integer from 1"),
+        ({"optimizer__weight_decay": 2.0}, "optimizer__weight_decay=2.0 must be a finite"),
+        ({"batch_size": 0}, "batch_size=0 is out of range: .* or -1 for all rows at once"),
+        ({"batch_size": 2.5}, "batch_size=2.5 must be an integer from 1"),
         ({"module__lookup_bits": 1}, "module__lookup_bits=1 is out of range"),
     ],
 )

@@ -9,7 +9,7 @@ import torch
 from sklearn.datasets import make_classification
 
 from autofhe import NeuralNetClassifier
-from autofhe.nn.training import _TensorBatches
+from autofhe.nn.training import TensorBatches
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_training_and_inference_mode_compute_the_same_function(toy, params):
 
 def test_tensor_batches_cover_every_row_once_per_epoch():
     X, y = torch.arange(10.0).reshape(10, 1), torch.arange(10)
-    batches = _TensorBatches(X, y, batch_size=4, shuffle=True)
+    batches = TensorBatches(X, y, batch_size=4, shuffle=True)
     assert len(batches) == 3
     orders = []
     for _ in range(2):
@@ -98,7 +98,7 @@ def test_tensor_batches_cover_every_row_once_per_epoch():
         assert sorted(rows.tolist()) == list(range(10))
         orders.append(rows.tolist())
     assert orders[0] != orders[1]  # reshuffled every epoch (fixed torch seed of the session)
-    in_order = _TensorBatches(X, y, batch_size=4, shuffle=False)
+    in_order = TensorBatches(X, y, batch_size=4, shuffle=False)
     assert torch.cat([yb for _, yb in in_order]).tolist() == list(range(10))
 
 

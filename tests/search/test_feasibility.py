@@ -15,12 +15,12 @@ from autofhe.search.feasibility import (
     patch_dashboard,
     record_constraints,
 )
+from autofhe.search.front import pareto_front
 from autofhe.search.notes import (
     FRONT_HEADING,
     front_figure,
     publish_front,
 )
-from autofhe.search.pareto import pareto_front
 
 DIRECTIONS = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
 

@@ -8,7 +8,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from autofhe.search import refine
-from autofhe.search.pareto import pareto_front
+from autofhe.search.front import pareto_front
 from autofhe.search.space import DEFAULT_SPACE
 
 SPACE = {**DEFAULT_SPACE, "module__n_hidden_neurons_multiplier": {"low": 0.1, "high": 2.0}}

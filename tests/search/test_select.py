@@ -7,7 +7,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from autofhe.errors import ParameterError
-from autofhe.search.pareto import pareto_front
+from autofhe.search.front import pareto_front
 from autofhe.search.select import choose, knee, latency, with_model
 
 

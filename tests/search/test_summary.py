@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from autofhe.search.feasibility import record_constraints
-from autofhe.search.summary import front_size, optuna_summaries, sqlite_summaries
+from autofhe.search.store.summary import front_size, optuna_summaries, sqlite_summaries
 
 
 @pytest.mark.parametrize(

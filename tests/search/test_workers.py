@@ -23,11 +23,16 @@ import pytest
 import sqlalchemy as sa
 
 from autofhe.data import load_dataset
-from autofhe.search.pareto import ParetoStore, pareto_front
+from autofhe.search.front import pareto_front
 from autofhe.search.spec import load_spec
-from autofhe.search.study import open_study, run_workers
+from autofhe.search.store.tables import ParetoStore
+from autofhe.search.study import open_study
+from autofhe.search.workers import run_workers
 
 from specs import fast_spec
+
+#: workers are processes that train: tens of seconds each (make check leaves them out)
+pytestmark = pytest.mark.slow
 
 AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
 OPTUNA = str(Path(sys.executable).with_name("optuna"))
@@ -117,10 +122,17 @@ def _best_trials_cli(url, name) -> list[dict]:
     return json.loads(out)
 
 
-def _four_by_twenty_five(url, wine, tmp_path):
+#: trials per worker of the four-worker runs: enough for every worker to ask, tell and store
+#: fronts while the others do (each trial about a second of training)
+PER_WORKER = 5
+
+
+def _four_workers(url, wine, tmp_path):
     name = _study(url, wine, tmp_path)
     start = time.time()
-    procs = _workers(url, name, 4, 25, tmp_path, AUTOFHE_HEARTBEAT_S="2", AUTOFHE_GRACE_S="15")
+    procs = _workers(
+        url, name, 4, PER_WORKER, tmp_path, AUTOFHE_HEARTBEAT_S="2", AUTOFHE_GRACE_S="15"
+    )
     return name, procs, start
 
 
@@ -162,7 +174,7 @@ def _export_from_elsewhere(url, name, tmp_path):
 
 
 def test_four_workers_on_postgres_lose_nothing_and_pool_connections(pg_url, wine, tmp_path):
-    name, procs, _ = _four_by_twenty_five(pg_url, wine, tmp_path)
+    name, procs, _ = _four_workers(pg_url, wine, tmp_path)
     db = pg_url.rsplit("/", 1)[1]
     # autocommit: each look is its own transaction (a transaction sees one stats snapshot)
     admin = sa.create_engine(pg_url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
@@ -193,7 +205,7 @@ def test_four_workers_on_postgres_lose_nothing_and_pool_connections(pg_url, wine
         f"PostgreSQL connections: peak {peak_total} at once, {opened} opened in the run; "
         f"peak per engine {max(peak_per_process.values())} ({len(peak_per_process)} engines)"
     )
-    trials = _check_complete_run(pg_url, name, tmp_path, codes, 100)
+    trials = _check_complete_run(pg_url, name, tmp_path, codes, 4 * PER_WORKER)
     assert max(peak_per_process.values()) <= 4  # pool_size 2 + max_overflow 2
     assert peak_total <= 4 * 3 * 4  # 4 workers x 3 engines (optuna, autofhe, heartbeat) x 4
     assert opened <= 60  # pooled: not one session per look (1,153 in 10 minutes before)
@@ -204,8 +216,9 @@ def test_four_workers_on_postgres_lose_nothing_and_pool_connections(pg_url, wine
 def test_killed_worker_trial_is_retried_within_twice_the_grace(pg_url, wine, tmp_path):
     grace = 8  # the retry waits for a survivor to finish its trial: keep that a small part
     name = _study(pg_url, wine, tmp_path)
+    per_worker = 4
     procs = _workers(
-        pg_url, name, 3, 8, tmp_path, AUTOFHE_HEARTBEAT_S="1", AUTOFHE_GRACE_S=str(grace)
+        pg_url, name, 3, per_worker, tmp_path, AUTOFHE_HEARTBEAT_S="1", AUTOFHE_GRACE_S=str(grace)
     )
     # `autofhe worker` supervises one child process that runs the trials: kill that child, as
     # the kernel's OOM killer would (no chance to clean up), and leave the supervisor alone
@@ -238,9 +251,9 @@ def test_killed_worker_trial_is_retried_within_twice_the_grace(pg_url, wine, tmp
     waited = (retries[0].datetime_start - killed_at).total_seconds()
     print(f"trial {killed} killed; retried as trial {retries[0].number} after {waited:.1f} s")
     assert waited <= 2 * grace
-    # nothing else lost: the victim's finished trials, its killed one, 8 per survivor
+    # nothing else lost: the victim's finished trials, its killed one, per_worker per survivor
     by_victim = [t for t in trials if t.system_attrs.get("autofhe_worker", "").endswith(tag)]
-    assert len(trials) == 2 * 8 + len(by_victim)
+    assert len(trials) == 2 * per_worker + len(by_victim)
     assert [t.number for t in trials if t.state == State.FAIL] == [killed]
     assert all(t.state.is_finished() for t in trials)
 
@@ -252,19 +265,19 @@ def test_workers_ride_out_a_postgres_restart(pg_url, wine, tmp_path):
             pytest.fail("AUTOFHE_TEST_PG_RESTART is not set: .ci/run must export it")
         pytest.skip("no command to restart the PostgreSQL server ($AUTOFHE_TEST_PG_RESTART)")
     name = _study(pg_url, wine, tmp_path)
-    procs = _workers(pg_url, name, 2, 8, tmp_path, AUTOFHE_HEARTBEAT_S="2", AUTOFHE_GRACE_S="20")
+    procs = _workers(pg_url, name, 2, 5, tmp_path, AUTOFHE_HEARTBEAT_S="2", AUTOFHE_GRACE_S="20")
     study = optuna.load_study(study_name=name, storage=pg_url)
     deadline = time.time() + 120
     while time.time() < deadline:
-        if len(study.get_trials(deepcopy=False, states=(State.COMPLETE,))) >= 3:
+        if len(study.get_trials(deepcopy=False, states=(State.COMPLETE,))) >= 2:
             break
         time.sleep(0.2)
     subprocess.run(shlex.split(restart), check=True, stdout=subprocess.DEVNULL, timeout=60)
     restarted_at = datetime.datetime.now()
     codes = _wait(procs)
-    trials = _check_complete_run(pg_url, name, tmp_path, codes, 16)
+    trials = _check_complete_run(pg_url, name, tmp_path, codes, 10)
     after = sum(t.datetime_start > restarted_at for t in trials)
-    print(f"PostgreSQL restarted; {after} of 16 trials started after it")
+    print(f"PostgreSQL restarted; {after} of 10 trials started after it")
     assert after >= 2  # mid-search: the workers went on after the restart
 
 
@@ -273,9 +286,9 @@ def test_workers_ride_out_a_postgres_restart(pg_url, wine, tmp_path):
 
 def test_four_workers_on_sqlite_lose_nothing(wine, tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
-    name, procs, _ = _four_by_twenty_five(url, wine, tmp_path)
+    name, procs, _ = _four_workers(url, wine, tmp_path)
     codes = _wait(procs)
-    trials = _check_complete_run(url, name, tmp_path, codes, 100)
+    trials = _check_complete_run(url, name, tmp_path, codes, 4 * PER_WORKER)
     _front_matches_optuna(url, name, trials)
     model = _export_from_elsewhere(url, name, tmp_path)
     # the model is in the database, not in a folder next to it
@@ -345,8 +358,8 @@ def test_concurrent_first_runs_create_one_study_and_join_it(backend, tmp_path, r
     trials = _trials(url, "first")
     assert sorted(t.number for t in trials) == [0, 1, 2]
     assert all(t.state.is_finished() for t in trials)
-    with ParetoStore(url).session() as conn:
-        assert conn.exec_driver_sql("SELECT count(*) FROM autofhe_studies").scalar() == 1
+    count = "SELECT count(*) FROM autofhe_studies"
+    assert ParetoStore(url).transact(lambda conn: conn.exec_driver_sql(count).scalar()) == 1
 
 
 def test_search_with_workers_reports_failed_children(tmp_path):
@@ -361,7 +374,8 @@ def test_search_with_workers_reports_failed_children(tmp_path):
 def test_heartbeat_goes_on_while_the_worker_holds_the_gil(tmp_path):
     import ctypes
 
-    from autofhe.search.heartbeat import Heartbeat, make_storage, reap
+    from autofhe.search.heartbeat import Heartbeat, reap
+    from autofhe.search.store.engine import make_storage
 
     url = f"sqlite:///{tmp_path}/h.db"
     storage = make_storage(url)
@@ -392,7 +406,8 @@ def test_heartbeat_goes_on_while_the_worker_holds_the_gil(tmp_path):
 def test_a_trial_whose_worker_died_before_its_first_beat_is_reaped(tmp_path):
     """Killed between ask and the first heartbeat: no heartbeat row, which Optuna's stale
     check never looks at (the trial stayed RUNNING for ever)."""
-    from autofhe.search.heartbeat import Heartbeat, make_storage
+    from autofhe.search.heartbeat import Heartbeat
+    from autofhe.search.store.engine import make_storage
 
     url = f"sqlite:///{tmp_path}/u.db"
     storage = make_storage(url)
@@ -418,17 +433,19 @@ def test_a_trial_whose_worker_died_before_its_first_beat_is_reaped(tmp_path):
 
 
 def test_a_trial_ended_by_another_process_is_skipped_not_a_crash(tmp_path, capsys):
-    from autofhe.search.heartbeat import make_storage
-    from autofhe.search.workers import _tell
+    from autofhe.search.loop import _tell
+    from autofhe.search.store.engine import make_storage
 
     storage = make_storage(f"sqlite:///{tmp_path}/t.db")
     study = optuna.create_study(study_name="t", storage=storage, directions=["maximize"])
     trial = study.ask()
     storage.set_trial_state_values(trial._trial_id, State.FAIL)  # a reaper took it for dead
-    assert _tell(study, trial, [1.0], None) is None  # was: ValueError: Cannot tell a FAIL trial
+    assert (
+        _tell(study, storage, trial, [1.0], None) is None
+    )  # was: ValueError: Cannot tell a FAIL trial
     assert "trial 0 was ended by another process" in capsys.readouterr().err
     assert study.trials[0].state == State.FAIL
-    assert _tell(study, study.ask(), [0.5], None).state == State.COMPLETE
+    assert _tell(study, storage, study.ask(), [0.5], None).state == State.COMPLETE
 
 
 @pytest.mark.parametrize(

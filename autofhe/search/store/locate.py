@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from autofhe.errors import ParameterError, StorageError
+from autofhe.search.record import StudyRecord
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -27,7 +28,6 @@ __all__ = [
     "has_tables",
     "is_autofhe_study",
     "load_study",
-    "missing_driver",
     "open_storage",
     "require_database_file",
     "resolve_storage",
@@ -64,21 +64,6 @@ def require_database_file(url: str) -> None:
             f"no database file {str(db)!r} (storage {url}); run `autofhe search` first, or "
             "pass --storage / set $AUTOFHE_STORAGE to the study database."
         )
-
-
-def missing_driver(url: str, exc: ImportError) -> StorageError:
-    """The error for a storage URL whose database driver is not installed, with the fix."""
-    cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
-    module = cause.name or "its driver"
-    if url.startswith("postgresql"):
-        fix = "pip install 'autofhe[postgres]'"
-    elif url.startswith("mysql"):
-        fix = "pip install pymysql and use a mysql+pymysql:// URL"
-    else:
-        fix = f"install the Python package that provides {module!r}"
-    return StorageError(
-        f"storage {url!r} needs a database driver that is not installed ({module}); {fix}."
-    )
 
 
 def check_writable(url: str) -> None:
@@ -209,7 +194,7 @@ def artifact_store(url: str, write: bool = False):
     by a search, never by a reader)."""
     import optuna
 
-    from autofhe.search.pareto import DatabaseArtifactStore, ParetoStore
+    from autofhe.search.store.tables import DatabaseArtifactStore, ParetoStore
 
     if os.environ.get("AUTOFHE_ARTIFACTS"):
         folder = artifact_dir(url)
@@ -254,6 +239,8 @@ def _reading(url: str) -> Iterator[None]:
     except StorageError:
         raise
     except ImportError as exc:
+        from autofhe.search.store.engine import missing_driver
+
         raise missing_driver(url, exc) from None
     except Exception as exc:  # driver errors, alembic, a file that is not a database
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
@@ -265,9 +252,9 @@ def open_storage(url: str, create: bool = False):
 
     ``create`` False (every command but ``search`` / ``worker``): nothing is ever created, not
     Optuna's tables in an empty or foreign database, and a database without them is a
-    StorageError. heartbeat.py, not study.py: study.py imports the training side (torch).
+    StorageError.
     """
-    from autofhe.search.heartbeat import make_storage
+    from autofhe.search.store.engine import make_storage
 
     require_database_file(url)  # never leave an empty database behind a mistyped path
     if not create and not has_tables(url):
@@ -282,7 +269,7 @@ def open_storage(url: str, create: bool = False):
 def is_autofhe_study(study) -> bool:
     """Made by autofhe: autofhe's two objectives and its fingerprint (a user attribute; a
     search also registers the study in autofhe's own table first, which ``search`` checks)."""
-    return len(study.directions) == 2 and "autofhe_fingerprint" in study.user_attrs
+    return len(study.directions) == 2 and StudyRecord.of(study).is_autofhe
 
 
 def foreign_study(study, url: str) -> ParameterError:

@@ -4,7 +4,7 @@ Opening an Optuna ``RDBStorage`` costs about a second before the first query (im
 Optuna and SQLAlchemy, alembic's schema check), which is most of what listing a few studies
 takes. For an SQLite database the listing reads Optuna's tables directly, read-only (a
 mistyped path is never turned into an empty database), with the standard library alone, and
-counts each study's front exactly as :func:`autofhe.search.pareto.pareto_front` does:
+counts each study's front exactly as :func:`autofhe.search.front.pareto_front` does:
 feasible COMPLETE trials not dominated on (metric max, latency min), equal points once.
 
 Anything this reader does not recognise (another database, a schema Optuna has since
@@ -19,7 +19,9 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from autofhe.search.locate import sqlite_path
+from autofhe.search.front import sweep
+from autofhe.search.record import StudyRecord
+from autofhe.search.store.locate import sqlite_path
 
 __all__ = ["front_size", "optuna_summaries", "sqlite_summaries"]
 
@@ -27,20 +29,8 @@ _VALUE = {"INF_POS": math.inf, "INF_NEG": -math.inf}
 
 
 def front_size(points: list[tuple[float, float]]) -> int:
-    """Distinct (metric, latency) points not dominated by another (metric up, latency down).
-
-    One sweep by decreasing metric: a point is on the front when its latency is the lowest
-    among the points of its metric and strictly below every latency of a higher metric.
-    """
-    by_metric: dict[float, float] = {}
-    for metric, latency in points:
-        by_metric[metric] = min(latency, by_metric.get(metric, math.inf))
-    size, best = 0, None  # None: no higher metric yet (an infinite latency still counts)
-    for metric in sorted(by_metric, reverse=True):
-        if best is None or by_metric[metric] < best:
-            size += 1
-            best = by_metric[metric]
-    return size
+    """Distinct (metric, latency) points not dominated by another: :func:`front.sweep`'s."""
+    return len(sweep(points))
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -124,7 +114,7 @@ def optuna_summaries(storage) -> list[dict]:
     """The same rows through Optuna's own reading (any database, e.g. PostgreSQL)."""
     import optuna
 
-    from autofhe.search.pareto import pareto_front
+    from autofhe.search.front import pareto_front
 
     rows = []
     for summary in optuna.get_all_study_summaries(storage=storage, include_best_trial=False):
@@ -136,7 +126,7 @@ def optuna_summaries(storage) -> list[dict]:
                 "trials": len(trials),
                 "front": len(pareto_front(trials)),
                 "metric": (study.metric_names or ["?"])[0],
-                "source": study.user_attrs.get("autofhe_source", "-"),
+                "source": StudyRecord.of(study).autofhe_source or "-",
             }
         )
     return rows

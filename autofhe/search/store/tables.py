@@ -15,10 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,16 +24,19 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from autofhe.errors import StorageError
-from autofhe.search import heartbeat
-from autofhe.search.heartbeat import engine_kwargs, serialize_sqlite
-from autofhe.search.locate import missing_driver
+from autofhe.search.record import TrialRecord
+from autofhe.search.store.engine import (
+    CREATE_RACE_S,
+    engine,
+    missing_driver,
+    retry,
+    transaction,
+)
 
 __all__ = [
     "DatabaseArtifactStore",
     "ParetoStore",
     "StorageError",
-    "pareto_front",
-    "serialize_sqlite",
 ]
 
 metadata = sa.MetaData()
@@ -85,66 +85,18 @@ artifacts = sa.Table(
     sa.Column("created", sa.Float, nullable=False),
 )
 
-#: One engine per process and URL: every ParetoStore of a process shares its small pool.
-_ENGINES: dict[tuple[str, int], sa.Engine] = {}
-_CREATED: set[tuple[str, int]] = set()  # engines whose tables this process made sure of
+_CREATED: set[tuple[str, int]] = set()  # (url, pid) whose tables this process made sure of
 
 
-def pareto_front(trials) -> list:
-    """Feasible COMPLETE trials not dominated on (metric max, latency min), by metric.
-
-    Trials with exactly the same values are one point: the first to complete stands for it.
-    It is the one whose latency was measured and whose model was stored when it entered the
-    front (with several workers, trial numbers do not give the order in which trials finish).
-    """
-    import optuna
-
-    done = [
-        t
-        for t in trials
-        if t.state == optuna.trial.TrialState.COMPLETE
-        and t.values is not None
-        and all(v <= 0 for v in t.constraints.values())
-    ]
-    front = []
-    for t in done:
-        m, lat = t.values
-        dominated = any(
-            (o.values[0] >= m and o.values[1] <= lat) and (o.values[0] > m or o.values[1] < lat)
-            for o in done
-        )
-        if not dominated:
-            front.append(t)
-    first: dict[tuple, object] = {}
-    for t in sorted(front, key=_completion_order):
-        first.setdefault(tuple(t.values), t)
-    return sorted(first.values(), key=lambda t: (-t.values[0], t.values[1], t.number))
-
-
-def _completion_order(trial) -> tuple:
-    done = trial.datetime_complete
-    return (done is None, done.timestamp() if done else 0.0, trial.number)
-
-
-def _engine(url: str, create: bool) -> sa.Engine:
-    """This process's engine for ``url``; ``create``: its tables created (racing creators
-    retry)."""
+def _create_tables(url: str, eng: sa.Engine) -> None:
+    """Make autofhe's tables once per process; processes that race to create them retry
+    (the loser finds them made)."""
     key = (url, os.getpid())
-    if key not in _ENGINES:
-        _ENGINES[key] = serialize_sqlite(sa.create_engine(url, **engine_kwargs(url, "autofhe")))
-    engine = _ENGINES[key]
-    if create and key not in _CREATED:
-        for attempt in range(8):
-            try:
-                metadata.create_all(engine)
-                break
-            except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
-                # another process created a table between our check and our CREATE
-                if attempt == 7:
-                    raise
-                time.sleep(0.2 + random.random())
-        _CREATED.add(key)
-    return engine
+    if key in _CREATED:
+        return
+    race = (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError)
+    retry(lambda: metadata.create_all(eng), lambda exc: isinstance(exc, race), CREATE_RACE_S)
+    _CREATED.add(key)
 
 
 class ParetoStore:
@@ -153,7 +105,9 @@ class ParetoStore:
 
     def __init__(self, url: str, create: bool = False):
         try:
-            self.engine = _engine(url, create)
+            self.engine = engine(url)
+            if create:
+                _create_tables(url, self.engine)
             self.tables = create or sa.inspect(self.engine).has_table(studies.name)
         except ImportError as exc:
             raise missing_driver(url, exc) from None
@@ -162,27 +116,9 @@ class ParetoStore:
                 f"cannot open storage {url!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
             ) from None
 
-    @contextmanager
-    def session(self) -> Iterator[sa.Connection]:
-        """A transaction: committed on success, rolled back on error, always closed."""
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {str(exc).splitlines()[0]}") from exc
-
     def transact(self, work):
-        """``work(conn)`` in a transaction, run again while the database is restarting (for up
-        to heartbeat.RECONNECT_S); other database errors are a :class:`StorageError`."""
-        deadline = time.monotonic() + heartbeat.RECONNECT_S
-        while True:
-            try:
-                with self.engine.begin() as conn:
-                    return work(conn)
-            except SQLAlchemyError as exc:
-                if not heartbeat._lost_connection(exc) or time.monotonic() > deadline:
-                    raise StorageError(f"database error: {str(exc).splitlines()[0]}") from exc
-                time.sleep(0.5 + random.random())
+        """``work(conn)`` in one transaction (:func:`engine.transaction`)."""
+        return transaction(self.engine, work)
 
     # -- studies ------------------------------------------------------------------------------
     def register_study(self, name: str, ds, metric: str, spec: dict) -> bool:
@@ -190,24 +126,22 @@ class ParetoStore:
         (the caller then joins that study after checking it holds the same data)."""
         buf = io.BytesIO()
         np.savez_compressed(buf, X=ds.X, y=ds.y)
+        row = studies.insert().values(
+            study_name=name,
+            fingerprint=ds.fingerprint,
+            task=ds.task,
+            metric=metric,
+            source=ds.source,
+            spec=json.dumps(spec),
+            dataset=buf.getvalue(),
+            created=time.time(),
+        )
         try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    studies.insert().values(
-                        study_name=name,
-                        fingerprint=ds.fingerprint,
-                        task=ds.task,
-                        metric=metric,
-                        source=ds.source,
-                        spec=json.dumps(spec),
-                        dataset=buf.getvalue(),
-                        created=time.time(),
-                    )
-                )
-        except sa.exc.IntegrityError:
-            return False
-        except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {str(exc).splitlines()[0]}") from exc
+            self.transact(lambda conn: conn.execute(row))
+        except StorageError as exc:
+            if isinstance(exc.__cause__, sa.exc.IntegrityError):
+                return False
+            raise
         return True
 
     def study_info(self, name: str) -> dict | None:
@@ -254,14 +188,12 @@ class ParetoStore:
         return self.transact(read)
 
     def snapshot_count(self, name: str) -> int:
-        with self.session() as conn:
-            return int(
-                conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(snapshots)
-                    .where(snapshots.c.study_name == name)
-                ).scalar()
+        count = sa.select(sa.func.count()).select_from(snapshots)
+        return int(
+            self.transact(
+                lambda conn: conn.execute(count.where(snapshots.c.study_name == name)).scalar()
             )
+        )
 
     def save_front(self, name: str, front: list, n_complete: int) -> bool:
         """Store a new snapshot when the front's trials changed; returns whether it did."""
@@ -282,8 +214,8 @@ class ParetoStore:
                         trial_number=t.number,
                         metric=t.values[0],
                         predicted_latency_s=t.values[1],
-                        measured_latency_s=t.user_attrs.get("measured_latency_s"),
-                        artifact_id=t.user_attrs.get("artifact_id"),
+                        measured_latency_s=TrialRecord.of(t).measured_latency_s,
+                        artifact_id=TrialRecord.of(t).artifact_id,
                     )
                 )
 
@@ -323,9 +255,7 @@ class DatabaseArtifactStore:
     def remove(self, artifact_id: str) -> None:
         from optuna.artifacts.exceptions import ArtifactNotFound
 
-        with self.store.session() as conn:
-            deleted = conn.execute(
-                artifacts.delete().where(artifacts.c.artifact_id == artifact_id)
-            ).rowcount
+        delete = artifacts.delete().where(artifacts.c.artifact_id == artifact_id)
+        deleted = self.store.transact(lambda conn: conn.execute(delete).rowcount)
         if not deleted:
             raise ArtifactNotFound(f"artifact {artifact_id!r} is not in the database")
