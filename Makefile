@@ -1,10 +1,14 @@
 # One command to set up and run the main job (`make demo`: `autofhe demo`, a short search), one
-# to set up and run the tests (`make test`). Both create .venv on first use.
+# to set up and run the tests (`make test`, what CI runs). Both create .venv on first use.
+# `make check` is the inner loop: lint and the fast tests (not slow, no FHE execution).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test check lint bench clean
+
+# two test processes: most of the suite's time is subprocesses that use one core each
+PYTEST_WORKERS ?= 2
 
 setup: $(VENV)/.installed
 
@@ -21,7 +25,12 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check autofhe tests benchmarks
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+check: setup
+	$(BIN)/ruff check autofhe tests benchmarks
+	$(BIN)/ruff format --check autofhe tests benchmarks
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not execute" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check autofhe tests benchmarks

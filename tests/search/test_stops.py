@@ -26,6 +26,9 @@ State = optuna.trial.TrialState
 SEARCH = [AUTOFHE, "search", "--data", "sklearn:wine", "--spec", "spec.toml"]
 #: hidden-layer networks: seconds of training, a compilation and a latency measurement to hit
 SPEC = """
+[study]
+folds = 1
+
 [space]
 n_w_bits = [3]
 n_a_bits = [3]
@@ -34,7 +37,7 @@ module__n_hidden_neurons_multiplier = [1.0]
 [fixed]
 module__n_layers = 2
 module__lookup_bits = 5
-max_epochs = 150
+max_epochs = 60
 """
 
 
@@ -75,66 +78,91 @@ def _clean_stderr(err: str) -> None:
         assert bad not in err, err
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("phase", "sig", "code"),
-    [
-        ("training", signal.SIGINT, 130),
-        ("compiling", signal.SIGINT, 130),
-        ("measuring", signal.SIGINT, 130),
-        ("training", signal.SIGTERM, 143),
-    ],
-)
-def test_a_stop_mid_trial_ends_it_interrupted_and_a_rerun_completes(tmp_path, phase, sig, code):
+def _stop(tmp_path: Path, phase: str, sig: int, twice: bool = False) -> tuple[int, str]:
+    """Run the search, send ``sig`` to its process group when a trial is ``phase`` (twice:
+    a second Ctrl-C 0.2 s later); the trial's number and the search's stderr."""
     proc = _search(tmp_path, trials=2)
     number = _wait_for_phase(tmp_path, phase)
     os.killpg(proc.pid, sig)
+    if twice:
+        time.sleep(0.2)
+        os.killpg(proc.pid, sig)
+    start = time.monotonic()
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == code, (out[-2000:], err)
+    code = 128 + int(sig)
+    assert proc.returncode == code, (phase, out[-2000:], err)
+    if twice:  # at once, not after the trial ended
+        assert time.monotonic() - start < 5
     _clean_stderr(err)
-    assert err.strip().splitlines() == [
-        "autofhe: stopped: the running trials ended as interrupted and were queued again; "
-        "resume with the same command."
-    ]
-    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
-    trials = study.get_trials()
+    return number, err
+
+
+def _trials(tmp_path: Path) -> list:
+    return optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db").get_trials()
+
+
+def _check_requeued(tmp_path: Path, number: int, reason: str) -> None:
+    """Trial ``number`` ended FAIL with ``reason``; its configuration waits to run again."""
+    deadline = time.time() + 30  # a killed worker's trial is ended by its helper
+    while _trials(tmp_path)[number].state == State.RUNNING and time.time() < deadline:
+        time.sleep(0.5)
+    trials = _trials(tmp_path)
     stopped = trials[number]
     assert stopped.state == State.FAIL
-    name = signal.Signals(sig).name
-    assert stopped.user_attrs["reason"].startswith(f"interrupted ({name}) in worker ")
+    assert stopped.user_attrs["reason"].startswith(reason), stopped.user_attrs["reason"]
     assert not [t for t in trials if t.state == State.RUNNING]
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == number]
     assert len(retry) == 1 and retry[0].state == State.WAITING
-    # the search goes on where it stopped: the configurations queued before the stop (the
-    # plan's first trials), then the interrupted one; nothing is lost
-    waiting = sum(t.state == State.WAITING for t in trials)
-    again = _search(tmp_path, trials=waiting)
-    out, err = again.communicate(timeout=600)
-    assert again.returncode == 0, err
-    trials = study.get_trials()
-    assert trials[retry[0].number].state in (State.COMPLETE, State.PRUNED)
-    assert trials[retry[0].number].params == stopped.params
-    assert all(t.state.is_finished() for t in trials)
-    assert sum(t.state == State.FAIL for t in trials) == 1  # only the interrupted one
+    assert retry[0].params == stopped.params
+
+
+STOPPED = (
+    "autofhe: stopped: the running trials ended as interrupted and were queued again; "
+    "resume with the same command."
+)
 
 
 @pytest.mark.slow
-def test_a_second_ctrl_c_aborts_at_once(tmp_path):
-    proc = _search(tmp_path, trials=2)
-    number = _wait_for_phase(tmp_path, "measuring")  # concrete's key generation: seconds
-    os.killpg(proc.pid, signal.SIGINT)
-    time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)
-    start = time.monotonic()
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and time.monotonic() - start < 5
-    _clean_stderr(err)
-    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
-    deadline = time.time() + 30  # ended by the trial itself, or by the killed worker's helper
-    while study.get_trials()[number].state == State.RUNNING and time.time() < deadline:
-        time.sleep(0.5)
-    ended = study.get_trials()[number]
-    assert ended.state == State.FAIL and ended.user_attrs["reason"].startswith("interrupted")
+def test_every_stop_ends_its_trial_interrupted_and_a_rerun_completes_the_study(tmp_path):
+    """One study stopped four times, each run resuming the last: Ctrl-C in training, in
+    compilation and in the latency measurement, then a double Ctrl-C; a last run completes
+    it with nothing lost."""
+    stops = []
+    for phase, twice in (
+        ("training", False),
+        ("compiling", False),
+        ("measuring", False),
+        ("training", True),
+    ):
+        number, err = _stop(tmp_path, phase, signal.SIGINT, twice)
+        if twice:  # the workers were killed: their helpers end the trials
+            _check_requeued(tmp_path, number, "interrupted")
+        else:
+            assert err.strip().splitlines() == [STOPPED]
+            _check_requeued(tmp_path, number, "interrupted (SIGINT) in worker ")
+        stops.append(number)
+    # the search goes on where it stopped: the configurations queued before the stops (the
+    # plan's first trials), then the interrupted ones
+    waiting = sum(t.state == State.WAITING for t in _trials(tmp_path))
+    again = _search(tmp_path, trials=waiting)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    trials = _trials(tmp_path)
+    assert all(t.state.is_finished() for t in trials)
+    assert sorted(t.number for t in trials if t.state == State.FAIL) == sorted(stops)
+    # each stopped trial was run again once: to the end, or until a later stop (whose own
+    # retry is checked the same way)
+    for number in stops:
+        (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == number]
+        assert retry.state in (State.COMPLETE, State.PRUNED) or retry.number in stops
+        assert retry.params == trials[number].params
+
+
+@pytest.mark.slow
+def test_sigterm_mid_training_exits_143_and_queues_the_trial_again(tmp_path):
+    number, err = _stop(tmp_path, "training", signal.SIGTERM)
+    assert err.strip().splitlines() == [STOPPED]
+    _check_requeued(tmp_path, number, "interrupted (SIGTERM) in worker ")
 
 
 class _Clock:
