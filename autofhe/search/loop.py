@@ -80,9 +80,11 @@ def _optimize(study, storage, ctx, n_trials, timeout, beat, after_trial, before_
                 file=sys.stderr,
             )
         except BaseException as exc:  # Ctrl-C, SIGTERM: the trial ends and is queued again
-            beat.stop()
             reason = f"interrupted ({_signal_name(exc)}) in worker {worker_id()}"
+            # the helper keeps the trial as current until it is ended: should this process
+            # die before, the helper ends it when its pipe closes
             end_trial(storage, study, trial._trial_id, reason, limit=None)
+            beat.stop()
             raise
         beat.stop()
         frozen = _tell(study, storage, trial, values, ended)

@@ -281,6 +281,16 @@ def test_two_workers_share_one_sqlite_study(tmp_path, wine_ds, spec_file):
         assert t.user_attrs["artifact_id"]
 
 
+def _proc(pid: int) -> str:
+    """What Linux says of process ``pid`` (state, signals pending, blocked, caught)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return f"process {pid} is gone"
+    keep = ("State", "PPid", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+    return f"process {pid}: " + ", ".join(line for line in status if line.startswith(keep))
+
+
 @pytest.mark.parametrize("victim", ["worker", "command"])
 def test_kill_9_ends_the_trial_with_a_reason_and_queues_it_again(
     tmp_path, wine_ds, spec_file, victim
@@ -318,7 +328,10 @@ def test_kill_9_ends_the_trial_with_a_reason_and_queues_it_again(
     os.kill(pid if victim == "worker" else command.pid, signal.SIGKILL)
     killed_at = time.time()
     while study.get_trials()[trial.number].state == running:
-        assert time.time() - killed_at < 2 * grace, "the trial was not ended in time"
+        if time.time() - killed_at > 2 * grace:
+            state = _proc(pid)
+            _, err = command.communicate(timeout=30)
+            raise AssertionError(f"the trial was not ended in time; {state}; stderr: {err}")
         time.sleep(0.2)
     trials = study.get_trials()
     ended = trials[trial.number]
@@ -329,6 +342,12 @@ def test_kill_9_ends_the_trial_with_a_reason_and_queues_it_again(
         assert f"its worker {trial.system_attrs['autofhe_worker']} ended in the middle" in reason
     else:
         assert "(SIGTERM)" in reason
+    # the retry is queued right after the trial is ended (another write): wait for it
+    deadline = time.time() + 10
+    while not [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]:
+        assert time.time() < deadline, "the trial was not queued again"
+        time.sleep(0.2)
+        trials = study.get_trials()
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]
     assert len(retries) == 1
     assert retries[0].state == optuna.trial.TrialState.WAITING  # the next worker runs it

@@ -103,10 +103,15 @@ def _trials(tmp_path: Path) -> list:
 
 def _check_requeued(tmp_path: Path, number: int, reason: str) -> None:
     """Trial ``number`` ended FAIL with ``reason``; its configuration waits to run again."""
-    deadline = time.time() + 30  # a killed worker's trial is ended by its helper
-    while _trials(tmp_path)[number].state == State.RUNNING and time.time() < deadline:
-        time.sleep(0.5)
+    deadline = time.time() + 30  # a killed worker's trial is ended (then queued) by its helper
+
+    def requeued(trials) -> bool:
+        return any(t.system_attrs.get("failed_trial") == number for t in trials)
+
     trials = _trials(tmp_path)
+    while not requeued(trials) and time.time() < deadline:
+        time.sleep(0.5)
+        trials = _trials(tmp_path)
     stopped = trials[number]
     assert stopped.state == State.FAIL
     assert stopped.user_attrs["reason"].startswith(reason), stopped.user_attrs["reason"]
