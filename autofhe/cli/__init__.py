@@ -325,6 +325,24 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return _ended(outcome, "start the worker again to go on")
 
 
+def _stop_at_once() -> None:
+    """Ctrl-C and SIGTERM end this process at once, with the usual line and exit code.
+
+    The dashboard's server (wsgiref) catches every exception of a request it is answering,
+    the Interrupted of a stop signal too, logs it and serves on: a stop that lands during a
+    request was lost. The server holds nothing to clean up (SQLite rolls back an unfinished
+    write), so the signal ends the process itself.
+    """
+    import signal
+
+    def stop(signum, _frame) -> None:
+        print("autofhe: interrupted", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
@@ -335,6 +353,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     patch_dashboard()  # "best" = the feasible front, as in `autofhe pareto`
     storage = open_storage(url)  # nothing is written at start, no table is created
     print(f"optuna-dashboard on http://{args.host}:{args.port} (storage {url}); Ctrl-C stops it")
+    _stop_at_once()
     run_server(
         storage,
         host=args.host,

@@ -45,3 +45,56 @@ def test_note_holds_the_measured_front_table_and_the_plot_is_stored(dashboard):
     names = [trace["name"] for trace in figure["data"]]
     assert names == ["predicted", "measured"]
     assert sorted(figure["data"][1]["x"]) == [0.15, 0.34, 0.91]
+
+
+def test_a_stop_during_requests_ends_the_dashboard_at_once(tmp_path):
+    """Before: wsgiref caught the Interrupted of a SIGTERM that landed while it answered a
+    request, logged it and served on; the process never stopped."""
+    import signal
+    import subprocess
+    import threading
+    import time
+    import urllib.request
+
+    from dashboard_study import AUTOFHE, build_study, free_port
+
+    url = f"sqlite:///{tmp_path}/autofhe.db"
+    build_study(url)
+    port = free_port()
+    proc = subprocess.Popen(
+        [AUTOFHE, "dashboard", "--storage", url, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base, done = f"http://127.0.0.1:{port}", threading.Event()
+
+    def hammer() -> None:  # requests back to back: the signal lands in one of them
+        while not done.is_set():
+            try:
+                urllib.request.urlopen(f"{base}/api/studies/1", timeout=5).read()
+            except OSError:
+                time.sleep(0.05)
+
+    deadline = time.time() + 60
+    while True:
+        try:
+            get_json(f"{base}/api/studies")
+            break
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, "it did not start"
+            time.sleep(0.3)
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=5)
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+        proc.kill()
+    assert code == 143
+    assert proc.stderr.read().strip().splitlines()[-1] == "autofhe: interrupted"
