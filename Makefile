@@ -25,12 +25,12 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check autofhe tests benchmarks
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 check: setup
 	$(BIN)/ruff check autofhe tests benchmarks
 	$(BIN)/ruff format --check autofhe tests benchmarks
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not execute" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal -m "not slow and not execute" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check autofhe tests benchmarks

@@ -129,3 +129,10 @@ def pytest_sessionfinish(session, exitstatus):
         import sys
 
         session.config.add_cleanup(lambda: (sys.stdout.flush(), os._exit(int(exitstatus))))
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Slow tests first (their order among themselves, and the others', unchanged): with
+    several test processes the long ones start early and the short ones fill the gaps, so no
+    process is left running a long test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
