@@ -52,7 +52,7 @@ class Interrupted(BaseException):
 def _raise_interrupted(signum, _frame) -> None:
     import signal
 
-    # SIGUSR1 is how a search's supervisor passes a Ctrl-C on to its workers (workers.py)
+    # SIGUSR1 is how a search's supervisor passes a Ctrl-C on to its workers (search/run/workers.py)
     raise Interrupted(signal.SIGINT if signum == signal.SIGUSR1 else signum)
 
 

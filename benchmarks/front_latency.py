@@ -30,10 +30,10 @@ from search_targets import dataset
 
 from autofhe.fhe.deploy import measure_bundle
 from autofhe.fhe.latency import load_cost_model
-from autofhe.search.spec import load_spec, parse_duration
+from autofhe.search.plan.spec import load_spec, parse_duration
+from autofhe.search.run.study import open_study
+from autofhe.search.run.workers import run_workers
 from autofhe.search.store.tables import ParetoStore
-from autofhe.search.study import open_study
-from autofhe.search.workers import run_workers
 
 from front_models import front_bundles
 from protocol import split, table

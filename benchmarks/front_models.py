@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 
 from autofhe.fhe.bundle import load_program, unpack_bundle
-from autofhe.search.front import pareto_front
+from autofhe.search.front.pareto import pareto_front
 from autofhe.search.record import TrialRecord
 from autofhe.search.store.locate import artifact_store
 

@@ -2,7 +2,7 @@
 
 Random shapes (1-2 hidden layers of 1-24 neurons, 5-8-bit lookups with 0-4 low bits
 truncated, 2-64 inputs, 1-10 outputs, 2-7-bit weights) are built as the pricing stand-in
-programs (``autofhe.search.pricing``), compiled, and timed under real encryption: key
+programs (``autofhe.search.price.pricing``), compiled, and timed under real encryption: key
 generation, then the median of ``--samples`` encrypt / run / decrypt. Each record (the circuit
 report, concrete's statistics, the timings) is appended to ``--out`` as one JSON line, so a
 cost model can be refitted offline; the current model's error is printed per circuit.

@@ -4,7 +4,7 @@
 
 For each configuration (shapes a search draws: 1-3 layers, 2-8-bit weights, narrow and wide
 accumulators, 4-7-bit lookups, ReLU / Tanh / Sigmoid) on the protocol's split of circles,
-breast_cancer, wine and digits: the price (autofhe.search.pricing, no training), the cost
+breast_cancer, wine and digits: the price (autofhe.search.price.pricing, no training), the cost
 model's prediction for the trained and compiled model, and their relative error. Prints the
 median and largest error and the seconds spent pricing (compile of a stand-in circuit).
 """
@@ -20,7 +20,7 @@ import numpy as np
 
 from autofhe import NeuralNetClassifier
 from autofhe.fhe.latency import load_cost_model
-from autofhe.search.pricing import price
+from autofhe.search.price.pricing import price
 
 from protocol import split, table
 

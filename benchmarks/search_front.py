@@ -31,12 +31,12 @@ from autofhe.data import load_dataset
 from autofhe.fhe.bundle import load_model
 from autofhe.fhe.deploy import measure_bundle
 from autofhe.fhe.latency import load_cost_model
-from autofhe.search.front import pareto_front
+from autofhe.search.front.pareto import pareto_front
+from autofhe.search.front.select import choose
+from autofhe.search.plan.spec import load_spec, parse_duration
 from autofhe.search.record import TrialRecord
-from autofhe.search.select import choose
-from autofhe.search.spec import load_spec, parse_duration
-from autofhe.search.study import open_study
-from autofhe.search.workers import run_workers
+from autofhe.search.run.study import open_study
+from autofhe.search.run.workers import run_workers
 
 from front_models import front_bundles
 from protocol import split, table

@@ -30,10 +30,10 @@ from autofhe.data import Dataset, dataset_from_arrays
 from autofhe.fhe.bundle import load_model
 from autofhe.fhe.deploy import measure_bundle
 from autofhe.fhe.latency import load_cost_model
+from autofhe.search.plan.spec import load_spec, parse_duration
 from autofhe.search.record import StudyRecord, TrialRecord
-from autofhe.search.spec import load_spec, parse_duration
-from autofhe.search.study import open_study
-from autofhe.search.workers import run_workers
+from autofhe.search.run.study import open_study
+from autofhe.search.run.workers import run_workers
 
 from front_models import front_bundles
 from protocol import REGRESSION_SETS, split, table

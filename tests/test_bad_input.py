@@ -22,9 +22,9 @@ import pytest
 import sqlalchemy as sa
 
 from autofhe.data import load_dataset
-from autofhe.search.spec import load_spec
-from autofhe.search.study import open_study
-from autofhe.search.workers import run_workers
+from autofhe.search.plan.spec import load_spec
+from autofhe.search.run.study import open_study
+from autofhe.search.run.workers import run_workers
 
 #: one autofhe process per row (make check leaves them out)
 pytestmark = pytest.mark.slow

@@ -146,7 +146,7 @@ def test_every_option_says_what_it_does_its_default_and_choices():
 
 
 def test_metric_help_lists_what_the_search_accepts():
-    from autofhe.search.objective import METRICS
+    from autofhe.search.trial.objective import METRICS
 
     assert METRIC_NAMES == tuple(METRICS)
     text = " ".join(_subparsers()["search"].format_help().split())

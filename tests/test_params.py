@@ -6,7 +6,7 @@ import pytest
 
 from autofhe.errors import ParameterError
 from autofhe.params import PARAMS, check_param, seed_values
-from autofhe.search.space import SEED_CONFIG, to_estimator_params, validate_space
+from autofhe.search.plan.space import SEED_CONFIG, to_estimator_params, validate_space
 
 #: Integer parameters the module validates, with their position in validate_module_params.
 MODULE_INTS = ("module__n_layers", "n_w_bits", "n_a_bits", "n_accum_bits", "module__lookup_bits")

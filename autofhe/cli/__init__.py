@@ -18,7 +18,7 @@ from autofhe.search.record import TrialRecord
 BUILTIN_SETS = ("breast_cancer", "wine", "digits", "iris")
 #: trials of `autofhe demo` (and `make demo`)
 DEMO_TRIALS = 8
-#: what --metric accepts: autofhe.search.objective.METRICS, listed here so that `--help` needs
+#: what --metric accepts: autofhe.search.trial.objective.METRICS, listed here so that `--help` needs
 #: no torch import (a test keeps the two equal)
 METRIC_NAMES = (
     "accuracy",
@@ -91,14 +91,14 @@ def _print_table(rows: list[dict], out=None) -> None:
 def _cmd_search(args: argparse.Namespace) -> int:
     from autofhe.data import load_dataset
     from autofhe.fhe.latency import load_cost_model
-    from autofhe.search.front import pareto_front
-    from autofhe.search.spec import check_folds, load_spec
-    from autofhe.search.store.locate import check_study_name, check_writable
-    from autofhe.search.study import (
+    from autofhe.search.front.pareto import pareto_front
+    from autofhe.search.plan.spec import check_folds, load_spec
+    from autofhe.search.run.study import (
         check_search_inputs,
         open_study,
         resolve_storage,
     )
+    from autofhe.search.store.locate import check_study_name, check_writable
     from autofhe.units import parse_duration, parse_size
 
     # Everything the user gave is checked before the database is touched.
@@ -185,10 +185,10 @@ def _quote(text: str) -> str:
 
 
 def _run(url, name, workers, trials, timeout, seed, cost_model, study):
-    """The study's workers, each a child process the CLI supervises (workers.py), with a
+    """The study's workers, each a child process the CLI supervises (search/run/workers.py), with a
     progress line when a trial starts, every 30 s while it runs and when it ends."""
     from autofhe.search.report import ProgressReport
-    from autofhe.search.workers import run_workers
+    from autofhe.search.run.workers import run_workers
 
     report = ProgressReport(study, trials)
     return run_workers(
@@ -221,7 +221,7 @@ def _ended(outcome, resume: str, front: bool = False) -> int:
 def _cmd_pareto(args: argparse.Namespace) -> int:
     import json
 
-    from autofhe.search.front import pareto_front
+    from autofhe.search.front.pareto import pareto_front
     from autofhe.search.report import display_rows, front_records, latency_warnings, plot_front
     from autofhe.search.store.tables import ParetoStore
 
@@ -346,7 +346,7 @@ def _stop_at_once() -> None:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
-    from autofhe.search.feasibility import patch_dashboard
+    from autofhe.search.price.feasibility import patch_dashboard
     from autofhe.search.store.locate import artifact_store, open_storage
 
     url = _storage_url(args)

@@ -18,8 +18,8 @@ __all__ = ["cmd_export", "cmd_predict", "cmd_remote_predict", "cmd_serve"]
 
 
 def _choose_trial(study, args):
-    from autofhe.search.front import pareto_front
-    from autofhe.search.select import choose
+    from autofhe.search.front.pareto import pareto_front
+    from autofhe.search.front.select import choose
 
     trials = study.get_trials(deepcopy=False)
     return choose(

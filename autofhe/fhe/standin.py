@@ -6,7 +6,7 @@ program has that shape and weights that fill each neuron's accumulator budget as
 pruned weights do (one full-magnitude weight per neuron, the rest spread over the room left,
 biases taking most of what remains: concrete's parameters depend on the accumulators' actual
 range, not only on their declared width). The search prices configurations with it
-(``autofhe.search.pricing``) and the latency cost model is calibrated on it
+(``autofhe.search.price.pricing``) and the latency cost model is calibrated on it
 (``autofhe.fhe.latency``), so both see the circuits searches produce.
 """
 

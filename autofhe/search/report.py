@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from autofhe.errors import ParameterError
-from autofhe.search.feasibility import is_feasible
+from autofhe.search.price.feasibility import is_feasible
 from autofhe.search.record import TrialRecord
 
 __all__ = [
@@ -37,7 +37,7 @@ def front_records(study: Any, front: list, max_latency: float | None = None) -> 
     study : optuna.Study
         The study (for its metric name).
     front : list of FrozenTrial
-        :func:`autofhe.search.front.pareto_front` of its trials.
+        :func:`autofhe.search.front.pareto.pareto_front` of its trials.
     max_latency : float, optional
         The study's latency limit: ``over_max_latency`` says whether a measured latency
         breaks it (None when either is unknown).
@@ -246,7 +246,7 @@ class ProgressReport:
         self.out(f"[{(time.monotonic() - self.start) / 60:5.1f} min] {text}", flush=True)
 
     def __call__(self, study: Any) -> None:
-        from autofhe.search.front import study_front
+        from autofhe.search.front.pareto import study_front
 
         trials = study.get_trials(deepcopy=False)
         now = time.monotonic()

@@ -15,9 +15,9 @@ from pathlib import Path
 import optuna
 
 from autofhe.search import record
-from autofhe.search.feasibility import record_constraints
-from autofhe.search.front import pareto_front
-from autofhe.search.notes import measurement_conditions, publish_front, publish_trial
+from autofhe.search.front.notes import measurement_conditions, publish_front, publish_trial
+from autofhe.search.front.pareto import pareto_front
+from autofhe.search.price.feasibility import record_constraints
 
 AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
 MAX_LATENCY = 1.0

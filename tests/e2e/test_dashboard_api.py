@@ -7,7 +7,7 @@ import json
 
 from dashboard_study import FEASIBLE_FRONT, TRIALS, get_json
 
-from autofhe.search.notes import FRONT_HEADING, FRONT_PLOT_ID
+from autofhe.search.front.notes import FRONT_HEADING, FRONT_PLOT_ID
 
 
 def _detail(dashboard) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from dashboard_study import FEASIBLE_FRONT, TRIALS, get_json
 
-from autofhe.search.notes import FRONT_PLOT_ID
+from autofhe.search.front.notes import FRONT_PLOT_ID
 
 #: a dashboard server and a headless browser (make check leaves them out)
 pytestmark = pytest.mark.slow

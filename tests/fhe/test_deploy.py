@@ -17,9 +17,9 @@ from autofhe import NeuralNetClassifier
 from autofhe.data import load_dataset, split_dataset
 from autofhe.fhe.bundle import BundleError, bundle_digest, load_program, read_manifest
 from autofhe.fhe.deploy import FheClient, FheServer, measure_bundle, predict_bundle
-from autofhe.search.spec import load_spec
-from autofhe.search.study import open_study
-from autofhe.search.workers import run_workers
+from autofhe.search.plan.spec import load_spec
+from autofhe.search.run.study import open_study
+from autofhe.search.run.workers import run_workers
 
 #: exports, key generation and encrypted runs through the CLI (make check leaves them out)
 pytestmark = pytest.mark.slow

@@ -8,18 +8,18 @@ import optuna
 import pytest
 from optuna.study import StudyDirection
 
-from autofhe.search.feasibility import (
+from autofhe.search.front.notes import (
+    FRONT_HEADING,
+    front_figure,
+    publish_front,
+)
+from autofhe.search.front.pareto import pareto_front
+from autofhe.search.price.feasibility import (
     DASHBOARD_KEY,
     is_feasible,
     named_constraints,
     patch_dashboard,
     record_constraints,
-)
-from autofhe.search.front import pareto_front
-from autofhe.search.notes import (
-    FRONT_HEADING,
-    front_figure,
-    publish_front,
 )
 
 DIRECTIONS = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
@@ -124,7 +124,7 @@ def test_front_figure_uses_a_log_axis_only_over_a_decade(latencies, axis):
 
 
 def test_trial_note_heads():
-    from autofhe.search.notes import trial_note
+    from autofhe.search.front.notes import trial_note
 
     make = optuna.trial.create_trial
     pruned = make(state=optuna.trial.TrialState.PRUNED, user_attrs={"reason": "pruned: far below"})

@@ -6,7 +6,7 @@ import numpy as np
 import optuna
 
 from autofhe import NeuralNetClassifier
-from autofhe.search.fidelity import RungStop, peers_at, rung_verdict
+from autofhe.search.trial.fidelity import RungStop, peers_at, rung_verdict
 
 
 def test_too_few_peers_never_stop():

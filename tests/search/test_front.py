@@ -8,7 +8,7 @@ import optuna
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autofhe.search.front import pareto_front, study_front, sweep
+from autofhe.search.front.pareto import pareto_front, study_front, sweep
 
 VALUES = st.sampled_from([0.5, 0.7, 0.9, 1.0])
 LATENCIES = st.sampled_from([0.01, 0.1, 1.0, math.inf])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_circles
 
-from autofhe.search.plan import WEIGHT_DECAY_RANGE, make_plan, project, weight_decay_of
-from autofhe.search.space import DEFAULT_SPACE
+from autofhe.search.plan.probe import WEIGHT_DECAY_RANGE, make_plan, project, weight_decay_of
+from autofhe.search.plan.space import DEFAULT_SPACE
 
 
 def _parts(X, y):
@@ -52,8 +52,8 @@ def test_linear_models_take_the_tuned_weight_decay_and_hidden_ones_draw_theirs()
     among its trial parameters) and reach its estimator; deeper networks draw them."""
     import optuna
 
-    from autofhe.search.objective import SearchContext
-    from autofhe.search.space import suggest_raw
+    from autofhe.search.plan.space import suggest_raw
+    from autofhe.search.trial.objective import SearchContext
 
     linear = {"optimizer__weight_decay": 0.0037}
     space = {**DEFAULT_SPACE, "optimizer__weight_decay": [0.0, 1e-4, 1e-3, 0.0037]}
@@ -122,7 +122,7 @@ def test_weight_decay_has_the_tuned_linear_models_minimiser():
 
 
 def test_the_datas_weight_decay_is_for_the_rows_a_trial_trains_on():
-    from autofhe.search.plan import probe
+    from autofhe.search.plan.probe import probe
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(3000, 20))
@@ -172,8 +172,8 @@ def test_seed_slack_grows_with_the_fan_in_until_pruning_stops_binding():
     from sklearn.datasets import load_digits
 
     from autofhe import NeuralNetClassifier
-    from autofhe.search.plan import seed_slack, seed_trials
-    from autofhe.search.space import to_estimator_params
+    from autofhe.search.plan.probe import seed_slack, seed_trials
+    from autofhe.search.plan.space import to_estimator_params
 
     assert [seed_slack(n) for n in (1, 2, 8, 13, 30, 64, 784)] == [1, 1, 2, 2, 3, 3, 5]
     seeds = seed_trials(True, 64)

@@ -7,8 +7,8 @@ import pytest
 
 from autofhe import NeuralNetClassifier
 from autofhe.fhe.latency import CostModel
-from autofhe.search.pricing import min_accum_bits, price, shape_of
-from autofhe.search.space import to_estimator_params
+from autofhe.search.plan.space import to_estimator_params
+from autofhe.search.price.pricing import min_accum_bits, price, shape_of
 
 COST = CostModel(base=0.002, per_byte=1e-8, seconds_per_unit=1e-3, seconds_per_pbs=1e-3, cores=2)
 

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from autofhe.search import quiet
+from autofhe.search.trial import quiet
 
 # A worker: marks each unit of work (0.1 s) with its start and end times, checkpoint between.
 WORKER = """
 import sys, time
-from autofhe.search import quiet
+from autofhe.search.trial import quiet
 end = time.monotonic() + float(sys.argv[2])
 with quiet.working(), open(sys.argv[1], "a") as out:
     print("ready", flush=True)
@@ -105,7 +105,7 @@ def test_a_process_that_stopped_working_delays_nobody(lock, tmp_path):
     with quiet.working():
         pass
     code = (
-        "import time; from autofhe.search import quiet; t0 = time.monotonic()\n"
+        "import time; from autofhe.search.trial import quiet; t0 = time.monotonic()\n"
         "with quiet.measuring(wait_s=5) as calm: pass\n"
         "print(calm, time.monotonic() - t0)"
     )

@@ -7,9 +7,9 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from autofhe.search import refine
-from autofhe.search.front import pareto_front
-from autofhe.search.space import DEFAULT_SPACE
+from autofhe.search.front import refine
+from autofhe.search.front.pareto import pareto_front
+from autofhe.search.plan.space import DEFAULT_SPACE
 
 SPACE = {**DEFAULT_SPACE, "module__n_hidden_neurons_multiplier": {"low": 0.1, "high": 2.0}}
 TOP = {

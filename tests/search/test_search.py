@@ -20,13 +20,13 @@ import pytest
 from autofhe.data import load_dataset, split_dataset
 from autofhe.errors import DataError, ParameterError
 from autofhe.fhe.latency import CostModel
-from autofhe.search.front import pareto_front
-from autofhe.search.objective import SearchContext, objective
-from autofhe.search.space import SEED_CONFIG
-from autofhe.search.spec import load_spec
+from autofhe.search.front.pareto import pareto_front
+from autofhe.search.plan.space import SEED_CONFIG
+from autofhe.search.plan.spec import load_spec
+from autofhe.search.run.study import open_study
+from autofhe.search.run.workers import run_workers
 from autofhe.search.store.tables import ParetoStore
-from autofhe.search.study import open_study
-from autofhe.search.workers import run_workers
+from autofhe.search.trial.objective import SearchContext, objective
 
 from specs import fast_spec
 
@@ -164,7 +164,7 @@ def test_cross_validated_front_models_learn_from_every_row(wine_ds):
 
 
 def test_an_infeasible_first_fold_stops_the_others(wine_ds):
-    from autofhe.search.pricing import Price
+    from autofhe.search.price.pricing import Price
 
     ctx = _context(wine_ds, folds=3, max_latency=1e-6)
     ctx.price = lambda params: Price(None, latency_s=1e-7)  # priced under, compiled over
@@ -190,7 +190,7 @@ def _linear_params(**extra):
 
 
 def test_impossible_budget_is_rejected_before_training(wine_ds):
-    from autofhe.search.space import validate_space
+    from autofhe.search.plan.space import validate_space
 
     space = validate_space({**load_spec(None).space, "n_accum_bits": [6, 8]})
     space.pop("accum_slack")
@@ -212,8 +212,8 @@ def test_default_space_never_draws_an_impossible_budget(wine_ds):
     study = optuna.create_study(
         directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
     )
-    from autofhe.search.pricing import shape_of
-    from autofhe.search.space import suggest_raw
+    from autofhe.search.plan.space import suggest_raw
+    from autofhe.search.price.pricing import shape_of
 
     for _ in range(200):
         trial = study.ask()
@@ -507,7 +507,7 @@ def test_dashboard_serves_trials_objectives_and_attributes(tmp_path, wine_ds, sp
 
 
 def test_seed_config_is_projected_into_the_space():
-    from autofhe.search.study import seed_params
+    from autofhe.search.run.study import seed_params
 
     space = {
         "n_accum_bits": [5, 6],  # the seed's "none" is not a choice: left to the sampler
@@ -540,7 +540,7 @@ def test_front_keeps_one_trial_per_point():
 
 
 def test_every_worker_uses_the_study_split(tmp_path, wine_ds, spec_file):
-    from autofhe.search.study import SearchSession
+    from autofhe.search.run.study import SearchSession
 
     url = f"sqlite:///{tmp_path}/s.db"
     _, store, name = open_study(wine_ds, load_spec(spec_file), url, "w", seed=3)
@@ -559,7 +559,7 @@ def test_every_worker_uses_the_study_split(tmp_path, wine_ds, spec_file):
     ],
 )
 def test_space_values_are_checked(space, message):
-    from autofhe.search.space import validate_space
+    from autofhe.search.plan.space import validate_space
 
     with pytest.raises(ParameterError, match=message):
         validate_space(space)
@@ -572,7 +572,7 @@ def test_a_front_model_that_cannot_be_stored_does_not_fail_its_trial(
     # the live trial FAIL, throwing away its values; it now completes without a model.
     from autofhe.errors import BundleError
     from autofhe.fhe import bundle
-    from autofhe.search.select import choose
+    from autofhe.search.front.select import choose
 
     def refuse(model, path, provenance=None):
         raise BundleError("the circuit compiled from program.json does not match")

@@ -9,12 +9,12 @@ from optuna_dashboard import get_note
 
 from autofhe.data import load_dataset
 from autofhe.fhe.latency import CostModel
-from autofhe.search.feasibility import DASHBOARD_KEY, named_constraints
-from autofhe.search.front import pareto_front
-from autofhe.search.notes import FRONT_HEADING
-from autofhe.search.spec import load_spec
-from autofhe.search.study import open_study
-from autofhe.search.workers import run_workers
+from autofhe.search.front.notes import FRONT_HEADING
+from autofhe.search.front.pareto import pareto_front
+from autofhe.search.plan.spec import load_spec
+from autofhe.search.price.feasibility import DASHBOARD_KEY, named_constraints
+from autofhe.search.run.study import open_study
+from autofhe.search.run.workers import run_workers
 
 COST = CostModel(base=0.002, per_byte=1e-8, seconds_per_unit=1e-3, seconds_per_pbs=1e-3, cores=2)
 SPEC = """

@@ -7,8 +7,8 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from autofhe.errors import ParameterError
-from autofhe.search.front import pareto_front
-from autofhe.search.select import choose, knee, latency, with_model
+from autofhe.search.front.pareto import pareto_front
+from autofhe.search.front.select import choose, knee, latency, with_model
 
 
 def _trial(number: int, metric: float, lat: float, measured: float | None = None, model=True):

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autofhe.errors import ParameterError
-from autofhe.search.spec import load_spec
+from autofhe.search.plan.spec import load_spec
 
 NAMES = [
     "module__n_layers",

@@ -9,7 +9,7 @@ import sys
 import optuna
 import pytest
 
-from autofhe.search.feasibility import record_constraints
+from autofhe.search.price.feasibility import record_constraints
 from autofhe.search.store.summary import front_size, optuna_summaries, sqlite_summaries
 
 

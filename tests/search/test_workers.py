@@ -23,11 +23,11 @@ import pytest
 import sqlalchemy as sa
 
 from autofhe.data import load_dataset
-from autofhe.search.front import pareto_front
-from autofhe.search.spec import load_spec
+from autofhe.search.front.pareto import pareto_front
+from autofhe.search.plan.spec import load_spec
+from autofhe.search.run.study import open_study
+from autofhe.search.run.workers import run_workers
 from autofhe.search.store.tables import ParetoStore
-from autofhe.search.study import open_study
-from autofhe.search.workers import run_workers
 
 from specs import fast_spec
 
@@ -374,7 +374,7 @@ def test_search_with_workers_reports_failed_children(tmp_path):
 def test_heartbeat_goes_on_while_the_worker_holds_the_gil(tmp_path):
     import ctypes
 
-    from autofhe.search.heartbeat import Heartbeat, reap
+    from autofhe.search.run.heartbeat import Heartbeat, reap
     from autofhe.search.store.engine import make_storage
 
     url = f"sqlite:///{tmp_path}/h.db"
@@ -406,7 +406,7 @@ def test_heartbeat_goes_on_while_the_worker_holds_the_gil(tmp_path):
 def test_a_trial_whose_worker_died_before_its_first_beat_is_reaped(tmp_path):
     """Killed between ask and the first heartbeat: no heartbeat row, which Optuna's stale
     check never looks at (the trial stayed RUNNING for ever)."""
-    from autofhe.search.heartbeat import Heartbeat
+    from autofhe.search.run.heartbeat import Heartbeat
     from autofhe.search.store.engine import make_storage
 
     url = f"sqlite:///{tmp_path}/u.db"
@@ -433,7 +433,7 @@ def test_a_trial_whose_worker_died_before_its_first_beat_is_reaped(tmp_path):
 
 
 def test_a_trial_ended_by_another_process_is_skipped_not_a_crash(tmp_path, capsys):
-    from autofhe.search.loop import _tell
+    from autofhe.search.run.loop import _tell
     from autofhe.search.store.engine import make_storage
 
     storage = make_storage(f"sqlite:///{tmp_path}/t.db")
@@ -571,8 +571,8 @@ def test_a_spec_whose_trials_would_all_crash_is_refused_before_any_write(tmp_pat
 
 def test_search_exit_code_reflects_its_failed_workers(tmp_path, monkeypatch, capsys):
     from autofhe import cli
-    from autofhe.search import workers
-    from autofhe.search.workers import Outcome
+    from autofhe.search.run import workers
+    from autofhe.search.run.workers import Outcome
 
     (tmp_path / "spec.toml").write_text(SPEC)
     calls = []

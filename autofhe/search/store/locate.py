@@ -1,7 +1,7 @@
 """Which database and which study a command means, found without importing the search.
 
 Commands that only read a study (``studies``, ``pareto``, ``trials``, ``export``...) must
-answer in well under a second; ``autofhe.search.study`` imports torch and scikit-learn, so the
+answer in well under a second; ``autofhe.search.run.study`` imports torch and scikit-learn, so the
 look-up lives here with nothing heavier than Optuna and SQLAlchemy, imported when called.
 """
 

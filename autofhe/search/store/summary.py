@@ -4,7 +4,7 @@ Opening an Optuna ``RDBStorage`` costs about a second before the first query (im
 Optuna and SQLAlchemy, alembic's schema check), which is most of what listing a few studies
 takes. For an SQLite database the listing reads Optuna's tables directly, read-only (a
 mistyped path is never turned into an empty database), with the standard library alone, and
-counts each study's front exactly as :func:`autofhe.search.front.pareto_front` does:
+counts each study's front exactly as :func:`autofhe.search.front.pareto.pareto_front` does:
 feasible COMPLETE trials not dominated on (metric max, latency min), equal points once.
 
 Anything this reader does not recognise (another database, a schema Optuna has since
@@ -19,7 +19,7 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from autofhe.search.front import sweep
+from autofhe.search.front.pareto import sweep
 from autofhe.search.record import StudyRecord
 from autofhe.search.store.locate import sqlite_path
 
@@ -114,7 +114,7 @@ def optuna_summaries(storage) -> list[dict]:
     """The same rows through Optuna's own reading (any database, e.g. PostgreSQL)."""
     import optuna
 
-    from autofhe.search.front import pareto_front
+    from autofhe.search.front.pareto import pareto_front
 
     rows = []
     for summary in optuna.get_all_study_summaries(storage=storage, include_best_trial=False):

@@ -1,7 +1,7 @@
 """Study specs: a TOML file that overrides the defaults of a search.
 
 [study]
-metric = "accuracy"          # see autofhe.search.objective.METRICS
+metric = "accuracy"          # see autofhe.search.trial.objective.METRICS
 max_latency = 0.5            # seconds per sample (a constraint)
 max_key_size = "4GB"         # evaluation keys as a client uploads them (compressed; a constraint)
 sampler = "tpe"              # or "nsga2"
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from autofhe.errors import ParameterError
-from autofhe.search.space import DEFAULT_SPACE, validate_space
+from autofhe.search.plan.space import DEFAULT_SPACE, validate_space
 from autofhe.units import parse_duration, parse_size
 
 __all__ = ["Spec", "check_folds", "load_spec", "parse_duration", "parse_size"]

@@ -139,7 +139,7 @@ def suggest_raw(
 
     ``linear``: parameters a configuration without hidden layers (``module__n_layers`` of 1)
     does not draw: it takes their values from elsewhere (the study's plan, through
-    :meth:`SearchContext.params <autofhe.search.objective.SearchContext.params>`), so they
+    :meth:`SearchContext.params <autofhe.search.trial.objective.SearchContext.params>`), so they
     are not among its trial parameters. The depth is drawn first, so the rest can depend on
     it.
     """
@@ -176,7 +176,7 @@ def to_estimator_params(params: dict[str, Any]) -> dict[str, Any]:
         if slack is None:
             out["n_accum_bits"] = None
         else:
-            from autofhe.search.pricing import hidden_signed, min_accum_bits
+            from autofhe.search.price.pricing import hidden_signed, min_accum_bits
 
             out["n_accum_bits"] = int(slack) + min_accum_bits(
                 int(value_of(out, "n_w_bits")),

@@ -203,7 +203,7 @@ def publish_front(study: Any, front: Sequence, n_complete: int | None = None) ->
     study : optuna.Study
         The study (its storage receives the note and the plot).
     front : sequence of FrozenTrial
-        The Pareto front, as :func:`autofhe.search.front.pareto_front` returns it.
+        The Pareto front, as :func:`autofhe.search.front.pareto.pareto_front` returns it.
     n_complete : int, optional
         Complete trials so far (counted from the study when not given).
     """

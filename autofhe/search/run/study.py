@@ -22,16 +22,15 @@ import optuna
 from autofhe.data import Dataset, check_Xy, split_dataset
 from autofhe.errors import DataError, ParameterError, StorageError
 from autofhe.search import record
-from autofhe.search.front import study_front
-from autofhe.search.heartbeat import Heartbeat
-from autofhe.search.loop import optimize
-from autofhe.search.notes import publish_front, publish_trial
-from autofhe.search.objective import METRICS, SearchContext, set_phase
-from autofhe.search.plan import make_plan, project
+from autofhe.search.front.notes import publish_front, publish_trial
+from autofhe.search.front.pareto import study_front
+from autofhe.search.front.refine import maybe_refine
+from autofhe.search.plan.probe import make_plan, project
+from autofhe.search.plan.space import SEED_CONFIG
+from autofhe.search.plan.spec import Spec
 from autofhe.search.record import StudyRecord, record_study
-from autofhe.search.refine import maybe_refine
-from autofhe.search.space import SEED_CONFIG
-from autofhe.search.spec import Spec
+from autofhe.search.run.heartbeat import Heartbeat
+from autofhe.search.run.loop import optimize
 from autofhe.search.store.engine import make_storage
 from autofhe.search.store.locate import (
     DEFAULT_STORAGE,
@@ -42,6 +41,7 @@ from autofhe.search.store.locate import (
     resolve_storage,
 )
 from autofhe.search.store.tables import ParetoStore
+from autofhe.search.trial.objective import METRICS, SearchContext, set_phase
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -95,7 +95,7 @@ def _dry_run(ds: Dataset, spec: Spec, seed: int) -> None:
     """
     from autofhe.errors import AccumulatorBudgetError
     from autofhe.nn.estimators import NeuralNetClassifier, NeuralNetRegressor
-    from autofhe.search.space import suggest, to_estimator_params
+    from autofhe.search.plan.space import suggest, to_estimator_params
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
@@ -286,8 +286,8 @@ class SearchSession:
             from autofhe.errors import BundleError, ResourceError
             from autofhe.fhe.bundle import save_archive
             from autofhe.fhe.latency import measure_latency
-            from autofhe.search import quiet
-            from autofhe.search.notes import measurement_conditions
+            from autofhe.search.front.notes import measurement_conditions
+            from autofhe.search.trial import quiet
 
             # what the exported model must reproduce (clear program == encrypted circuit)
             set_phase(trial, "measuring its latency under encryption")

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from autofhe.search.space import DEFAULT_SPACE
+from autofhe.search.plan.space import DEFAULT_SPACE
 
 __all__ = [
     "NONLINEAR_GAIN",
@@ -91,7 +91,7 @@ def probe(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from autofhe.search.objective import evaluate_metric
+    from autofhe.search.trial.objective import evaluate_metric
 
     t0 = time.perf_counter()
     if task == "classification":

@@ -7,7 +7,7 @@ rows, and the metric of their simulated predictions on all those rows (out of fo
 less noisy on small data than one validation split of a few dozen rows. A trial entering the
 Pareto front is refit on training + validation rows (every row when cross-validated: its
 fold models already give the honest test estimate); that model is the one measured, stored
-and exported. Every configuration is priced before training (pricing.py) and trained with
+and exported. Every configuration is priced before training (price/pricing.py) and trained with
 rungs (fidelity.py).
 A configuration that cannot become a usable circuit (impossible accumulator budget, compile
 failure, latency or keys over the limits) ends COMPLETE with a violated constraint and the
@@ -31,10 +31,11 @@ from skorch.callbacks import Callback
 from autofhe.errors import AutofheError, CompilationError, ParameterError
 from autofhe.fhe.latency import CostModel
 from autofhe.nn.estimators import NeuralNetClassifier, NeuralNetRegressor
-from autofhe.search import quiet, record
-from autofhe.search.fidelity import RungStop, clear_outputs, depth, peers_at
-from autofhe.search.pricing import Price, price
-from autofhe.search.space import suggest_raw, to_estimator_params
+from autofhe.search import record
+from autofhe.search.plan.space import suggest_raw, to_estimator_params
+from autofhe.search.price.pricing import Price, price
+from autofhe.search.trial import quiet
+from autofhe.search.trial.fidelity import RungStop, clear_outputs, depth, peers_at
 
 __all__ = ["METRICS", "SearchContext", "evaluate_metric", "objective"]
 
@@ -146,7 +147,7 @@ class SearchContext:
         return 1 if self.y_train.ndim == 1 else self.y_train.shape[1]
 
     def price(self, params: dict[str, Any]) -> Price:
-        """The configuration's price before training (pricing.py), with this study's limits;
+        """The configuration's price before training (price/pricing.py), with this study's limits;
         without --max-latency, :data:`DEFAULT_PRICE_CAP_S` stands in."""
         cap = self.max_latency if self.max_latency is not None else DEFAULT_PRICE_CAP_S
         return price(
@@ -249,7 +250,7 @@ CONSTRAINTS = ("budget", "compile", "latency", "key_size")
 
 def _finish(trial, reason: str | None, violated: dict[str, float]) -> None:
     """Set every constraint on every path (a trial without one counts as feasible)."""
-    from autofhe.search.feasibility import record_constraints  # also what the dashboard reads
+    from autofhe.search.price.feasibility import record_constraints  # also what the dashboard reads
 
     record_constraints(trial, {key: violated.get(key, 0.0) for key in CONSTRAINTS})
     record.write(trial, feasible=reason is None)
@@ -471,7 +472,7 @@ def _front_values(trial) -> list[tuple[float, float]]:
     study = getattr(trial, "study", None)  # FixedTrial has none
     if study is None:
         return []
-    from autofhe.search.front import study_front
+    from autofhe.search.front.pareto import study_front
 
     return [tuple(t.values) for t in study_front(study)]
 

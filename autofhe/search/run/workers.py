@@ -61,7 +61,7 @@ def _worker_main(
         # Small networks train as fast on one thread: N workers use N cores, not 2N threads.
         torch.set_num_threads(1)
         from autofhe.fhe.latency import CostModel
-        from autofhe.search.study import SearchSession
+        from autofhe.search.run.study import SearchSession
 
         SearchSession(url, name, seed).run(n_trials, timeout, CostModel.from_json(cost))
     except Interrupted as exc:
@@ -166,7 +166,7 @@ def run_workers(
     cached latency model.
     """
     from autofhe.fhe.latency import load_cost_model
-    from autofhe.search.study import SearchSession
+    from autofhe.search.run.study import SearchSession
 
     cost_model = cost_model or load_cost_model()
     if workers <= 1 and not isolate:

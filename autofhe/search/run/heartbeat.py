@@ -4,7 +4,7 @@ with a reason and queued again.
 A trial's heartbeat cannot come from a thread of the worker: concrete holds the GIL for longer
 than any sensible grace period (key generation, encrypted runs), the thread starves, another
 worker fails the live trial and the original then reports into a finished trial. So every
-worker starts one small helper *process* (``python -m autofhe.search.heartbeat``) that
+worker starts one small helper *process* (``python -m autofhe.search.run.heartbeat``) that
 
 - records the heartbeat of the worker's current trial every ``interval`` seconds, whatever the
   worker is doing; when the worker dies (its stdin reaches end of file) in the middle of a
@@ -154,7 +154,7 @@ class Heartbeat:
             [
                 sys.executable,
                 "-m",  # not by path: its folder would shadow the standard library (select)
-                "autofhe.search.heartbeat",
+                "autofhe.search.run.heartbeat",
                 url,
                 study_name,
                 str(interval),

@@ -22,7 +22,7 @@ import numpy as np
 import optuna
 
 from autofhe.search import record
-from autofhe.search.front import study_front
+from autofhe.search.front.pareto import study_front
 from autofhe.search.record import TrialRecord
 
 __all__ = ["EVERY", "MIN_COMPLETE", "maybe_refine", "neighbour"]

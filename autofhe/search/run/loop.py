@@ -18,10 +18,11 @@ from collections.abc import Callable
 import optuna
 
 from autofhe.errors import Interrupted
-from autofhe.search import quiet, record
-from autofhe.search.heartbeat import Heartbeat, end_trial, worker_id
-from autofhe.search.objective import objective
+from autofhe.search import record
 from autofhe.search.record import TrialRecord
+from autofhe.search.run.heartbeat import Heartbeat, end_trial, worker_id
+from autofhe.search.trial import quiet
+from autofhe.search.trial.objective import objective
 
 __all__ = ["optimize"]
 

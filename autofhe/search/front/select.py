@@ -82,7 +82,7 @@ def choose(
     Parameters
     ----------
     trials : every trial of the study (to find ``number``).
-    front : its Pareto front (``autofhe.search.front.pareto_front``).
+    front : its Pareto front (``autofhe.search.front.pareto.pareto_front``).
     number : this trial; it must be COMPLETE and have a stored model.
     pick : "knee", "accuracy" (most accurate, then fastest) or "latency" (fastest, then most
         accurate), among the front models that meet the filters. Default: the knee, or with

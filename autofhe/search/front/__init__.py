@@ -1,0 +1,1 @@
+"""After a trial: the Pareto front, its notes, its refinement and the pick that ships."""

@@ -1,0 +1,1 @@
+"""Before training a trial: its circuit's price and the constraints that price must meet."""

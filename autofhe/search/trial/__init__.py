@@ -1,0 +1,1 @@
+"""One trial: train with rungs, compile, simulate, measure (quietly) under encryption."""
