@@ -32,6 +32,7 @@ import time
 
 import optuna
 
+from autofhe.fhe.runtime import shielded
 from autofhe.search import record
 from autofhe.search.store.engine import make_storage, retry, running_trials
 
@@ -88,18 +89,21 @@ def end_trial(
 ) -> bool:
     """Fail the RUNNING trial ``trial_id`` with ``reason`` (user attribute ``reason``) and queue
     its configuration again; False when another process ended it first."""
-    try:
-        frozen = storage.get_trial(trial_id)
-        if frozen.state != optuna.trial.TrialState.RUNNING:
-            return False
-        queued = limit is None or len(frozen.system_attrs.get("retry_history", [])) < limit
-        tail = "; queued again" if queued else f"; not queued again (failed {limit + 1} times)"
-        record.write_stored(storage, trial_id, reason=reason + tail)
-        if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
-            return False
-    except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-        return False  # its worker (or another reaper) ended it meanwhile
-    requeue(study, storage.get_trial(trial_id), limit)
+    # a second stop signal (a supervisor dying while it relays the first) waits until the
+    # trial is ended and queued again: between the two writes it would lose the retry
+    with shielded():
+        try:
+            frozen = storage.get_trial(trial_id)
+            if frozen.state != optuna.trial.TrialState.RUNNING:
+                return False
+            queued = limit is None or len(frozen.system_attrs.get("retry_history", [])) < limit
+            tail = "; queued again" if queued else f"; not queued again (failed {limit + 1} times)"
+            record.write_stored(storage, trial_id, reason=reason + tail)
+            if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
+                return False
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            return False  # its worker (or another reaper) ended it meanwhile
+        requeue(study, storage.get_trial(trial_id), limit)
     return True
 
 
