@@ -139,14 +139,14 @@ def test_every_option_says_what_it_does_its_default_and_choices():
             flag = action.option_strings[0]
             assert action.help, f"autofhe {name} {flag} has no help"
             shown = _Formatter(name)._get_help_string(action)
-            if action.default not in (None, False):
+            if action.default not in (None, False, argparse.SUPPRESS):  # SUPPRESS: none set
                 assert "default" in shown, f"autofhe {name} {flag} hides its default"
             if action.choices:
                 assert "{" + ",".join(action.choices) + "}" in text, (name, flag)
 
 
 def test_metric_help_lists_what_the_search_accepts():
-    from autofhe.search.trial.objective import METRICS
+    from autofhe.search.trial.rows import METRICS
 
     assert METRIC_NAMES == tuple(METRICS)
     text = " ".join(_subparsers()["search"].format_help().split())
@@ -196,6 +196,8 @@ def test_pareto_json_has_stable_machine_keys(one_study):
         "measured_loadavg_1m",
         "measured_cores",
         "measured_quiet",
+        "measured_others_busy",
+        "measured_when",
         "max_latency_s",
         "over_max_latency",
         "n_layers",
@@ -223,14 +225,16 @@ def test_trials_lists_every_trial_with_state_values_epochs_and_reason(one_study)
     out = _run(["trials", "--storage", url, "--format", "json"], tmp)
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
-    assert [(r["trial"], r["state"], r["feasible"]) for r in rows] == [
-        (0, "COMPLETE", True),
-        (1, "COMPLETE", True),
-        (2, "COMPLETE", False),
-        (3, "FAIL", None),
+    assert [(r["trial"], r["state"], r["feasible"], r["on_front"]) for r in rows] == [
+        (0, "COMPLETE", True, True),
+        (1, "COMPLETE", True, True),
+        (2, "COMPLETE", False, False),
+        (3, "FAIL", False, False),
     ]
     assert (rows[2]["accuracy"], rows[2]["fhe_latency_s"]) == (0.99, 0.05)
     assert rows[2]["reason"] == "key_size: 6 GB > 4 GB"
+    assert [r["measured_latency_s"] for r in rows] == [0.9, 0.12, None, None]
+    assert (rows[0]["n_layers"], rows[0]["n_w_bits"], rows[0]["n_a_bits"]) == (2, 4, 3)
     # the epochs a trial trained, as the search stores them (``fidelity_epochs``)
     assert [r["epochs"] for r in rows] == [None, 20, None, None]
     table = _run(["trials", "--storage", url], tmp).stdout
@@ -240,10 +244,31 @@ def test_trials_lists_every_trial_with_state_values_epochs_and_reason(one_study)
         "accuracy",
         "fhe_latency_s",
         "feasible",
+        "on_front",
         "epochs",
+        "measured_latency_s",
+        "n_layers",
+        "bits",
+        "w/a",
         "reason",
     ]
     assert "key_size: 6 GB > 4 GB" in table
+    csv_out = _run(["trials", "--storage", url, "--format", "csv"], tmp).stdout.splitlines()
+    assert csv_out[0].split(",") == list(rows[0])
+    assert len(csv_out) == 1 + len(rows)
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_studies_has_machine_formats(one_study, fmt):
+    tmp, url = one_study
+    out = _run(["studies", "--storage", url, "--format", fmt], tmp)
+    assert out.returncode == 0, out.stderr
+    if fmt == "json":
+        (row,) = json.loads(out.stdout)
+    else:
+        header, line = out.stdout.splitlines()
+        row = dict(zip(header.split(","), line.split(",")))
+    assert row["study"] == "s-accuracy" and int(row["trials"]) == 4
 
 
 def test_pareto_plot(one_study):
@@ -255,7 +280,7 @@ def test_pareto_plot(one_study):
         assert out.returncode == 2
         assert out.stderr.strip().splitlines() == [
             f"autofhe: error: --plot {tmp / 'front.png'}: matplotlib is not installed; pip "
-            "install matplotlib (or read the front plot in `autofhe dashboard`)."
+            "install 'autofhe[plot]' (or read the front plot in `autofhe dashboard`)."
         ]
         return
     assert out.returncode == 0, out.stderr
@@ -312,3 +337,64 @@ def test_calibration_message_only_when_calibrating(tmp_path, monkeypatch, capsys
     assert code == 2
     said = "calibrat" in capsys.readouterr().out
     assert said is not cached
+
+
+# -- advice when no model is feasible ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["search", "--data", "my data.npy", "--max-latency", "0.001"],
+            "autofhe search --data 'my data.npy' --max-latency 0.008 --study s",
+        ),
+        (
+            ["--debug", "search", "--data=x.npy", "--max-latency=0.001", "--study", "s"],
+            "autofhe --debug search --data=x.npy --study s --max-latency 0.008",
+        ),
+        (
+            ["search", "--data", "x.npy"],
+            "autofhe search --data x.npy --max-latency 0.008 --study s",
+        ),
+    ],
+)
+def test_the_relaxing_command_is_the_same_command_with_the_limit_replaced(argv, expected):
+    from autofhe.cli import _with_option
+
+    assert _with_option(argv, "--max-latency", "0.008", "s") == expected
+
+
+def _priced(number: int, latency: float, reason: str):
+    trial = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED,
+        user_attrs={"priced_latency_s": latency, "reason": reason, "priced_key_bytes": 10**7},
+    )
+    trial.number = number
+    return trial
+
+
+def test_advice_names_the_cheapest_price_over_the_limit_and_relaxes_it():
+    from autofhe.search.report import no_front_advice
+
+    trials = [
+        _priced(0, 0.0031, "latency: priced 0.003 s > max 0.001 s"),
+        _priced(1, 0.0005, "compile: no crypto parameters"),  # cheap, but not over the limit
+        _priced(2, 0.02, "latency: priced 0.020 s > max 0.001 s"),
+    ]
+    sentence, option, value = no_front_advice(trials, 0.001, 4e9)
+    assert sentence.startswith(
+        "no feasible model: the cheapest configuration was priced at 0.0031 s per sample "
+        "(trial 0), over --max-latency 0.001 s (3 trials: 2 latency, 1 compile)"
+    )
+    assert (option, value) == ("--max-latency", "0.0062")
+    # nothing over a limit: no limit to relax
+    sentence, option, _ = no_front_advice(trials[1:2], 0.001, 4e9)
+    assert option is None and sentence.endswith("run more trials.")
+
+
+def test_debug_is_taken_anywhere_on_the_line():
+    parser = build_parser()
+    assert parser.parse_args(["studies"]).debug is False
+    assert parser.parse_args(["--debug", "studies"]).debug is True
+    assert parser.parse_args(["studies", "--debug"]).debug is True

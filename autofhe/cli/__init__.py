@@ -13,12 +13,11 @@ import warnings
 
 from autofhe.cli import deploy
 from autofhe.errors import AutofheError, Interrupted, ParameterError, on_stop_signals
-from autofhe.search.record import TrialRecord
 
 BUILTIN_SETS = ("breast_cancer", "wine", "digits", "iris")
 #: trials of `autofhe demo` (and `make demo`)
 DEMO_TRIALS = 8
-#: what --metric accepts: autofhe.search.trial.objective.METRICS, listed here so that `--help` needs
+#: what --metric accepts: autofhe.search.trial.rows.METRICS, listed here so that `--help` needs
 #: no torch import (a test keeps the two equal)
 METRIC_NAMES = (
     "accuracy",
@@ -42,9 +41,18 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
+    """Every parser (the command's and each subcommand's) takes ``--debug``: it may stand
+    anywhere on the line, as the errors that suggest it assume."""
+
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,  # a subcommand's leaves the command's value alone
+            help="show tracebacks on errors",
+        )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -53,7 +61,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     search = ["search", "--data", f"sklearn:{args.dataset}", "--trials", str(args.trials)]
     search += ["--seed", str(args.seed)] + (["--storage", args.storage] if args.storage else [])
     print(f"demo: autofhe {' '.join(search)}", flush=True)
-    code = _cmd_search(build_parser().parse_args(search))
+    parsed = build_parser().parse_args(search)
+    parsed.argv = search  # the search's own command line (what its advice repeats)
+    code = _cmd_search(parsed)
     if code == 0:
         url = _storage_url(args)
         X = f"d.load_{args.dataset}(return_X_y=True)[0][:5]"
@@ -88,11 +98,66 @@ def _print_table(rows: list[dict], out=None) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)), file=out)
 
 
+def _remeasure(url: str, name: str) -> int:
+    """Front models measured beside other processes, measured again if the machine is quiet
+    now: how many (a bonus: a failure is a warning, the search's figures stand)."""
+    from autofhe.search.front.remeasure import remeasure_front
+
+    try:
+        return remeasure_front(url, name, say=_say)
+    except Interrupted:
+        raise
+    except Exception as exc:  # a missing artifact, the FHE runtime: the figures stand
+        first = (str(exc).splitlines() or [""])[0]
+        print(f"autofhe: warning: front models not measured again: {first}", file=sys.stderr)
+        return 0
+
+
+def _advice(study, url: str, name: str, argv: list[str] | None = None) -> list[str]:
+    """Why a study has no feasible model, and what to do: ``argv`` (the search's command line)
+    comes back with the limit relaxed; without it, the option to resume with."""
+    from autofhe.search.plan.spec import Spec
+    from autofhe.search.price.feasibility import DEFAULT_PRICE_CAP_S
+    from autofhe.search.report import no_front_advice
+    from autofhe.search.store.tables import ParetoStore
+
+    spec = (ParetoStore(url).study_info(name) or {}).get("spec", {})
+    max_latency = spec.get("max_latency") or DEFAULT_PRICE_CAP_S
+    max_key_size = spec.get("max_key_size", Spec().max_key_size)
+    trials = study.get_trials(deepcopy=False)
+    sentence, option, value = no_front_advice(trials, max_latency, max_key_size)
+    if option is None:
+        return [sentence]
+    if argv is None:
+        return [sentence, f"relax it: resume the search with {option} {value}"]
+    return [sentence, f"relax it: {_with_option(argv, option, value, name)}"]
+
+
+def _with_option(argv: list[str], option: str, value: str, name: str) -> str:
+    """The command line ``argv`` (of ``autofhe``) with ``option`` set to ``value`` and the
+    study named (so it resumes the same study)."""
+    import shlex
+
+    out, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == option:
+            skip = True
+        elif not word.startswith(option + "="):
+            out.append(word)
+    out += [option, value]
+    if not any(w == "--study" or w.startswith("--study=") for w in argv):
+        out += ["--study", name]
+    return shlex.join(["autofhe", *out])
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from autofhe.data import load_dataset
     from autofhe.fhe.latency import load_cost_model
     from autofhe.search.front.pareto import pareto_front
     from autofhe.search.plan.spec import check_folds, load_spec
+    from autofhe.search.record import TrialRecord
     from autofhe.search.run.study import (
         check_search_inputs,
         open_study,
@@ -109,8 +174,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
         spec.metric = args.metric
     if args.max_latency is not None:
         spec.max_latency = parse_duration(args.max_latency)
+        spec.given.add("max_latency")
     if args.max_key_size is not None:
         spec.max_key_size = parse_size(args.max_key_size)
+        spec.given.add("max_key_size")
     if args.folds is not None:
         spec.folds = check_folds(args.folds)
     timeout = parse_duration(args.timeout) if args.timeout else None
@@ -144,13 +211,21 @@ def _cmd_search(args: argparse.Namespace) -> int:
         + "; Ctrl-C stops (the running trials are queued again)"
     )
     outcome = _run(url, name, args.workers, trials, timeout, args.seed, cost_model, study)
+    if outcome.stopped_by is None and _remeasure(url, name):
+        import optuna
+
+        study = optuna.load_study(study_name=name, storage=url)  # trials read afresh
     print(f"\nPareto front of {name!r} ({len(study.trials)} trials):")
-    _print_table(_front_rows(study, pareto_front(study.get_trials(deepcopy=False))))
+    front = pareto_front(study.get_trials(deepcopy=False))
+    _print_table(_front_rows(study, front))
+    if not front:
+        print("\n".join(_advice(study, url, name, args.argv)))
     print(f"\ninspect:  autofhe dashboard --storage {_quote(url)}")
-    print(
-        f"export:   autofhe export --study {_quote(name)} --storage {_quote(url)} --pick knee "
-        "--out model/"
-    )
+    if front:
+        print(
+            f"export:   autofhe export --study {_quote(name)} --storage {_quote(url)} "
+            "--pick knee --out model/"
+        )
     new = [
         t
         for t in study.get_trials(deepcopy=False)
@@ -219,8 +294,6 @@ def _ended(outcome, resume: str, front: bool = False) -> int:
 
 
 def _cmd_pareto(args: argparse.Namespace) -> int:
-    import json
-
     from autofhe.search.front.pareto import pareto_front
     from autofhe.search.report import display_rows, front_records, latency_warnings, plot_front
     from autofhe.search.store.tables import ParetoStore
@@ -229,20 +302,13 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     info = ParetoStore(_storage_url(args)).study_info(study.study_name)
     max_latency = (info or {}).get("spec", {}).get("max_latency")
     front = pareto_front(study.get_trials(deepcopy=False))
+    advice = [] if front else _advice(study, _storage_url(args), study.study_name)
     if args.plot:
-        plot_front(study, front, args.plot, max_latency)
+        plot_front(study, front, args.plot, max_latency, "\n".join(advice))
     records = front_records(study, front, max_latency)
-    if args.format == "json":
-        print(json.dumps(records, indent=2))
-    elif args.format == "csv":
-        import csv
-
-        if records:
-            writer = csv.DictWriter(sys.stdout, fieldnames=list(records[0]))
-            writer.writeheader()
-            writer.writerows(records)
-    else:
-        _print_table(display_rows(records))
+    _emit(records, args.format, display_rows)
+    if advice and args.format == "table":
+        print("\n".join(advice))
     for message in latency_warnings(records):
         print(f"autofhe: warning: {message}", file=sys.stderr)
     if args.plot:
@@ -251,21 +317,33 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def _cmd_trials(args: argparse.Namespace) -> int:
-    import json
-
-    from autofhe.search.report import rounded, trial_records
+    from autofhe.search.report import trial_records, trial_rows
 
     study = _load_study(args, autofhe_only=False)  # any Optuna study lists its trials
     records = trial_records(study)
-    if args.format == "json":
-        print(json.dumps(records, indent=2))
+    if not records and args.format == "table":
+        print(f"no trials in study {study.study_name!r} yet")
         return 0
-    rows = [rounded(r) for r in records]
-    if all(r["epochs"] is None for r in records):  # not an autofhe search
-        for r in rows:
-            del r["epochs"]
-    _print_table(rows) if rows else print(f"no trials in study {study.study_name!r} yet")
+    _emit(records, args.format, trial_rows)
     return 0
+
+
+def _emit(records: list[dict], fmt: str, table=None) -> None:
+    """``records`` on stdout as JSON, CSV (a header and a row each) or a table for people
+    (``table``: records -> the rows to show)."""
+    if fmt == "json":
+        import json
+
+        print(json.dumps(records, indent=2))
+    elif fmt == "csv":
+        import csv
+
+        if records:
+            writer = csv.DictWriter(sys.stdout, fieldnames=list(records[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(records)
+    else:
+        _print_table(table(records) if table else records)
 
 
 def _storage_url(args) -> str:
@@ -301,7 +379,10 @@ def _cmd_studies(args: argparse.Namespace) -> int:
         if not args.debug:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
         rows = optuna_summaries(open_storage(url))
-    _print_table(rows) if rows else print(f"no studies in {url}")
+    if not rows and args.format == "table":
+        print(f"no studies in {url}")
+    else:
+        _emit(rows, args.format)
     return 0
 
 
@@ -346,12 +427,14 @@ def _stop_at_once() -> None:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
+    from autofhe.fhe.listen import bind
     from autofhe.search.price.feasibility import patch_dashboard
     from autofhe.search.store.locate import artifact_store, open_storage
 
     url = _storage_url(args)
     patch_dashboard()  # "best" = the feasible front, as in `autofhe pareto`
     storage = open_storage(url)  # nothing is written at start, no table is created
+    bind(args.host, args.port).close()  # a busy port or a bad host: one line, before the banner
     print(f"optuna-dashboard on http://{args.host}:{args.port} (storage {url}); Ctrl-C stops it")
     _stop_at_once()
     run_server(
@@ -371,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="AutoML for neural networks that run on encrypted data (TFHE).",
     )
     parser.add_argument("--version", action="version", version=f"autofhe {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.set_defaults(debug=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def storage_arg(p):
@@ -379,6 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--storage",
             default=None,
             help="SQLAlchemy URL (default: $AUTOFHE_STORAGE, else sqlite:///autofhe.db)",
+        )
+
+    def format_arg(p, machine: str):
+        p.add_argument(
+            "--format", choices=("table", "json", "csv"), default="table", help=f"output; {machine}"
         )
 
     demo = sub.add_parser(
@@ -438,23 +526,19 @@ def build_parser() -> argparse.ArgumentParser:
     pareto = sub.add_parser("pareto", help="print a study's Pareto front")
     pareto.add_argument("--study", default=None, help=one_study)
     storage_arg(pareto)
-    pareto.add_argument(
-        "--format",
-        choices=("table", "json", "csv"),
-        default="table",
-        help="json and csv use stable machine keys (trial, metric, value, predicted_latency_s...)",
-    )
+    format_arg(pareto, "json and csv use stable machine keys (trial, metric, value, ...)")
     pareto.add_argument("--plot", default=None, metavar="FILE.png", help="also draw the front")
     pareto.set_defaults(func=_cmd_pareto)
 
     trials = sub.add_parser("trials", help="every trial: state, values, epochs trained, reason")
     trials.add_argument("--study", default=None, help=one_study)
     storage_arg(trials)
-    trials.add_argument("--format", choices=("table", "json"), default="table", help="output")
+    format_arg(trials, "json and csv: one record per trial, stable machine keys")
     trials.set_defaults(func=_cmd_trials)
 
     studies = sub.add_parser("studies", help="list the studies of a storage")
     storage_arg(studies)
+    format_arg(studies, "json and csv: one record per study")
     studies.set_defaults(func=_cmd_studies)
 
     worker = sub.add_parser("worker", help="join an existing study from another process")
@@ -606,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what advice lines repeat
     if not args.debug:
         warnings.filterwarnings("ignore")
         if args.command in OPTUNA_COMMANDS:

@@ -12,7 +12,6 @@ import math
 import shlex
 
 from autofhe.errors import ParameterError
-from autofhe.search.record import TrialRecord
 
 __all__ = ["cmd_export", "cmd_predict", "cmd_remote_predict", "cmd_serve"]
 
@@ -73,6 +72,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import optuna
 
     from autofhe.fhe.bundle import bundle_digest, unpack_bundle
+    from autofhe.search.record import TrialRecord
     from autofhe.search.store.locate import (
         artifact_store,
         check_study_name,
@@ -236,8 +236,9 @@ def _write_predictions(pred, out: str | None, what: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from autofhe.fhe.listen import bind
     from autofhe.fhe.progress import Progress
-    from autofhe.fhe.serve import bind, make_app, run_server
+    from autofhe.fhe.serve import make_app, run_server
     from autofhe.fhe.service import ServeLimits, Service
     from autofhe.units import megabytes, parse_size
 

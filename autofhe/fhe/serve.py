@@ -20,8 +20,6 @@ sets are received at once, and at most ``max_queue`` predictions wait for one of
 from __future__ import annotations
 
 import asyncio
-import errno
-import ipaddress
 import socket
 import time
 
@@ -31,12 +29,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from autofhe.errors import HttpError, ParameterError
 from autofhe.fhe.progress import Progress
 from autofhe.fhe.service import KeysFull, ServeLimits, Service, UnknownKeys
 from autofhe.units import megabytes
 
-__all__ = ["bind", "make_app", "run_server"]
+__all__ = ["make_app", "run_server"]
 
 #: Largest encrypted input accepted (an uncompressed 64-feature 8-bit row is about 2 MB).
 MAX_INPUT_BYTES = 64 * 1024**2
@@ -57,39 +54,6 @@ class _Refused(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port``, made before anything slow (compilation, keys) so
-    that a bad address or a busy port is one clear error at once."""
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ParameterError(f"--port {port!r} is not a TCP port; pass 0 to 65535 (0: any free).")
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        try:
-            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        except (socket.gaierror, UnicodeError):
-            raise ParameterError(
-                f"--host {host!r} is not an IP address or a name this machine resolves; pass "
-                "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)."
-            ) from None
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            fix = f"port {port} is in use: pick another --port (0: any free port)"
-        elif exc.errno in (errno.EACCES, errno.EPERM):
-            fix = f"port {port} needs privileges: pick a --port above 1023"
-        else:
-            fix = f"--host {host} is not an address of this machine: pass one it has"
-        raise HttpError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); {fix}.") from None
-    sock.setblocking(False)
-    return sock
 
 
 async def _read_body(request, limit: int, timeout: float) -> bytes:

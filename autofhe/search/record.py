@@ -25,6 +25,7 @@ __all__ = [
     "enqueue",
     "record_study",
     "write",
+    "write_finished",
     "write_stored",
 ]
 
@@ -100,7 +101,10 @@ class TrialRecord:
     measured_loadavg_1m: float | None = None
     measured_cores: int | None = None
     measured_load_per_core: float | None = None
-    measured_quiet: bool | None = None  # the machine's other workers paused
+    measured_quiet: bool | None = None  # other workers paused, other processes idle
+    measured_others_busy: float | None = None  # CPU share other processes used meanwhile
+    measured_under_load_s: float | None = None  # the first figure, when measured again
+    measured_when: str | None = None  # front/remeasure.py: during or after the search
     artifact_id: str | None = None  # the stored bundle archive
     store_error: str | None = None
     # -- refinement ------------------------------------------------------------------------
@@ -175,6 +179,15 @@ def write_stored(storage: Any, trial_id: int, **values: Any) -> None:
     _check(values)
     for name, value in values.items():
         storage.set_trial_user_attr(trial_id, name, _plain(value))
+
+
+def write_finished(storage: Any, trial_id: int, **values: Any) -> None:
+    """Correct fields of a finished trial (Optuna refuses; the storage layer does it), as a
+    resume that changes the study's limits re-judges feasibility."""
+    from autofhe.search.store.engine import rewrite_finished_trial
+
+    _check(values)
+    rewrite_finished_trial(storage, trial_id, user={k: _plain(v) for k, v in values.items()})
 
 
 def write(trial: Any, **values: Any) -> None:

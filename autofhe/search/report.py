@@ -11,17 +11,20 @@ import time
 from typing import Any
 
 from autofhe.errors import ParameterError
-from autofhe.search.price.feasibility import is_feasible
+from autofhe.search.price.feasibility import DEFAULT_PRICE_CAP_S, is_feasible
 from autofhe.search.record import TrialRecord
 
 __all__ = [
     "ProgressReport",
     "display_rows",
+    "front_advice",
     "front_records",
     "latency_warnings",
+    "no_front_advice",
     "plot_front",
     "rounded",
     "trial_records",
+    "trial_rows",
 ]
 
 
@@ -58,6 +61,8 @@ def front_records(study: Any, front: list, max_latency: float | None = None) -> 
                 "measured_loadavg_1m": r.measured_loadavg_1m,
                 "measured_cores": r.measured_cores,
                 "measured_quiet": r.measured_quiet,
+                "measured_others_busy": r.measured_others_busy,
+                "measured_when": r.measured_when,
                 "max_latency_s": max_latency,
                 "over_max_latency": (
                     None if measured is None or max_latency is None else measured > max_latency
@@ -119,7 +124,7 @@ def latency_warnings(records: list[dict]) -> list[str]:
             else ""
         )
         if r.get("measured_quiet") is False:
-            load += " beside another worker's training"
+            load += " beside other work"
         messages.append(
             f"trial {r['trial']} measured {r['measured_latency_s']:.4g} s per sample{load}, "
             f"over the study's --max-latency {r['max_latency_s']:g} s (predicted "
@@ -129,29 +134,143 @@ def latency_warnings(records: list[dict]) -> list[str]:
     return messages
 
 
+def _round_up(value: float) -> float:
+    """``value`` rounded up to two significant digits (a limit a person can type)."""
+    scale = 10 ** (math.floor(math.log10(value)) - 1)
+    return math.ceil(value / scale - 1e-9) * scale
+
+
+def no_front_advice(trials: list, max_latency: float | None, max_key_size: float | None):
+    """Why a study has no feasible model, and the limit to relax: ``(sentence, option,
+    value)``; option and value are None when no limit is to blame (failures, compile errors,
+    an empty study). The value relaxed to is twice the cheapest price over the limit."""
+    finished = [t for t in trials if t.state.is_finished()]
+    if not finished:
+        return "no trial has finished yet: run more trials.", None, None
+    kinds: dict[str, int] = {}
+    over: dict[str, list] = {"latency": [], "key_size": []}  # (price, trial) over each limit
+    for t in finished:
+        r = TrialRecord.of(t)
+        broke = {part.split(":", 1)[0] for part in r.reason.split("; ") if part}
+        if t.state.name == "FAIL":
+            broke.add("failed")
+        for kind in broke:
+            kinds[kind] = kinds.get(kind, 0) + 1
+        latency = t.values[1] if t.values is not None else r.priced_latency_s
+        keys = r.evaluation_keys_bytes or r.priced_key_bytes
+        if "latency" in broke and latency:
+            over["latency"].append((latency, t.number))
+        if "key_size" in broke and keys:
+            over["key_size"].append((keys, t.number))
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    tail = f" ({len(finished)} trials: {counts})" if counts else ""
+    if max_latency is not None and over["latency"]:
+        latency, number = min(over["latency"], key=lambda p: p[0])
+        return (
+            f"no feasible model: the cheapest configuration was priced at {latency:.4g} s per "
+            f"sample (trial {number}), over --max-latency {max_latency:g} s{tail}.",
+            "--max-latency",
+            f"{max(_round_up(2 * latency), 2 * max_latency):g}",
+        )
+    if max_key_size is not None and over["key_size"]:
+        keys, number = min(over["key_size"], key=lambda p: p[0])
+        mb = max(_round_up(2 * keys / 1e6), 2 * max_key_size / 1e6)
+        return (
+            f"no feasible model: the smallest keys were {keys / 1e6:.1f} MB (trial {number}), "
+            f"over --max-key-size {max_key_size / 1e6:g} MB{tail}.",
+            "--max-key-size",
+            f"{mb:g}MB",
+        )
+    return f"no feasible model yet{tail}: run more trials.", None, None
+
+
+def front_advice(trials: list, max_latency: float | None, max_key_size: float) -> str:
+    """What the study's note and plot say while no model is feasible: why, what to do."""
+    cap = max_latency if max_latency is not None else DEFAULT_PRICE_CAP_S
+    sentence, option, value = no_front_advice(trials, cap, max_key_size)
+    return sentence + (f" Relax it: resume the search with {option} {value}." if option else "")
+
+
 def trial_records(study: Any) -> list[dict]:
-    """Every trial: number, state, one key per objective, feasibility, the epochs its (first)
-    model trained, reason."""
-    names = study.metric_names or ["metric", "latency_s"]
+    """Every trial, one flat record each (stable machine keys, JSON and CSV as they are).
+
+    ``trial``, ``state``, one key per objective (the metric, then the predicted latency
+    ``fhe_latency_s``; None for a trial without values), ``feasible`` (False with its
+    ``reason`` for a trial that broke a limit, was rejected, stopped early or failed),
+    ``on_front``, ``epochs`` (trained by its first model; 0: rejected before training),
+    ``priced_latency_s`` (before training), ``measured_latency_s`` (front models, under
+    encryption), ``keys_mb`` (evaluation keys a client uploads), ``n_layers``, ``n_w_bits``,
+    ``n_a_bits``, ``lookups`` (per layer), ``lookup_bits`` (per layer), ``reason``.
+    """
+    from autofhe.search.front.pareto import pareto_front
+
+    names = study.metric_names or ["metric", "latency_s"][: len(study.directions)]
+    trials = study.get_trials(deepcopy=False)
+    # the accuracy / latency front of an autofhe study (another study may have one objective)
+    front = {t.number for t in pareto_front(trials)} if len(study.directions) == 2 else set()
     records = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         values = dict(zip(names, t.values)) if t.values is not None else {}
         r = TrialRecord.of(t)
+        if not t.state.is_finished():
+            feasible = None
+        elif t.state.name == "COMPLETE":
+            feasible = is_feasible(t) if r.feasible is None else r.feasible
+        else:
+            feasible = False
+        keys = r.evaluation_keys_bytes or r.priced_key_bytes
         records.append(
             {
                 "trial": t.number,
                 "state": t.state.name,
                 **{n: values.get(n) for n in names},
-                "feasible": is_feasible(t) if t.state.name == "COMPLETE" else None,
+                "feasible": feasible,
+                "on_front": t.number in front,
                 "epochs": r.fidelity_epochs,
-                "reason": r.reason,
+                "priced_latency_s": r.priced_latency_s,
+                "measured_latency_s": r.measured_latency_s,
+                "keys_mb": _mb(keys),
+                "n_layers": t.params.get("module__n_layers"),
+                "n_w_bits": t.params.get("n_w_bits"),
+                "n_a_bits": t.params.get("n_a_bits"),
+                "lookups": _joined(r.lookups_per_layer),
+                "lookup_bits": _joined(r.lookup_bits_per_layer or r.priced_lookup_bits),
+                "reason": r.reason or r.error or "",
             }
         )
     return records
 
 
-def plot_front(study: Any, front: list, path: str, max_latency: float | None = None) -> None:
-    """Draw the metric against predicted and measured latency into ``path`` (matplotlib).
+def trial_rows(records: list[dict]) -> list[dict]:
+    """The ``trials`` table: :func:`trial_records` rounded, bit widths as ``w/a``, the front
+    marked, and the columns no trial fills left out (any Optuna study is listed)."""
+    rows = []
+    for r in records:
+        row = rounded({k: v for k, v in r.items() if k not in ("n_w_bits", "n_a_bits")})
+        row["on_front"] = "*" if r["on_front"] else ""
+        bits = (r["n_w_bits"], r["n_a_bits"])
+        row["bits w/a"] = None if bits == (None, None) else f"{bits[0]}/{bits[1]}"
+        row["reason"] = row.pop("reason")  # last: the only long cell
+        rows.append(row)
+    empty = {k for k in rows[0] if all(row[k] in (None, "") for row in rows)} if rows else set()
+    return [{k: v for k, v in row.items() if k not in empty} for row in rows]
+
+
+def _joined(values: list | None) -> str | None:
+    """Per-layer figures as one cell (``5/5/0``): the same in a table, JSON and CSV."""
+    return None if values is None else "/".join(str(v) for v in values)
+
+
+def plot_front(
+    study: Any,
+    front: list,
+    path: str,
+    max_latency: float | None = None,
+    empty_text: str | None = None,
+) -> None:
+    """Draw the front into ``path`` (matplotlib): the metric against predicted latency as the
+    staircase the front attains, measured latencies beside, on a log latency axis; an empty
+    front is sane axes and ``empty_text`` (why, what to do).
 
     Raises
     ------
@@ -162,8 +281,8 @@ def plot_front(study: Any, front: list, path: str, max_latency: float | None = N
 
     if importlib.util.find_spec("matplotlib") is None:
         raise ParameterError(
-            f"--plot {path}: matplotlib is not installed; pip install matplotlib (or read the "
-            "front plot in `autofhe dashboard`)."
+            f"--plot {path}: matplotlib is not installed; pip install 'autofhe[plot]' (or read "
+            "the front plot in `autofhe dashboard`)."
         )
     try:
         import matplotlib
@@ -176,27 +295,45 @@ def plot_front(study: Any, front: list, path: str, max_latency: float | None = N
             "pip install --force-reinstall matplotlib."
         ) from None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot([t.values[1] for t in front], [t.values[0] for t in front], "o-", label="predicted")
-    measured_s = {t.number: TrialRecord.of(t).measured_latency_s for t in front}
-    measured = [t for t in front if measured_s[t.number] is not None]
-    if measured:
-        ax.plot(
-            [measured_s[t.number] for t in measured],
-            [t.values[0] for t in measured],
-            "D--",
-            label="measured",
+    ax.set_xscale("log")  # front models span decades: 0.004 s beside 3 s
+    points = sorted((t.values[1], t.values[0], t.number) for t in front if t.values[1] > 0)
+    if points:
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        # what the front attains: at a latency budget x, the best metric of models <= x
+        ax.step([*xs, xs[-1] * 3], [*ys, ys[-1]], where="post", color="C0", alpha=0.5)
+        ax.plot(xs, ys, "o", color="C0", label="front (predicted latency)")
+        for x, y, number in points:
+            ax.annotate(
+                str(number), (x, y), xytext=(4, -10), textcoords="offset points", fontsize=8
+            )
+        measured = [(TrialRecord.of(t).measured_latency_s, t.values[0]) for t in front]
+        measured = [(x, y) for x, y in measured if x]
+        if measured:
+            ax.plot(*zip(*measured), "D", mfc="none", color="C1", label="measured latency")
+        low, high = min(xs + [x for x, _ in measured]), max(xs + [x for x, _ in measured])
+        ax.set_xlim(low / 3, high * 3)
+        spread = max(ys) - min(ys)
+        pad = max(spread * 0.15, 0.02 * max(abs(max(ys)), 1e-3))
+        ax.set_ylim(min(ys) - pad, max(ys) + pad)
+    else:
+        ax.set_xlim(1e-3, 10)
+        ax.set_ylim(0, 1)
+        ax.text(
+            0.5,
+            0.5,
+            empty_text or "no feasible model yet",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            wrap=True,
         )
-    for t in front:
-        ax.annotate(str(t.number), (t.values[1], t.values[0]), fontsize=8)
     if max_latency is not None:
         ax.axvline(max_latency, color="grey", linestyle=":", label="--max-latency")
-    latencies = [t.values[1] for t in front if t.values[1] > 0]
-    if latencies and max(latencies) > 10 * min(latencies):
-        ax.set_xscale("log")  # spans more than a decade
-    ax.set_xlabel("FHE latency per sample (s)")
+    ax.set_xlabel("FHE latency per sample (s, log scale)")
     ax.set_ylabel(_metric(study))
     ax.set_title(f"Pareto front of {study.study_name}")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
     fig.tight_layout()
     try:
         fig.savefig(path)

@@ -17,7 +17,8 @@ import optuna
 from autofhe.search import record
 from autofhe.search.front.notes import measurement_conditions, publish_front, publish_trial
 from autofhe.search.front.pareto import pareto_front
-from autofhe.search.price.feasibility import record_constraints
+from autofhe.search.price.feasibility import CONSTRAINTS, record_constraints
+from autofhe.search.report import no_front_advice
 
 AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
 MAX_LATENCY = 1.0
@@ -31,29 +32,39 @@ TRIALS = {
     5: (0.70, 0.05, {"compile": 1.0}, None),  # would be the fastest point
 }
 FEASIBLE_FRONT = {0, 2, 3}
-CONSTRAINTS = ("budget", "compile", "latency", "key_size")
+#: a study whose every trial broke the latency limit, and one with a single front model
+NO_FRONT = {0: (0.93, 0.004, {"latency": 0.003}, None), 1: (0.95, 0.02, {"latency": 0.019}, None)}
+ONE_POINT = {0: (0.9, 0.05, {}, 0.06)}
+#: study name -> its trials (the dashboard serves all three)
+STUDIES = {"demo-accuracy": TRIALS, "none-accuracy": NO_FRONT, "one-accuracy": ONE_POINT}
 
 
-def build_study(url: str, name: str = "demo-accuracy") -> optuna.Study:
+def build_study(url: str, name: str = "demo-accuracy", trials: dict = TRIALS) -> optuna.Study:
     """Trials written through the same calls as the objective (constraints, user attrs)."""
     study = optuna.create_study(study_name=name, storage=url, directions=["maximize", "minimize"])
     study.set_metric_names(["accuracy", "fhe_latency_s"])
-    for number, (acc, latency, violated, measured) in TRIALS.items():
+    for number, (acc, latency, violated, measured) in trials.items():
         trial = study.ask()
         assert trial.number == number
         trial.suggest_int("n_w_bits", 2, 8)
         trial.suggest_int("module__n_layers", 1, 3)
         record_constraints(trial, {k: violated.get(k, 0.0) for k in CONSTRAINTS})
-        trial.set_user_attr("feasible", not violated)
-        trial.set_user_attr("reason", ", ".join(f"{k} violated" for k in violated))
-        trial.set_user_attr("predicted_latency_s", latency)
+        reason = ", ".join(f"{k} violated" for k in violated)
+        if "latency" in violated:  # as the objective words it (the advice counts it)
+            reason = f"latency: predicted {latency} s > max {latency - violated['latency']:g} s"
+        record.write(trial, feasible=not violated, reason=reason, predicted_latency_s=latency)
         if measured is not None:
-            trial.set_user_attr("measured_latency_s", measured)
-            record.write(trial, **measurement_conditions())
+            record.write(trial, measured_latency_s=measured, **measurement_conditions())
         study.tell(trial, [acc, latency])
-        publish_trial(study, study.trials[-1])
-    trials = study.get_trials(deepcopy=False)
-    publish_front(study, pareto_front(trials))
+    done = study.get_trials(deepcopy=False)
+    front = pareto_front(done)
+    for trial in done:
+        publish_trial(study, trial, front)
+    empty = ""
+    if not front:  # what the search writes: why, and the limit to relax
+        sentence, option, value = no_front_advice(done, 0.001, 4e9)
+        empty = f"{sentence} Relax it: resume the search with {option} {value}."
+    publish_front(study, front, empty_text=empty)
     return study
 
 
@@ -72,7 +83,8 @@ def get_json(url: str):
 def running_dashboard(tmp: Path):
     """``(base_url, study_name)`` of ``autofhe dashboard`` serving :func:`build_study`."""
     url = f"sqlite:///{tmp}/autofhe.db"
-    build_study(url)
+    for name, trials in STUDIES.items():
+        build_study(url, name, trials)
     port = free_port()
     log = tmp / "dashboard.log"  # a pipe nobody reads would fill up with request lines
     proc = subprocess.Popen(

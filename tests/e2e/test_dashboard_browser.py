@@ -12,6 +12,7 @@ Skips when Chromium, chromedriver or selenium are missing; fails instead when
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -74,12 +75,25 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
-@pytest.fixture(scope="module")
-def study_url(dashboard):
-    base, name = dashboard
+def _study_url(dashboard, name: str) -> str:
+    base, _ = dashboard
     summaries = get_json(f"{base}/api/studies")["study_summaries"]
     study_id = next(s["study_id"] for s in summaries if s["study_name"] == name)
     return f"{base}/dashboard/studies/{study_id}"
+
+
+@pytest.fixture(scope="module")
+def study_url(dashboard):
+    return _study_url(dashboard, dashboard[1])
+
+
+def _screenshot(browser, name: str) -> None:
+    """Kept for people (CI keeps build/e2e/ as artifacts): ``name``.png of the page's top."""
+    out = Path(os.environ.get("AUTOFHE_SCREENSHOT_DIR", ROOT / "build" / "e2e"))
+    out.mkdir(parents=True, exist_ok=True)
+    browser.execute_script("window.scrollTo(0, 0)")
+    shot = out / f"{name}.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
 
 
 def _wait_for(driver, script: str):
@@ -99,7 +113,8 @@ def _plot(driver, dom_id: str) -> dict:
         if (!g || !g._fullLayout || !g.data) return null;
         return {{traces: g.data.map(t => ({{x: t.x, y: t.y, text: t.text, name: t.name,
                                              color: t.marker && t.marker.color}})),
-                 x: g._fullLayout.xaxis.range, y: g._fullLayout.yaxis.range}};""",
+                 x: g._fullLayout.xaxis.range, y: g._fullLayout.yaxis.range,
+                 notes: (g._fullLayout.annotations || []).map(a => a.text)}};""",
     )
 
 
@@ -123,17 +138,32 @@ def test_study_page_plots_span_the_real_values(browser, study_url):
             assert numbers <= infeasible and trace["color"] == "#cccccc", trace
 
     front = _plot(browser, f"user-defined-plot:{FRONT_PLOT_ID}")
-    assert [t["name"] for t in front["traces"]] == ["predicted", "measured"]
+    names = [t["name"] for t in front["traces"]]
+    assert names == ["front (predicted latency)", "measured latency"]
     latencies = [TRIALS[n][1] for n in FEASIBLE_FRONT] + [TRIALS[n][3] for n in FEASIBLE_FRONT]
-    _spans(front["x"], latencies)
+    # a log axis (plotly's range in decades): 0.12 s and 0.91 s both readable
+    low, high = front["x"]
+    assert low <= math.log10(min(latencies)) and high >= math.log10(max(latencies))
+    assert high - low <= math.log10(max(latencies) / min(latencies)) + 1.5
     _spans(front["y"], [TRIALS[n][0] for n in FEASIBLE_FRONT])
-
-    out = Path(os.environ.get("AUTOFHE_SCREENSHOT_DIR", ROOT / "build" / "e2e"))
-    out.mkdir(parents=True, exist_ok=True)
     # the window is tall enough for the Pareto plot (top) and the front plot (below)
-    browser.execute_script("window.scrollTo(0, 0)")
-    shot = out / "dashboard-study.png"
-    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    _screenshot(browser, "dashboard-study")
+
+
+def test_an_all_infeasible_study_shows_why_on_sane_axes(browser, dashboard):
+    browser.get(_study_url(dashboard, "none-accuracy"))
+    front = _plot(browser, f"user-defined-plot:{FRONT_PLOT_ID}")
+    assert front["x"] == pytest.approx([-3, 1]) and front["y"] == pytest.approx([0, 1])
+    assert front["notes"][0].startswith("no feasible model: the cheapest configuration")
+    _screenshot(browser, "dashboard-no-front")
+
+
+def test_a_one_point_front_is_drawn_around_its_point(browser, dashboard):
+    browser.get(_study_url(dashboard, "one-accuracy"))
+    front = _plot(browser, f"user-defined-plot:{FRONT_PLOT_ID}")
+    low, high = front["y"]  # before: plotly's default range, 0 to 1.95
+    assert 0.85 <= low < 0.9 < high <= 0.95
+    _screenshot(browser, "dashboard-one-point")
 
 
 def test_only_the_feasible_front_is_badged_best(browser, study_url):
@@ -165,16 +195,21 @@ def test_note_shows_the_measured_front_table(browser, study_url):
         assert row[4].startswith("load ") and row[4].endswith(" cores")
 
 
-def test_an_infeasible_trial_says_why_before_its_attributes(browser, study_url):
-    browser.get(f"{study_url}/trials?numbers=1")
+@pytest.mark.parametrize("number", sorted(n for n, v in TRIALS.items() if v[2]))
+def test_every_infeasible_trial_says_why_before_its_attributes(browser, study_url, number):
+    """optuna-dashboard's own state chip says Complete (it has no other word for it): the
+    trial's note, the first thing on its page, says Infeasible and why; none is badged Best."""
+    browser.get(f"{study_url}/trials?numbers={number}")
     text = _wait_for(
         browser,
-        """const t = document.body.innerText;
-        return t.includes('Trial 1 (trial_id=') && t.includes('User Attributes') ? t : null;""",
+        f"""const t = document.body.innerText;
+        return t.includes('Trial {number} (trial_id=') && t.includes('User Attributes') ?
+            t : null;""",
     )
-    why = "Infeasible: key_size violated"
-    assert why in text
-    assert text.index(why) < text.index("User Attributes")
+    head = text.index(f"Trial {number} (trial_id=")
+    why = text.index("Infeasible: ", head)
+    assert why < text.index("User Attributes")
+    assert "Best Trial" not in text[head:why]
 
 
 def test_excluding_infeasible_trials_leaves_the_feasible_ones(browser, study_url):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import optuna
 import pytest
@@ -110,17 +111,52 @@ def test_the_note_keeps_what_the_user_wrote_and_replaces_the_front():
     assert note.startswith("My own remarks.")
 
 
-@pytest.mark.parametrize(("latencies", "axis"), [((0.1, 0.5), "linear"), ((0.01, 2.0), "log")])
-def test_front_figure_uses_a_log_axis_only_over_a_decade(latencies, axis):
+def test_front_figure_is_a_staircase_on_a_log_axis():
     study = _study()
-    for i, lat in enumerate(latencies):
+    for i, lat in enumerate((0.004, 3.0)):  # before: a linear axis put 0.004 s on 0
         trial = study.ask()
         trial.set_user_attr("measured_latency_s", lat * 1.1)
         study.tell(trial, [0.8 + i / 10, lat])  # slower and better: both on the front
     figure = front_figure("accuracy", pareto_front(study.trials))
-    assert figure["layout"]["xaxis"]["type"] == axis
-    assert [t["name"] for t in figure["data"]] == ["predicted", "measured"]
+    assert figure["layout"]["xaxis"]["type"] == "log"
+    low, high = figure["layout"]["xaxis"]["range"]
+    assert low < math.log10(0.004) and high > math.log10(3.3)
+    front, measured = figure["data"]
+    assert front["line"]["shape"] == "hv" and front["x"][:2] == [0.004, 3.0]
+    assert measured["mode"] == "markers" and measured["x"] == pytest.approx([0.0044, 3.3])
     assert json.loads(json.dumps(figure)) == figure  # plain JSON for the dashboard
+
+
+def test_front_figure_of_one_point_is_framed_around_it():
+    study = _study()
+    _tell(study, [0.9, 0.05], {})
+    layout = front_figure("accuracy", pareto_front(study.trials))["layout"]
+    low, high = layout["yaxis"]["range"]  # before: plotly's default, 0 to 1.95
+    assert 0.85 <= low < 0.9 < high <= 0.95
+    low, high = layout["xaxis"]["range"]
+    assert low < math.log10(0.05) < high and high - low <= 2
+
+
+def test_an_empty_front_has_sane_axes_and_says_why():
+    figure = front_figure("accuracy", [], "no feasible model: priced at 0.003 s")
+    layout = figure["layout"]
+    assert figure["data"] == []
+    assert (layout["xaxis"]["range"], layout["yaxis"]["range"]) == ([-3, 1], [0, 1])
+    assert layout["annotations"][0]["text"] == "no feasible model: priced at 0.003 s"
+
+
+def test_a_feasible_trial_off_the_front_names_the_model_that_dominates_it():
+    from autofhe.search.front.notes import trial_note
+
+    study = _study()
+    best = _tell(study, [0.95, 0.01], {})
+    worse = _tell(study, [0.9, 0.02], {})
+    front = pareto_front(study.trials)
+    assert trial_note(worse, "accuracy", front).splitlines()[0] == (
+        f"**Feasible**, off the front: trial {best.number} is as good or better on both "
+        "(0.9500 at 0.01 s)"
+    )
+    assert trial_note(best, "accuracy", front).startswith("**Feasible**, on the Pareto front")
 
 
 def test_trial_note_heads():

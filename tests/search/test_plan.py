@@ -54,12 +54,12 @@ def test_linear_models_take_the_tuned_weight_decay_and_hidden_ones_draw_theirs()
 
     from autofhe.search.plan.space import suggest_raw
     from autofhe.search.trial.objective import SearchContext
+    from autofhe.search.trial.rows import Rows
 
     linear = {"optimizer__weight_decay": 0.0037}
     space = {**DEFAULT_SPACE, "optimizer__weight_decay": [0.0, 1e-4, 1e-3, 0.0037]}
-    ctx = SearchContext(
-        "classification", "accuracy", *([None] * 6), space=space, cost_model=None, linear=linear
-    )
+    rows = Rows("classification", "accuracy", *([None] * 6))
+    ctx = SearchContext(rows, space=space, cost_model=None, linear=linear)
     # the depth placed last in the space: it is still drawn first
     depth_last = {k: v for k, v in space.items() if k != "module__n_layers"}
     depth_last["module__n_layers"] = space["module__n_layers"]

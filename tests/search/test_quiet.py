@@ -112,3 +112,23 @@ def test_a_process_that_stopped_working_delays_nobody(lock, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     calm, waited = out.stdout.split()
     assert calm == "True" and float(waited) < 1.0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="Linux reports CPU time only")
+def test_other_processes_busy_during_a_measurement_are_seen():
+    """Before: only autofhe's own workers counted, so a measurement beside any other busy
+    process was stored as quiet. One process spinning per core keeps the machine busy."""
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        time.sleep(0.5)  # the interpreters started and spin
+        with quiet.watching() as seen:
+            time.sleep(1.0)  # this process is idle: everything seen is the others'
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    assert seen["others_busy"] >= 0.8
+    assert seen["others_busy"] > quiet.QUIET_BUSY  # a measurement meanwhile is not quiet

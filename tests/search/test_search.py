@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import datetime
+import io
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -27,6 +30,7 @@ from autofhe.search.run.study import open_study
 from autofhe.search.run.workers import run_workers
 from autofhe.search.store.tables import ParetoStore
 from autofhe.search.trial.objective import SearchContext, objective
+from autofhe.search.trial.rows import Rows
 
 from specs import fast_spec
 
@@ -50,10 +54,9 @@ def spec_file(tmp_path):
     return path
 
 
-def _context(ds, **kwargs):
-    parts = split_dataset(ds, 0)
-    spec = load_spec(None)
-    return SearchContext(ds.task, "accuracy", *parts, space=spec.space, cost_model=COST, **kwargs)
+def _context(ds, folds: int = 1, **kwargs):
+    rows = Rows(ds.task, "accuracy", *split_dataset(ds, 0), folds=folds)
+    return SearchContext(rows, space=load_spec(None).space, cost_model=COST, **kwargs)
 
 
 def test_objective_through_fixed_trial(wine_ds):
@@ -100,17 +103,17 @@ def test_front_model_is_refit_on_training_and_validation_rows(wine_ds):
     objective(trial, ctx)  # FixedTrial has no study: its point enters the (empty) front
     (model,) = shipped
     # the shipped model standardizes with the mean of every row it learned from
-    seen = np.concatenate([ctx.X_train, ctx.X_valid])
+    seen = np.concatenate([ctx.rows.X_train, ctx.rows.X_valid])
     np.testing.assert_allclose(model.module_.input_offset.numpy(), seen.mean(axis=0), rtol=1e-4)
     assert model.fhe_report()["pbs_count"] == 0  # compiled, as the trial's own model
-    test_acc = float(np.mean(model.predict(ctx.X_test) == ctx.y_test))
+    test_acc = float(np.mean(model.predict(ctx.rows.X_test) == ctx.rows.y_test))
     assert trial.user_attrs["final_clear_test"] == pytest.approx(test_acc)
 
 
 def test_cross_validated_metric_scores_every_training_and_validation_row_once(wine_ds):
     ctx = _context(wine_ds, folds=3)
-    splits = ctx.fold_splits()
-    pool = np.concatenate([ctx.X_train, ctx.X_valid])
+    splits = ctx.rows.fold_splits()
+    pool = np.concatenate([ctx.rows.X_train, ctx.rows.X_valid])
     held_out = np.concatenate([fold[2] for fold in splits])
     assert len(splits) == 3
     # each training/validation row is held out exactly once; test rows never take part
@@ -119,7 +122,7 @@ def test_cross_validated_metric_scores_every_training_and_validation_row_once(wi
         assert len(X_fit) + len(X_val) == len(pool)
         assert not set(map(tuple, X_fit.tolist())) & set(map(tuple, X_val.tolist()))
     # folds are drawn with a fixed seed: another worker (other estimator seed) scores alike
-    other = _context(wine_ds, folds=3, seed=7).fold_splits()
+    other = _context(wine_ds, folds=3, seed=7).rows.fold_splits()
     assert all(np.array_equal(a[3], b[3]) for a, b in zip(splits, other))
 
     trial = optuna.trial.FixedTrial(_linear_params())
@@ -146,8 +149,8 @@ def test_cross_validated_metric_scores_every_training_and_validation_row_once(wi
 def test_the_refit_keeps_the_regularization_per_row_that_won(wine_ds):
     for folds in (3, 1):
         ctx = _context(wine_ds, folds=folds)
-        fit_rows = len(ctx.fold_splits()[0][1])  # 2/3 of the rows; or the training split
-        all_rows = len(ctx.refit_rows()[1])
+        fit_rows = len(ctx.rows.fold_splits()[0][1])  # 2/3 of the rows; or the training split
+        all_rows = len(ctx.rows.refit_rows()[1])
         refit = ctx.refit_params(ctx.params(_linear_params(optimizer__weight_decay=3e-3)))
         assert refit["optimizer__weight_decay"] == pytest.approx(3e-3 * fit_rows / all_rows)
         assert 0.5 < fit_rows / all_rows < 0.8
@@ -158,9 +161,9 @@ def test_the_refit_keeps_the_regularization_per_row_that_won(wine_ds):
 
 def test_cross_validated_front_models_learn_from_every_row(wine_ds):
     ctx, single = _context(wine_ds, folds=3), _context(wine_ds)
-    _, y = ctx.refit_rows()
+    _, y = ctx.rows.refit_rows()
     assert len(y) == len(wine_ds.y)  # the fold models' test score stays the honest estimate
-    assert len(single.refit_rows()[1]) == len(single.y_train) + len(single.y_valid)
+    assert len(single.rows.refit_rows()[1]) == len(single.rows.y_train) + len(single.rows.y_valid)
 
 
 def test_an_infeasible_first_fold_stops_the_others(wine_ds):
@@ -248,9 +251,73 @@ def test_study_infeasible_trials_rejected_resume_and_front(tmp_path, wine_ds, sp
     _, _, name = open_study(wine_ds, spec, url, "w", seed=0)
     run_workers(url, name, 1, 2, None, 0, COST)
     assert len(optuna.load_study(study_name=name, storage=url).trials) == 5
-    # ... other settings are refused instead of being silently ignored
-    with pytest.raises(ParameterError, match="created with other settings \\(max_latency"):
-        open_study(wine_ds, load_spec(spec_file), url, "w", seed=0)
+    # ... other settings are refused instead of being silently ignored ...
+    other = load_spec(spec_file)
+    other.folds = 2
+    with pytest.raises(ParameterError, match="created with other settings \\(folds differ"):
+        open_study(wine_ds, other, url, "w", seed=0)
+    # ... a limit left out keeps the study's own; a new one is taken and remembered
+    open_study(wine_ds, load_spec(spec_file), url, "w", seed=0)
+    assert ParetoStore(url).study_info("w")["spec"]["max_latency"] == 1e-6
+    relaxed = load_spec(spec_file)
+    relaxed.max_latency = 10.0
+    relaxed.given.add("max_latency")
+    said = []
+    study, _, _ = open_study(wine_ds, relaxed, url, "w", seed=0, say=said.append)
+    stored = ParetoStore(url).study_info("w")["spec"]
+    assert stored["max_latency"] == 10.0
+    assert stored["limits_history"] == [{"max_latency": 1e-6, "max_key_size": 2e9, "trials": 5}]
+    assert "--max-latency 1e-06 s" in said[-1] and "-> --max-latency 10 s" in said[-1]
+    # the configurations the old limit rejected are queued again, cheapest first
+    assert [t.state.name for t in study.trials[5:]] == ["WAITING"] * 3
+
+
+def test_tightened_limit_rejudges_complete_trials(tmp_path, wine_ds, spec_file):
+    url = f"sqlite:///{tmp_path}/s.db"
+    _, _, name = open_study(wine_ds, load_spec(spec_file), url, "w", seed=0)
+    run_workers(url, name, 1, 3, None, 0, COST)
+    study = optuna.load_study(study_name=name, storage=url)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert complete and all(t.constraints["latency"] <= 0 for t in complete)
+    tight = load_spec(spec_file)
+    tight.max_latency = min(t.values[1] for t in complete) / 2
+    tight.given.add("max_latency")
+    open_study(wine_ds, tight, url, "w", seed=0)
+    study = optuna.load_study(study_name=name, storage=url)
+    for t in (t for t in study.trials if t.state.name == "COMPLETE"):
+        assert t.constraints["latency"] == pytest.approx(t.values[1] - tight.max_latency)
+        assert t.user_attrs["feasible"] is False
+        assert t.user_attrs["reason"].startswith("latency: predicted")
+        assert t.system_attrs["constraints"][2] == t.constraints["latency"]  # the dashboard's
+    assert study.best_trials == [] and pareto_front(study.trials) == []
+
+
+def test_all_infeasible_search_names_the_cheapest_price_and_a_command_that_relaxes_it(
+    tmp_path, spec_file
+):
+    args = ["search", "--data", "sklearn:wine", "--trials", "3", "--spec", str(spec_file)]
+    first = _run([*args, "--max-latency", "0.0001"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    out = first.stdout
+    # every pruned trial's progress line says why
+    ended = [line for line in out.splitlines() if ": pruned" in line]
+    assert len(ended) == 3 and all("(latency: priced" in line for line in ended), out
+    url = f"sqlite:///{tmp_path}/autofhe.db"
+    (name,) = optuna.get_all_study_names(url)
+    trials = optuna.load_study(study_name=name, storage=url).trials
+    cheapest = min(t.user_attrs["priced_latency_s"] for t in trials)
+    assert f"cheapest configuration was priced at {cheapest:.4g} s per sample" in out
+    assert "export:" not in out  # nothing to export
+    command = shlex.split(out.split("relax it: ", 1)[1].splitlines()[0])
+    assert command[0] == "autofhe" and command[-4] == "--max-latency"
+    assert 2 * cheapest <= float(command[-3]) <= 2.2 * cheapest
+    second = _run(command[1:], tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "limits: --max-latency 0.0001 s" in second.stdout
+    assert "no feasible model" not in second.stdout and "export:" in second.stdout
+    assert optuna.get_all_study_names(url) == [name]  # the same study, resumed
+    study = optuna.load_study(study_name=name, storage=url)
+    assert len(study.trials) == 6 and study.best_trials
 
 
 def test_resume_with_other_data_is_refused_and_db_untouched(tmp_path, wine_ds, spec_file):
@@ -345,7 +412,10 @@ def test_kill_9_ends_the_trial_with_a_reason_and_queues_it_again(
     # the retry is queued right after the trial is ended (another write): wait for it
     deadline = time.time() + 10
     while not [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]:
-        assert time.time() < deadline, "the trial was not queued again"
+        if time.time() > deadline:
+            command.kill()
+            _, err = command.communicate(timeout=30)
+            raise AssertionError(f"the trial was not queued again; stderr: {err}")
         time.sleep(0.2)
         trials = study.get_trials()
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]
@@ -465,6 +535,26 @@ def test_cli_search_resume_pareto_matches_optuna(tmp_path, spec_file):
     listed = json.loads(optuna_cli.stdout)
     assert {t["number"] for t in listed} == {t.number for t in study.best_trials}
     assert {r["trial"] for r in ours} <= {t["number"] for t in listed}
+    # every trial of a real study, as CSV: the columns a person scans, no empty fidelity
+    out = _run(["trials", "--study", name, "--format", "csv"], tmp_path)
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert len(rows) == 3
+    assert {
+        "state",
+        "epochs",
+        "feasible",
+        "on_front",
+        "accuracy",
+        "fhe_latency_s",
+        "measured_latency_s",
+        "keys_mb",
+        "n_w_bits",
+        "n_a_bits",
+        "lookups",
+        "reason",
+    } <= set(rows[0])
+    assert all(r["epochs"] not in ("", None) for r in rows), rows
+    assert {r["trial"] for r in rows if r["on_front"] == "True"} == {str(r["trial"]) for r in ours}
 
 
 def _free_port() -> int:
@@ -546,8 +636,8 @@ def test_every_worker_uses_the_study_split(tmp_path, wine_ds, spec_file):
     _, store, name = open_study(wine_ds, load_spec(spec_file), url, "w", seed=3)
     a = SearchSession(url, name, seed=3).context(store, COST)
     b = SearchSession(url, name, seed=11).context(store, COST)  # another worker's seed
-    np.testing.assert_array_equal(a.X_test, b.X_test)
-    np.testing.assert_array_equal(a.X_test, split_dataset(wine_ds, 3)[2])
+    np.testing.assert_array_equal(a.rows.X_test, b.rows.X_test)
+    np.testing.assert_array_equal(a.rows.X_test, split_dataset(wine_ds, 3)[2])
 
 
 @pytest.mark.parametrize(
@@ -589,3 +679,39 @@ def test_a_front_model_that_cannot_be_stored_does_not_fail_its_trial(
     assert not any(t.user_attrs.get("artifact_id") for t in trials)
     with pytest.raises(ParameterError, match="storing it failed: the circuit compiled"):
         choose(trials, trials, number=stored[0].number)
+
+
+def test_front_models_measured_under_load_are_measured_again_once_quiet(
+    tmp_path, wine_ds, spec_file, monkeypatch
+):
+    from optuna_dashboard import get_note
+
+    from autofhe.search import record
+    from autofhe.search.front.remeasure import AFTER_SEARCH, remeasure_front
+    from autofhe.search.store.engine import make_storage
+    from autofhe.search.trial import quiet
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    _, _, name = open_study(wine_ds, load_spec(spec_file), url, "w", seed=0)
+    run_workers(url, name, 1, 2, None, 0, COST)
+    front = [t for t in pareto_front(optuna.load_study(study_name=name, storage=url).trials)]
+    assert front and all(t.user_attrs.get("artifact_id") for t in front)
+    storage = make_storage(url)
+    for t in front:  # as a measurement beside a busy process leaves it
+        record.write_finished(storage, t._trial_id, measured_quiet=False, measured_latency_s=99.0)
+    said = []
+    # still busy: nothing measured, the figures stand and the user is told
+    monkeypatch.setattr(quiet, "others_busy_now", lambda seconds=1.0: 0.9)
+    assert remeasure_front(url, name, say=said.append) == 0
+    assert "still busy (other processes use 90% of its CPU)" in said[-1]
+    # quiet (a parallel test run must not count as load here): measured again, both kept
+    monkeypatch.setattr(quiet, "others_busy_now", lambda seconds=1.0: 0.0)
+    monkeypatch.setattr(quiet, "QUIET_BUSY", 1.0)
+    assert remeasure_front(url, name, say=said.append) == len(front)
+    study = optuna.load_study(study_name=name, storage=url)
+    for t in study.trials:
+        if t.number in {f.number for f in front}:
+            attrs = t.user_attrs
+            assert (attrs["measured_quiet"], attrs["measured_when"]) == (True, AFTER_SEARCH)
+            assert attrs["measured_under_load_s"] == 99.0 and attrs["measured_latency_s"] < 99.0
+    assert f", {AFTER_SEARCH}" in get_note(study)  # the note people read shows the new figure

@@ -66,12 +66,17 @@ def _conditions(r: TrialRecord) -> str:
     if load is None or cores is None:
         return "-"
     # None: stored before workers paused to measure
-    alone = {True: ", other workers paused", False: ", beside other work"}.get(r.measured_quiet, "")
+    alone = {True: ", machine quiet", False: ", beside other work"}.get(r.measured_quiet, "")
+    if r.measured_when and r.measured_when != "during the search":
+        alone += f", {r.measured_when}"
     return f"load {load:g} on {cores} cores{alone}"
 
 
-def front_note(study_name: str, metric: str, front: Sequence, n_complete: int) -> str:
-    """The Markdown section of the note: one row per front trial."""
+def front_note(
+    study_name: str, metric: str, front: Sequence, n_complete: int, empty_text: str = ""
+) -> str:
+    """The Markdown section of the note: one row per front trial (``empty_text``: what an
+    empty front's note says, why and what to do)."""
     lines = [
         FRONT_HEADING,
         "",
@@ -81,7 +86,7 @@ def front_note(study_name: str, metric: str, front: Sequence, n_complete: int) -
         "",
     ]
     if not front:
-        lines.append("No feasible trial yet.")
+        lines.append(empty_text or "No feasible trial yet.")
         return "\n".join(lines) + "\n"
     lines += [
         f"| trial | {metric} | predicted s | measured s | measured under | layers "
@@ -104,14 +109,35 @@ def front_note(study_name: str, metric: str, front: Sequence, n_complete: int) -
     return "\n".join(lines) + "\n"
 
 
-def trial_note(trial: Any, metric: str) -> str:
-    """Markdown for one finished trial: feasible or why not, then its rounded key figures."""
+def _dominating(trial: Any, front: Sequence) -> Any | None:
+    """The front model that dominates ``trial`` (as accurate or more and as fast or faster):
+    of those, the fastest."""
+    metric, latency = trial.values
+    better = [
+        t
+        for t in front
+        if t.number != trial.number and t.values[0] >= metric and t.values[1] <= latency
+    ]
+    return min(better, key=lambda t: (t.values[1], -t.values[0]), default=None)
+
+
+def trial_note(trial: Any, metric: str, front: Sequence | None = None) -> str:
+    """Markdown for one finished trial: feasible or why not (``front`` given: a feasible
+    trial off the front names the front model that dominates it), then its key figures."""
     r = TrialRecord.of(trial)
     state = trial.state.name
     if state == "COMPLETE" and r.reason:
         head = f"**Infeasible**: {r.reason}"
     elif state == "COMPLETE":
         head = "**Feasible**"
+        better = None if front is None else _dominating(trial, front)
+        if front is not None and better is None:
+            head += ", on the Pareto front"
+        elif better is not None:
+            head += (
+                f", off the front: trial {better.number} is as good or better on both "
+                f"({better.values[0]:.4f} at {_fmt(better.values[1])} s)"
+            )
     else:
         why = r.reason.removeprefix(f"{state.lower()}: ")  # "pruned: ..."
         head = f"**{state.capitalize()}**" + (f": {why}" if why else "")
@@ -134,55 +160,86 @@ def trial_note(trial: Any, metric: str) -> str:
     return head + "\n\n" + "".join(f"- {fact}\n" for fact in facts)
 
 
-def publish_trial(study: Any, trial: Any) -> None:
+def publish_trial(study: Any, trial: Any, front: Sequence | None = None) -> None:
     """Write :func:`trial_note` as the trial's note in optuna-dashboard."""
     import optuna
     from optuna_dashboard import save_note
 
     metric = (study.metric_names or ["metric"])[0]
     # save_note takes a live Trial; a finished one is addressed by its id
-    save_note(optuna.Trial(study, trial._trial_id), trial_note(trial, metric))
+    save_note(optuna.Trial(study, trial._trial_id), trial_note(trial, metric, front))
 
 
-def front_figure(metric: str, front: Sequence) -> dict:
-    """A plotly figure (as a dict): the metric against predicted and measured latency."""
-    by_latency = sorted(front, key=lambda t: t.values[1])
-    measured_s = {t.number: TrialRecord.of(t).measured_latency_s for t in by_latency}
-    measured = [t for t in by_latency if measured_s[t.number] is not None]
-    latencies = [t.values[1] for t in front] + [measured_s[t.number] for t in measured]
-    positive = [v for v in latencies if v > 0]
-    # a log axis only when the latencies span more than a decade
-    log = bool(positive) and max(positive) / min(positive) > 10
-
-    def trace(name: str, trials: list, xs: list, symbol: str) -> dict:
-        return {
-            "type": "scatter",
-            "mode": "lines+markers",
-            "line": {"shape": "hv"},
-            "marker": {"size": 9, "symbol": symbol},
-            "name": name,
-            "x": xs,
-            "y": [t.values[0] for t in trials],
-            "text": [f"trial {t.number}" for t in trials],
-            "hovertemplate": "%{text}: %{y:.4f} at %{x:.4g} s",
-        }
-
-    data = [trace("predicted", by_latency, [t.values[1] for t in by_latency], "circle")]
+def front_figure(metric: str, front: Sequence, empty_text: str = "") -> dict:
+    """A plotly figure (as a dict): the metric against latency per sample on a log axis (front
+    models span decades), the feasible front as the staircase it attains (at a latency budget,
+    the best metric of the models within it), measured latencies as separate markers. An
+    empty front is sane axes and ``empty_text``; one point is framed around it."""
+    by_latency = sorted((t for t in front if t.values[1] > 0), key=lambda t: t.values[1])
+    measured = [
+        (TrialRecord.of(t).measured_latency_s, t)
+        for t in by_latency
+        if TrialRecord.of(t).measured_latency_s
+    ]
+    data = []
+    if by_latency:
+        xs = [t.values[1] for t in by_latency]
+        ys = [t.values[0] for t in by_latency]
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "line": {"shape": "hv"},
+                "marker": {"size": 9},
+                "name": "front (predicted latency)",
+                # the last step runs on: a larger budget buys no better model
+                "x": [*xs, xs[-1] * 3],
+                "y": [*ys, ys[-1]],
+                "text": [f"trial {t.number}" for t in by_latency] + [""],
+                "hovertemplate": "%{text}: %{y:.4f} at %{x:.4g} s<extra></extra>",
+            }
+        )
     if measured:
-        xs = [measured_s[t.number] for t in measured]
-        data.append(trace("measured", measured, xs, "diamond"))
-    return {
-        "data": data,
-        "layout": {
-            "title": {"text": f"Pareto front: {metric} vs FHE latency per sample"},
-            "xaxis": {
-                "title": {"text": "latency per sample (s)"},
-                "type": "log" if log else "linear",
-            },
-            "yaxis": {"title": {"text": metric}},
-            "legend": {"orientation": "h", "y": -0.25},
-        },
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "marker": {"size": 9, "symbol": "diamond-open"},
+                "name": "measured latency",
+                "x": [x for x, _ in measured],
+                "y": [t.values[0] for _, t in measured],
+                "text": [f"trial {t.number}" for _, t in measured],
+                "hovertemplate": "%{text}: measured %{x:.4g} s<extra></extra>",
+            }
+        )
+    xaxis = {"title": {"text": "latency per sample (s, log scale)"}, "type": "log"}
+    yaxis = {"title": {"text": metric}}
+    layout = {
+        "title": {"text": f"Pareto front: {metric} vs FHE latency per sample"},
+        "xaxis": xaxis,
+        "yaxis": yaxis,
+        "legend": {"orientation": "h", "y": -0.25},
     }
+    if by_latency:
+        xs = [t.values[1] for t in by_latency] + [x for x, _ in measured]
+        ys = [t.values[0] for t in by_latency]
+        xaxis["range"] = [math.log10(min(xs)) - 0.5, math.log10(max(xs)) + 0.5]
+        pad = max((max(ys) - min(ys)) * 0.15, 0.02 * max(abs(max(ys)), 1e-3))
+        yaxis["range"] = [min(ys) - pad, max(ys) + pad]
+    else:
+        xaxis["range"] = [-3, 1]  # 1 ms to 10 s
+        yaxis["range"] = [0, 1]
+        layout["annotations"] = [
+            {
+                "text": empty_text or "No feasible model yet.",
+                "xref": "paper",
+                "yref": "paper",
+                "x": 0.5,
+                "y": 0.5,
+                "showarrow": False,
+            }
+        ]
+    return {"data": data, "layout": layout}
 
 
 class _Figure:
@@ -195,7 +252,9 @@ class _Figure:
         return self._json
 
 
-def publish_front(study: Any, front: Sequence, n_complete: int | None = None) -> None:
+def publish_front(
+    study: Any, front: Sequence, n_complete: int | None = None, empty_text: str = ""
+) -> None:
     """Write the front into the study's note and plot (both replace the previous snapshot's).
 
     Parameters
@@ -206,6 +265,8 @@ def publish_front(study: Any, front: Sequence, n_complete: int | None = None) ->
         The Pareto front, as :func:`autofhe.search.front.pareto.pareto_front` returns it.
     n_complete : int, optional
         Complete trials so far (counted from the study when not given).
+    empty_text : str
+        For an empty front: why, and what to do (the note and the plot say it).
     """
     from optuna_dashboard import get_note, save_note, save_plotly_graph_object
 
@@ -218,8 +279,7 @@ def publish_front(study: Any, front: Sequence, n_complete: int | None = None) ->
     metric = (study.metric_names or ["metric"])[0]
     previous = get_note(study)
     kept = previous.split(FRONT_HEADING, 1)[0].rstrip()
-    body = front_note(study.study_name, metric, front, n_complete)
+    body = front_note(study.study_name, metric, front, n_complete, empty_text)
     save_note(study, f"{kept}\n\n{body}" if kept else body)
-    save_plotly_graph_object(
-        study, _Figure(front_figure(metric, front)), graph_object_id=FRONT_PLOT_ID
-    )
+    figure = front_figure(metric, front, empty_text)
+    save_plotly_graph_object(study, _Figure(figure), graph_object_id=FRONT_PLOT_ID)

@@ -91,7 +91,7 @@ def probe(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from autofhe.search.trial.objective import evaluate_metric
+    from autofhe.search.trial.rows import evaluate_metric
 
     t0 = time.perf_counter()
     if task == "classification":

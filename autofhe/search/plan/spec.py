@@ -1,7 +1,7 @@
 """Study specs: a TOML file that overrides the defaults of a search.
 
 [study]
-metric = "accuracy"          # see autofhe.search.trial.objective.METRICS
+metric = "accuracy"          # see autofhe.search.trial.rows.METRICS
 max_latency = 0.5            # seconds per sample (a constraint)
 max_key_size = "4GB"         # evaluation keys as a client uploads them (compressed; a constraint)
 sampler = "tpe"              # or "nsga2"
@@ -39,9 +39,14 @@ class Spec:
     #: None: the study decides from its data (plan.py: 3 folds under 1,500 rows, else 1)
     folds: int | None = None
     fixed: dict[str, Any] = field(default_factory=dict)
+    #: The limits (``max_latency``, ``max_key_size``) the user set, in the spec file or on the
+    #: command line: a resume takes those and keeps the study's own for the others.
+    given: set[str] = field(default_factory=set, compare=False)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        settings = asdict(self)
+        del settings["given"]  # how the settings were chosen, not one of them
+        return settings
 
 
 _STUDY_KEYS = {"metric", "max_latency", "max_key_size", "sampler", "folds"}
@@ -96,8 +101,10 @@ def load_spec(path: str | Path | None) -> Spec:
             spec.metric = str(study["metric"])
         if "max_latency" in study:
             spec.max_latency = parse_duration(study["max_latency"])
+            spec.given.add("max_latency")
         if "max_key_size" in study:
             spec.max_key_size = parse_size(study["max_key_size"])
+            spec.given.add("max_key_size")
         if "sampler" in study:
             if study["sampler"] not in ("tpe", "nsga2"):
                 raise ParameterError(f"sampler {study['sampler']!r}: use 'tpe' or 'nsga2'.")

@@ -21,17 +21,93 @@ from typing import Any
 
 import optuna
 
+from autofhe.search.record import TrialRecord
+
 __all__ = [
+    "CONSTRAINTS",
     "DASHBOARD_KEY",
+    "DEFAULT_PRICE_CAP_S",
+    "LIMITED",
+    "constraint_attrs",
     "is_feasible",
+    "limit_violations",
     "named_constraints",
     "patch_dashboard",
     "record_constraints",
+    "relimit",
+    "rewrite_constraints",
 ]
+
+#: Every trial stores these constraints, in this order (<= 0: satisfied; > 0: how far over).
+#: ``latency`` and ``key_size`` follow the study's limits, which a resume may change
+#: (:func:`relimit`); ``budget`` and ``compile`` are facts of the configuration.
+CONSTRAINTS = ("budget", "compile", "latency", "key_size")
+#: the constraints set by the study's limits (``--max-latency``, ``--max-key-size``)
+LIMITED = ("latency", "key_size")
+#: Without --max-latency, configurations priced over this many seconds per sample are not
+#: trained (Concrete ML's hand-tuned networks run at 1-11 s; --max-latency raises the cap).
+DEFAULT_PRICE_CAP_S = 5.0
 
 #: The system attribute optuna-dashboard 0.21 reads: a list of floats, feasible when all <= 0.
 DASHBOARD_KEY = "constraints"
 _NAMED_PREFIX = DASHBOARD_KEY + ":"
+
+
+def constraint_attrs(constraints: Mapping[str, float]) -> dict[str, Any]:
+    """The system attributes that hold ``constraints``: each under its name, and the list."""
+    values = [float(v) for v in constraints.values()]
+    return {
+        **{_NAMED_PREFIX + name: value for name, value in zip(constraints, values)},
+        DASHBOARD_KEY: values,
+    }
+
+
+def limit_violations(
+    latency_s: float, key_bytes: int | None, max_latency: float | None, max_key_size: float | None
+) -> tuple[dict[str, float], list[str]]:
+    """The study limits a circuit breaks: constraint -> amount over, and one reason each.
+
+    ``latency_s`` the circuit's predicted latency per sample; ``key_bytes`` its evaluation
+    keys as a client uploads them (compressed; None: unknown, never over).
+    """
+    violated, reasons = {}, []
+    if max_latency is not None and latency_s > max_latency:
+        violated["latency"] = latency_s - max_latency
+        reasons.append(f"latency: predicted {latency_s:.3f} s > max {max_latency} s")
+    if max_key_size is not None and key_bytes is not None and key_bytes > max_key_size:
+        violated["key_size"] = (key_bytes - max_key_size) / 1e9
+        reasons.append(
+            f"key_size: {key_bytes / 1e6:.1f} MB of keys to upload > max "
+            f"{max_key_size / 1e6:.1f} MB"
+        )
+    return violated, reasons
+
+
+def relimit(
+    trial: Any, max_latency: float | None, max_key_size: float | None
+) -> tuple[dict[str, float], str]:
+    """A COMPLETE trial's constraints and reason under new study limits, from what it stored
+    (its latency objective and key size): the limits are re-judged, the facts of its
+    configuration (``budget``, ``compile``) kept."""
+    r = TrialRecord.of(trial)
+    stored = named_constraints(trial)
+    keys = r.evaluation_keys_bytes if r.evaluation_keys_bytes is not None else r.priced_key_bytes
+    violated, reasons = limit_violations(trial.values[1], keys, max_latency, max_key_size)
+    constraints = {
+        name: float(violated.get(name, 0.0) if name in LIMITED else stored.get(name, 0.0))
+        for name in CONSTRAINTS
+    }
+    facts = [part for part in r.reason.split("; ") if part and part.split(":", 1)[0] not in LIMITED]
+    if all(constraints[name] <= 0 for name in CONSTRAINTS if name not in LIMITED):
+        facts = []
+    return constraints, "; ".join(facts + reasons)
+
+
+def rewrite_constraints(storage: Any, trial_id: int, constraints: Mapping[str, float]) -> None:
+    """Replace the constraints of a finished trial (:func:`relimit`), in both formats."""
+    from autofhe.search.store.engine import rewrite_finished_trial
+
+    rewrite_finished_trial(storage, trial_id, system=constraint_attrs(constraints))
 
 
 def record_constraints(trial: Any, constraints: Mapping[str, float]) -> None:
@@ -46,12 +122,12 @@ def record_constraints(trial: Any, constraints: Mapping[str, float]) -> None:
         Constraint name -> value; a value <= 0 is satisfied, > 0 is the amount of violation.
         The list keeps this mapping's order.
     """
-    values = [float(v) for v in constraints.values()]
-    for name, value in zip(constraints, values):
-        trial.set_constraint(name, value)
+    for name, value in constraints.items():
+        trial.set_constraint(name, float(value))
     if isinstance(trial, optuna.Trial):
         # Optuna 5 has no public setter for a trial system attribute besides set_constraint.
-        trial.storage.set_trial_system_attr(trial._trial_id, DASHBOARD_KEY, values)
+        attrs = constraint_attrs(constraints)
+        trial.storage.set_trial_system_attr(trial._trial_id, DASHBOARD_KEY, attrs[DASHBOARD_KEY])
 
 
 def named_constraints(trial: Any) -> dict[str, float]:

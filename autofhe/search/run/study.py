@@ -23,12 +23,21 @@ from autofhe.data import Dataset, check_Xy, split_dataset
 from autofhe.errors import DataError, ParameterError, StorageError
 from autofhe.search import record
 from autofhe.search.front.notes import publish_front, publish_trial
-from autofhe.search.front.pareto import study_front
+from autofhe.search.front.pareto import pareto_front, study_front
 from autofhe.search.front.refine import maybe_refine
 from autofhe.search.plan.probe import make_plan, project
 from autofhe.search.plan.space import SEED_CONFIG
 from autofhe.search.plan.spec import Spec
-from autofhe.search.record import StudyRecord, record_study
+from autofhe.search.price.feasibility import (
+    DEFAULT_PRICE_CAP_S,
+    LIMITED,
+    is_feasible,
+    named_constraints,
+    relimit,
+    rewrite_constraints,
+)
+from autofhe.search.record import StudyRecord, TrialRecord, record_study
+from autofhe.search.report import front_advice
 from autofhe.search.run.heartbeat import Heartbeat
 from autofhe.search.run.loop import optimize
 from autofhe.search.store.engine import make_storage
@@ -41,7 +50,8 @@ from autofhe.search.store.locate import (
     resolve_storage,
 )
 from autofhe.search.store.tables import ParetoStore
-from autofhe.search.trial.objective import METRICS, SearchContext, set_phase
+from autofhe.search.trial.objective import SearchContext, set_phase
+from autofhe.search.trial.rows import METRICS, Rows
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -56,7 +66,6 @@ __all__ = [
 ]
 
 OBJECTIVE_NAMES = ["fhe_latency_s"]
-MEASURE_ALL_S = 2.0
 #: Validation predictions recorded per front trial, for checking exported models.
 RECORDED_PREDICTIONS = 16
 
@@ -147,9 +156,14 @@ def open_study(
     Everything the user passed is validated before the database is touched (``checked``: the
     caller ran :func:`check_search_inputs` on them already, the dry run included). ``say``
     receives a line before and after the probe of a new study's data (seconds to minutes on
-    wide data).
+    wide data), and the line that says a resume changed the study's limits.
+
+    A resume may change the limits named in ``spec.given`` (see :data:`LIMITS`); the others
+    keep the study's own. Every other setting must be the study's.
     """
     metric = spec.metric if checked and spec.metric else check_search_inputs(ds, spec, seed)
+    admitted: list[dict] = []
+    rejudged: set[int] = set()
     name = name or default_study_name(ds, metric)
     # Ours: registered in autofhe's table (the first write of a new study, before Optuna's
     # study exists). Anything else of that name is refused before any write.
@@ -168,14 +182,22 @@ def open_study(
         stored = info["spec"]
         defaults = Spec().to_json()  # settings added since the study was created
         changed = sorted(
-            k for k in wanted if k != "split_seed" and stored.get(k, defaults.get(k)) != wanted[k]
+            k
+            for k in wanted
+            if k not in ("split_seed", *LIMITS) and stored.get(k, defaults.get(k)) != wanted[k]
         )
         if changed:
             raise ParameterError(
                 f"study {name!r} was created with other settings ({', '.join(changed)} differ); "
-                "resume it with the original --spec / --metric / --max-latency, or start a new "
-                "study with --study NAME."
+                "resume it with the original --spec / --metric / --folds (the limits "
+                "--max-latency and --max-key-size may change), or start a new study with "
+                "--study NAME."
             )
+        for k in LIMITS:  # a limit the user did not set keeps the study's own
+            if k not in spec.given:
+                wanted[k] = stored.get(k, defaults[k])
+        if any(stored.get(k, defaults[k]) != wanted[k] for k in LIMITS):
+            admitted, rejudged = _change_limits(url, name, store, stored, wanted, say)
     if info is None:
         if say:
             rows, cols = ds.X.shape
@@ -214,7 +236,87 @@ def open_study(
         space = {**spec.space, **plan["space"]}
         for params in plan["seeds"]:
             study.enqueue_trial(project(params, space))
+    for params in admitted:  # configurations the old limits kept from training
+        study.enqueue_trial(params)
+    if rejudged:  # the notes people read say what the new limits make of these trials
+        trials = study.get_trials(deepcopy=False)
+        front = pareto_front(trials)
+        for t in trials:
+            if t.number in rejudged:
+                publish_trial(study, t, front)
+        limits = (wanted["max_latency"], wanted["max_key_size"])
+        publish_front(study, front, empty_text="" if front else front_advice(trials, *limits))
     return study, store, name
+
+
+#: the settings a resume may change: feasibility is re-judged from what each trial stored
+LIMITS = ("max_latency", "max_key_size")
+
+
+def _limits_text(spec: dict) -> str:
+    latency = "none" if spec.get("max_latency") is None else f"{spec['max_latency']:g} s"
+    keys = spec.get("max_key_size", Spec().max_key_size)
+    return f"--max-latency {latency}, --max-key-size {keys / 1e6:g} MB"
+
+
+#: configurations the old limits rejected before training that a relaxed limit queues again
+READMITTED = 3
+
+
+def _change_limits(
+    url, name, store, stored: dict, wanted: dict, say
+) -> tuple[list[dict], set[int]]:
+    """Resume with other limits: the study's settings take them (its ``limits_history`` keeps
+    the ones before, with the number of trials they held for), and every complete trial's
+    feasibility is re-judged from its stored latency and key size. Returns the parameters of
+    the cheapest configurations the old limits rejected before training and the new ones
+    admit (at most READMITTED, none tried or queued already), for the caller to queue, and
+    the numbers of the trials whose feasibility changed."""
+    storage = make_storage(url)
+    study_id = storage.get_study_id_from_name(name)
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    before = sum(is_feasible(t) for t in complete)
+    now, rejudged = 0, set()
+    for t in complete:
+        constraints, reason = relimit(t, wanted["max_latency"], wanted["max_key_size"])
+        feasible = all(v <= 0 for v in constraints.values())
+        now += feasible
+        if constraints != named_constraints(t):
+            rewrite_constraints(storage, t._trial_id, constraints)
+            record.write_finished(storage, t._trial_id, feasible=feasible, reason=reason)
+            rejudged.add(t.number)
+    cap = wanted["max_latency"] if wanted["max_latency"] is not None else DEFAULT_PRICE_CAP_S
+    # trained, or queued already: not queued again (by this resume or an earlier one)
+    taken = [
+        t.params
+        for t in trials
+        if t.state == optuna.trial.TrialState.WAITING
+        or not TrialRecord.of(t).rejected_before_training
+    ]
+    rejected = []
+    for t in trials:
+        r = TrialRecord.of(t)
+        if r.rejected_before_training and r.reason.split(":", 1)[0] in LIMITED:
+            latency, keys = r.priced_latency_s, r.priced_key_bytes
+            if latency is not None and latency <= cap and (keys or 0) <= wanted["max_key_size"]:
+                rejected.append((latency, t.number, t.params))
+    admitted: list[dict] = []
+    for *_, params in sorted(rejected, key=lambda item: item[:2]):
+        if len(admitted) < READMITTED and params not in taken and params not in admitted:
+            admitted.append(params)
+    history = [
+        *stored.get("limits_history", []),
+        {**{k: stored.get(k, Spec().to_json()[k]) for k in LIMITS}, "trials": len(trials)},
+    ]
+    store.set_spec(name, {**stored, **{k: wanted[k] for k in LIMITS}, "limits_history": history})
+    if say:
+        say(
+            f"limits: {_limits_text(stored)} -> {_limits_text(wanted)}; "
+            f"{len(complete)} complete trials judged again: {now} feasible (were {before})"
+            + (f"; {len(admitted)} rejected configurations queued again" if admitted else "")
+        )
+    return admitted, rejudged
 
 
 def seed_params(space: dict) -> dict:
@@ -259,17 +361,15 @@ class SearchSession:
         # One split per study, whatever the worker: scores compare, test rows never train.
         spec = info["spec"]
         parts = split_dataset(ds, spec.get("split_seed", 0))
+        folds = plan.get("folds", spec.get("folds") or 1)
         return SearchContext(
-            info["task"],
-            info["metric"],
-            *parts,
+            Rows(info["task"], info["metric"], *parts, folds=folds),
             space={**spec["space"], **plan.get("space", {})},
             cost_model=cost_model,
             max_latency=spec["max_latency"],
             max_key_size=spec["max_key_size"],
             seed=self.seed,
             fixed={**plan.get("fixed", {}), **spec["fixed"]},
-            folds=plan.get("folds", spec.get("folds") or 1),
             linear=plan.get("linear", {}),
             front_hook=self._front_hook(),
         )
@@ -287,6 +387,7 @@ class SearchSession:
             from autofhe.fhe.bundle import save_archive
             from autofhe.fhe.latency import measure_latency
             from autofhe.search.front.notes import measurement_conditions
+            from autofhe.search.front.remeasure import DURING_SEARCH, MEASURE_ALL_S
             from autofhe.search.trial import quiet
 
             # what the exported model must reproduce (clear program == encrypted circuit)
@@ -295,12 +396,18 @@ class SearchSession:
             record.write(trial, valid_predictions_head=np.asarray(head).tolist())
             try:
                 # the machine's other workers pause at their next checkpoint (quiet.py)
-                with quiet.measuring() as calm:
+                with quiet.measuring() as calm, quiet.watching() as seen:
                     conditions = measurement_conditions()  # the load other processes put on us
                     measured = measure_latency(
                         model.compiled_model, X_valid, n=3 if predicted <= MEASURE_ALL_S else 1
                     )
-                conditions["measured_quiet"] = calm
+                # quiet: the other workers paused and no other process took the CPU
+                others = seen.get("others_busy")
+                conditions["measured_others_busy"] = others
+                conditions["measured_quiet"] = calm and (
+                    others is None or others <= quiet.QUIET_BUSY
+                )
+                conditions["measured_when"] = DURING_SEARCH
                 record.write(
                     trial,
                     measured_latency_s=measured["latency_s"],
@@ -351,14 +458,25 @@ class SearchSession:
         )
         ctx = self._context(info, cost_model, StudyRecord.of(study).autofhe_plan)
 
+        on_front = {t.number for t in study_front(study, study.get_trials(deepcopy=False))}
+
         def after_trial(trial: optuna.trial.FrozenTrial) -> None:
             trials = study.get_trials(deepcopy=False)
             front = study_front(study, trials)
             n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-            publish_trial(study, trial)  # what optuna-dashboard shows first, for people
+            # what optuna-dashboard shows first, for people: the trial's note, the notes of
+            # trials it pushed off the front (naming who dominates them now), the study's
+            publish_trial(study, trial, front)
+            now = {t.number for t in front}
+            for t in trials:
+                if t.number in on_front - now:
+                    publish_trial(study, t, front)
+            on_front.clear()
+            on_front.update(now)
             try:
-                if store.save_front(self.name, front, n_complete):
-                    publish_front(study, front, n_complete)
+                store.save_front(self.name, front, n_complete)
+                empty = "" if front else front_advice(trials, ctx.max_latency, ctx.max_key_size)
+                publish_front(study, front, n_complete, empty)
             except StorageError as exc:  # the next trial's snapshot catches up
                 print(f"autofhe: warning: front snapshot not saved: {exc}", file=sys.stderr)
 

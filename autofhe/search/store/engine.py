@@ -11,6 +11,7 @@ SQLAlchemy, nothing of autofhe but its errors (the heartbeat helper starts in a 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 import time
@@ -32,6 +33,7 @@ __all__ = [
     "make_storage",
     "missing_driver",
     "retry",
+    "rewrite_finished_trial",
     "running_trials",
     "serialize_sqlite",
     "transaction",
@@ -260,3 +262,44 @@ def running_trials(storage: optuna.storages.RDBStorage, study_id: int) -> tuple[
     with storage.engine.connect() as conn:
         now = conn.execute(sa.select(sa.func.now())).scalar()
         return now, conn.execute(_RUNNING, {"study_id": study_id}).all()
+
+
+_ATTR_TABLES = {"system": "trial_system_attributes", "user": "trial_user_attributes"}
+
+
+def rewrite_finished_trial(
+    storage: optuna.storages.RDBStorage,
+    trial_id: int,
+    system: dict[str, Any] | None = None,
+    user: dict[str, Any] | None = None,
+) -> None:
+    """Set attributes of a finished trial, in one transaction.
+
+    Optuna refuses to update a finished trial; a resume that changes the study's limits must
+    re-judge its trials' feasibility (``constraints`` system attributes, the record's
+    ``feasible`` and ``reason``). Values are stored as Optuna stores them (JSON). A study
+    object loaded before this call keeps its cached trials: load it again.
+    """
+
+    def work(conn: sa.Connection) -> None:
+        for kind, values in (("system", system or {}), ("user", user or {})):
+            table = _ATTR_TABLES[kind]
+            for key, value in values.items():
+                row = {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                updated = conn.execute(
+                    sa.text(
+                        f"UPDATE {table} SET value_json = :value_json "
+                        "WHERE trial_id = :trial_id AND key = :key"
+                    ),
+                    row,
+                )
+                if updated.rowcount == 0:
+                    conn.execute(
+                        sa.text(
+                            f"INSERT INTO {table} (trial_id, key, value_json) "
+                            "VALUES (:trial_id, :key, :value_json)"
+                        ),
+                        row,
+                    )
+
+    transaction(storage.engine, work)

@@ -158,6 +158,11 @@ class ParetoStore:
         info["spec"] = json.loads(info["spec"])
         return info
 
+    def set_spec(self, name: str, spec: dict) -> None:
+        """Replace a registered study's settings (a resume that changes its limits)."""
+        change = studies.update().where(studies.c.study_name == name).values(spec=json.dumps(spec))
+        self.transact(lambda conn: conn.execute(change))
+
     @staticmethod
     def decode_data(info: dict) -> tuple[np.ndarray, np.ndarray]:
         """X and y of a :meth:`study_info` row (stored as npz bytes, never pickle)."""

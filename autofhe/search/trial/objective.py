@@ -24,68 +24,29 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from sklearn import metrics
-from sklearn.model_selection import KFold, StratifiedKFold
 from skorch.callbacks import Callback
 
-from autofhe.errors import AutofheError, CompilationError, ParameterError
+from autofhe.errors import AutofheError, CompilationError
 from autofhe.fhe.latency import CostModel
 from autofhe.nn.estimators import NeuralNetClassifier, NeuralNetRegressor
 from autofhe.search import record
 from autofhe.search.plan.space import suggest_raw, to_estimator_params
+from autofhe.search.price.feasibility import (
+    CONSTRAINTS,
+    DEFAULT_PRICE_CAP_S,
+    limit_violations,
+    record_constraints,
+)
 from autofhe.search.price.pricing import Price, price
 from autofhe.search.trial import quiet
-from autofhe.search.trial.fidelity import RungStop, clear_outputs, depth, peers_at
+from autofhe.search.trial.fidelity import RungStop, depth, peers_at
+from autofhe.search.trial.rows import SIMULATED_ROWS, Rows
 
-__all__ = ["METRICS", "SearchContext", "evaluate_metric", "objective"]
-
-#: metric name -> (task, needs probabilities)
-METRICS = {
-    "accuracy": ("classification", False),
-    "balanced_accuracy": ("classification", False),
-    "f1": ("classification", False),
-    "roc_auc": ("classification", True),
-    "r2": ("regression", False),
-    "neg_mean_squared_error": ("regression", False),
-    "neg_mean_absolute_error": ("regression", False),
-}
+__all__ = ["SearchContext", "objective"]
 
 #: A trial whose clear validation metric is this far below the best feasible one is pruned
 #: before compilation (Optuna has no pruner for multi-objective studies).
 PRUNE_MARGIN = 0.25
-#: Without --max-latency, configurations priced over this many seconds per sample are not
-#: trained (Concrete ML's hand-tuned networks run at 1-11 s; --max-latency raises the cap).
-DEFAULT_PRICE_CAP_S = 5.0
-#: Validation rows per model run through concrete's simulation (the rest: the clear program).
-SIMULATED_ROWS = 128
-
-
-def evaluate_metric(name: str, y_true, y_pred=None, proba=None, classes=None) -> float:
-    if name == "accuracy":
-        return float(metrics.accuracy_score(y_true, y_pred))
-    if name == "balanced_accuracy":
-        return float(metrics.balanced_accuracy_score(y_true, y_pred))
-    if name == "f1":
-        binary = len(classes) == 2
-        return float(
-            metrics.f1_score(
-                y_true,
-                y_pred,
-                average="binary" if binary else "macro",
-                pos_label=classes[-1] if binary else 1,
-            )
-        )
-    if name == "roc_auc":
-        if len(classes) == 2:
-            return float(metrics.roc_auc_score(y_true == classes[-1], proba[:, 1]))
-        return float(metrics.roc_auc_score(y_true, proba, multi_class="ovr", labels=classes))
-    if name == "r2":
-        return float(metrics.r2_score(y_true, y_pred))
-    if name == "neg_mean_squared_error":
-        return -float(metrics.mean_squared_error(y_true, y_pred))
-    if name == "neg_mean_absolute_error":
-        return -float(metrics.mean_absolute_error(y_true, y_pred))
-    raise ParameterError(f"unknown metric {name!r}; use one of {', '.join(METRICS)}.")
 
 
 class QuietCheckpoint(Callback):
@@ -97,27 +58,17 @@ class QuietCheckpoint(Callback):
 
 @dataclass
 class SearchContext:
-    """Everything a trial needs besides its parameters."""
+    """What a trial needs besides its parameters: the study's rows, its space, its limits."""
 
-    task: str
-    metric: str
-    X_train: np.ndarray
-    X_valid: np.ndarray
-    X_test: np.ndarray
-    y_train: np.ndarray
-    y_valid: np.ndarray
-    y_test: np.ndarray
+    rows: Rows
     space: dict[str, Any]
     cost_model: CostModel
     max_latency: float | None = None
     max_key_size: float = 4e9
     seed: int = 0
     fixed: dict[str, Any] = field(default_factory=dict)
-    #: 1: score on the validation split; k > 1: k-fold cross-validation over training +
-    #: validation rows (folds drawn with a fixed seed, so every worker scores alike).
-    folds: int = 1
     #: Parameters a network without hidden layers takes as they are, not drawn (the plan's
-    #: ``linear``: the weight decay the probe tuned for exactly that model, plan.py).
+    #: ``linear``: the weight decay the probe tuned for exactly that model, plan/probe.py).
     linear: dict[str, Any] = field(default_factory=dict)
     #: Called as ``front_hook(trial, model, X_valid, predicted_latency)`` for a trial entering
     #: the Pareto front, with the model refit on training + validation rows (the study
@@ -134,40 +85,25 @@ class SearchContext:
 
     def estimator(self, params: dict[str, Any], rungs=None):
         """An unfitted estimator of (resolved) ``params``; ``rungs``: a RungStop callback."""
-        cls = NeuralNetClassifier if self.task == "classification" else NeuralNetRegressor
+        cls = NeuralNetClassifier if self.rows.task == "classification" else NeuralNetRegressor
         callbacks = [("quiet", QuietCheckpoint())]
         if rungs is not None:
             callbacks.append(("rungs", rungs))
         return cls(random_state=self.seed, callbacks=callbacks, **params)
 
-    @property
-    def n_outputs(self) -> int:
-        if self.task == "classification":
-            return len(np.unique(np.concatenate([self.y_train, self.y_valid])))
-        return 1 if self.y_train.ndim == 1 else self.y_train.shape[1]
-
     def price(self, params: dict[str, Any]) -> Price:
-        """The configuration's price before training (price/pricing.py), with this study's limits;
-        without --max-latency, :data:`DEFAULT_PRICE_CAP_S` stands in."""
+        """The configuration's price before training (price/pricing.py), with this study's
+        limits; without --max-latency, :data:`DEFAULT_PRICE_CAP_S` stands in."""
         cap = self.max_latency if self.max_latency is not None else DEFAULT_PRICE_CAP_S
+        rows = self.rows
         return price(
-            params,
-            self.X_train.shape[1],
-            self.n_outputs,
-            self.cost_model,
-            cap,
-            self.max_key_size,
+            params, rows.X_train.shape[1], rows.n_outputs, self.cost_model, cap, self.max_key_size
         )
-
-    def clear_outputs(self, net, X) -> tuple[np.ndarray, np.ndarray | None]:
-        """Outputs of a model still training (no integer program yet): its quantized module
-        in inference mode, which computes what the integer program will."""
-        return net.output_decoding().outputs(clear_outputs(net, X))
 
     def refit(self, params: dict[str, Any]):
         """The trial's configuration trained and compiled on the rows the shipped model learns
-        from (:meth:`refit_rows`), its weight decay scaled by :meth:`refit_params`."""
-        X, y = self.refit_rows()
+        from (:meth:`Rows.refit_rows`), its weight decay scaled by :meth:`refit_params`."""
+        X, y = self.rows.refit_rows()
         model = self.estimator(self.refit_params(params)).fit(X, y)
         return model.compile(X)
 
@@ -183,75 +119,13 @@ class SearchContext:
         wd = params.get("optimizer__weight_decay") or 0.0
         if not wd:
             return params
-        fit_rows = len(self.fold_splits()[0][1])
-        return {**params, "optimizer__weight_decay": wd * fit_rows / len(self.refit_rows()[1])}
-
-    def refit_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """Training + validation rows; with cross-validation, every row.
-
-        Selection used the validation rows; the model that ships learns from them too, which
-        matters on small datasets. Cross-validated studies (small data) already have an
-        honest test estimate from their fold models (``clear_test``, never trained on the
-        test rows), so their shipped model learns from the test rows as well.
-        """
-        parts = [(self.X_train, self.y_train), (self.X_valid, self.y_valid)]
-        if self.folds > 1:
-            parts.append((self.X_test, self.y_test))
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-    def fold_splits(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """``(X_fit, y_fit, X_val, y_val)`` per fold: the validation split when ``folds`` is 1,
-        else k (stratified) folds over training + validation rows; the test rows stay out."""
-        if self.folds <= 1:
-            return [(self.X_train, self.y_train, self.X_valid, self.y_valid)]
-        X = np.concatenate([self.X_train, self.X_valid])
-        y = np.concatenate([self.y_train, self.y_valid])
-        if self.task == "classification":
-            # every class must be in every fold's training rows
-            k = max(2, min(self.folds, int(np.unique(y, return_counts=True)[1].min())))
-            splitter = StratifiedKFold(k, shuffle=True, random_state=0)
-        else:
-            splitter = KFold(min(self.folds, len(y)), shuffle=True, random_state=0)
-        return [(X[fit], y[fit], X[val], y[val]) for fit, val in splitter.split(X, y)]
-
-    def outputs(self, model, X, fhe: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predictions and (classification) probabilities."""
-        return model.output_decoding().outputs(model.predict_raw(X, fhe))
-
-    def simulated_outputs(self, model, X, clear):
-        """FHE-simulated outputs of at most :data:`SIMULATED_ROWS` rows (evenly spread), the
-        clear integer program's elsewhere. The program is the circuit's function bit for bit;
-        simulation adds what it cannot show, the rare PBS errors, at 10 ms a row, which on
-        thousands of validation rows would cost more than the training."""
-        rows = np.arange(len(X))
-        if len(rows) > SIMULATED_ROWS:
-            rows = np.linspace(0, len(X) - 1, SIMULATED_ROWS).astype(int)
-        sim_pred, sim_proba = self.outputs(model, X[rows], "simulate")
-        pred = np.array(clear[0], copy=True)
-        pred[rows] = sim_pred
-        proba = None
-        if clear[1] is not None:
-            proba = np.array(clear[1], copy=True)
-            proba[rows] = sim_proba
-        return pred, proba
-
-    def metric_of(self, y, outputs: list[tuple[np.ndarray, np.ndarray | None]], classes=None):
-        """The metric of several models' outputs on the concatenated rows ``y``."""
-        pred = np.concatenate([o[0] for o in outputs])
-        proba = None if outputs[0][1] is None else np.concatenate([o[1] for o in outputs])
-        return evaluate_metric(self.metric, y, pred, proba, classes)
-
-    def score(self, model, X, y, fhe: str) -> float:
-        return self.metric_of(y, [self.outputs(model, X, fhe)], getattr(model, "classes_", None))
-
-
-CONSTRAINTS = ("budget", "compile", "latency", "key_size")
+        fit_rows = len(self.rows.fold_splits()[0][1])
+        refit_rows = len(self.rows.refit_rows()[1])
+        return {**params, "optimizer__weight_decay": wd * fit_rows / refit_rows}
 
 
 def _finish(trial, reason: str | None, violated: dict[str, float]) -> None:
     """Set every constraint on every path (a trial without one counts as feasible)."""
-    from autofhe.search.price.feasibility import record_constraints  # also what the dashboard reads
-
     record_constraints(trial, {key: violated.get(key, 0.0) for key in CONSTRAINTS})
     record.write(trial, feasible=reason is None)
     record.write(trial, compile_ok=reason is None or "compile" not in violated)
@@ -294,7 +168,7 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
     if quote.reason:
         _reject(trial, quote)
 
-    splits = ctx.fold_splits()
+    splits = ctx.rows.fold_splits()
     folds = _fit_folds(trial, ctx, params, splits, quote.latency_s)
     if folds.uncompiled_metric is not None:  # real clear metric, priced latency
         return folds.uncompiled_metric, quote.latency_s
@@ -312,16 +186,18 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
     latency = max(latencies)
     classes = _classes(model)
     record.write(trial, folds=len(splits))
-    record.write(trial, clear_valid=ctx.metric_of(y_val, clear, classes))
+    record.write(trial, clear_valid=ctx.rows.metric_of(y_val, clear, classes))
     record.write(trial, accumulator_bits=model.accumulator_bits_)
     report = model.fhe_report()
     record.write(trial, **{key: report[key] for key in record.CIRCUIT_FIELDS})
-    simulated_metric = ctx.metric_of(y_val, simulated, classes)
+    simulated_metric = ctx.rows.metric_of(y_val, simulated, classes)
     record.write(trial, simulated_valid=simulated_metric)
     if len(splits) > 1:
-        per_fold = [ctx.metric_of(fold[3], [out], classes) for fold, out in zip(splits, simulated)]
+        per_fold = [
+            ctx.rows.metric_of(fold[3], [out], classes) for fold, out in zip(splits, simulated)
+        ]
         record.write(trial, simulated_valid_per_fold=per_fold)
-    test = [ctx.score(m, ctx.X_test, ctx.y_test, "disable") for m in models]
+    test = [ctx.rows.score(m, ctx.rows.X_test, ctx.rows.y_test, "disable") for m in models]
     record.write(trial, clear_test=float(np.mean(test)))
     record.write(trial, predicted_latency_s=latency)
     record.write(
@@ -337,23 +213,14 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
     _finish(trial, "; ".join(reasons) or None, violated)
     front = not violated and _enters_front(trial, simulated_metric, latency)
     if front and ctx.front_hook is not None:
-        ctx.front_hook(trial, _final_model(trial, ctx, params, model), ctx.X_valid, latency)
+        ctx.front_hook(trial, _final_model(trial, ctx, params, model), ctx.rows.X_valid, latency)
     return simulated_metric, latency
 
 
 def _limits(ctx: SearchContext, report: dict, latency: float) -> tuple[dict, list[str]]:
     """Violated latency / key-size constraints (amount over) and their reasons."""
-    violated, reasons = {}, []
-    if ctx.max_latency is not None and latency > ctx.max_latency:
-        violated["latency"] = latency - ctx.max_latency
-        reasons.append(f"latency: predicted {latency:.3f} s > max {ctx.max_latency} s")
     keys = report["evaluation_keys_bytes"]  # as a client uploads them (compressed)
-    if keys > ctx.max_key_size:
-        violated["key_size"] = (keys - ctx.max_key_size) / 1e9
-        reasons.append(
-            f"key_size: {keys / 1e6:.1f} MB of keys to upload > max {ctx.max_key_size / 1e6:.1f} MB"
-        )
-    return violated, reasons
+    return limit_violations(latency, keys, ctx.max_latency, ctx.max_key_size)
 
 
 @dataclass
@@ -388,8 +255,8 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price:
             rungs = RungStop(
                 trial,
                 price,
-                score_fn=lambda net, X=X_val, y=y_val: ctx.metric_of(
-                    y, [ctx.clear_outputs(net, X)], _classes(net)
+                score_fn=lambda net, X=X_val, y=y_val: ctx.rows.metric_of(
+                    y, [ctx.rows.clear_outputs(net, X)], _classes(net)
                 ),
                 peers_fn=lambda epoch: _peers(trial, epoch, depth(params)),
             )
@@ -401,9 +268,9 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price:
             _finish(trial, rungs.stopped, {})
             record.write(trial, feasible=False)
             raise optuna.TrialPruned(rungs.stopped)
-        clear.append(ctx.outputs(model, X_val, "disable"))
+        clear.append(ctx.rows.outputs(model, X_val, "disable"))
         if i == 0:  # a hopeless configuration stops after its first model
-            _maybe_prune(trial, ctx.metric_of(y_val, clear, _classes(model)), ctx.metric)
+            _maybe_prune(trial, ctx.rows.metric_of(y_val, clear, _classes(model)), ctx.rows.metric)
         quiet.checkpoint()
         set_phase(trial, f"compiling{fold}")
         t0 = time.perf_counter()
@@ -411,7 +278,7 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price:
             model.compile(X_fit)
         except CompilationError as exc:
             _finish(trial, f"compile: {str(exc).splitlines()[0]}", {"compile": 1.0})
-            value = ctx.metric_of(y_val, clear[-1:], _classes(model))
+            value = ctx.rows.metric_of(y_val, clear[-1:], _classes(model))
             record.write(trial, metric_source="clear")
             record.write(trial, latency_source="priced")
             return Folds(uncompiled_metric=value)
@@ -419,7 +286,7 @@ def _fit_folds(trial, ctx: SearchContext, params: dict[str, Any], splits, price:
         quiet.checkpoint()
         set_phase(trial, f"simulating{fold}")
         t0 = time.perf_counter()
-        simulated.append(ctx.simulated_outputs(model, X_val, clear[-1]))
+        simulated.append(ctx.rows.simulated_outputs(model, X_val, clear[-1]))
         spent("simulate_s", t0)
         models.append(model)
         report = model.fhe_report()
@@ -459,11 +326,14 @@ def _final_model(trial, ctx: SearchContext, params: dict[str, Any], model):
         record.write(trial, refit_error="refit model's keys are over max_key_size")
         return model
     record.write(trial, refit_s=round(time.perf_counter() - t0, 3))
-    record.write(trial, refit_rows=len(ctx.refit_rows()[1]))
+    record.write(trial, refit_rows=len(ctx.rows.refit_rows()[1]))
     # what the refit trained with (refit_params scaled it): read back, not computed again
     record.write(trial, refit_weight_decay=final.get_params().get("optimizer__weight_decay", 0.0))
-    if ctx.folds <= 1:  # else the test rows are among the refit's: clear_test stands
-        record.write(trial, final_clear_test=ctx.score(final, ctx.X_test, ctx.y_test, "disable"))
+    if ctx.rows.folds <= 1:  # else the test rows are among the refit's: clear_test stands
+        record.write(
+            trial,
+            final_clear_test=ctx.rows.score(final, ctx.rows.X_test, ctx.rows.y_test, "disable"),
+        )
     record.write(trial, final_lookup_bits_per_layer=final.fhe_report()["lookup_bits_per_layer"])
     return final
 
