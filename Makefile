@@ -25,7 +25,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check autofhe tests benchmarks
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal --durations=12 $(PYTEST_ARGS)
 
 check: setup
 	$(BIN)/ruff check autofhe tests benchmarks
