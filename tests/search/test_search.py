@@ -411,7 +411,10 @@ def test_kill_9_ends_the_trial_with_a_reason_and_queues_it_again(
     if victim == "worker":
         assert f"its worker {trial.system_attrs['autofhe_worker']} ended in the middle" in reason
     else:
-        assert "(SIGTERM)" in reason
+        # the worker ends it on the SIGTERM its supervisor's death sends; on a loaded machine
+        # it may die before it can, and its heartbeat helper ends it (seen 1 in 3 full runs)
+        helper = f"its worker {trial.system_attrs['autofhe_worker']} ended in the middle"
+        assert "(SIGTERM)" in reason or helper in reason, reason
     # the retry is queued right after the trial is ended (another write): wait for it
     deadline = time.time() + 10
     while not [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]:

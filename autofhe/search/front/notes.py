@@ -27,6 +27,7 @@ from autofhe.search.record import TrialRecord
 __all__ = [
     "FRONT_HEADING",
     "FRONT_PLOT_ID",
+    "dominating",
     "front_figure",
     "front_note",
     "measurement_conditions",
@@ -109,7 +110,7 @@ def front_note(
     return "\n".join(lines) + "\n"
 
 
-def _dominating(trial: Any, front: Sequence) -> Any | None:
+def dominating(trial: Any, front: Sequence) -> Any | None:
     """The front model that dominates ``trial`` (as accurate or more and as fast or faster):
     of those, the fastest."""
     metric, latency = trial.values
@@ -130,7 +131,7 @@ def trial_note(trial: Any, metric: str, front: Sequence | None = None) -> str:
         head = f"**Infeasible**: {r.reason}"
     elif state == "COMPLETE":
         head = "**Feasible**"
-        better = None if front is None else _dominating(trial, front)
+        better = None if front is None else dominating(trial, front)
         if front is not None and better is None:
             head += ", on the Pareto front"
         elif better is not None:

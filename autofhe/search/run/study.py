@@ -22,7 +22,7 @@ import optuna
 from autofhe.data import Dataset, check_Xy, split_dataset
 from autofhe.errors import DataError, ParameterError, StorageError
 from autofhe.search import record
-from autofhe.search.front.notes import publish_front, publish_trial
+from autofhe.search.front.notes import dominating, publish_front, publish_trial
 from autofhe.search.front.pareto import pareto_front, study_front
 from autofhe.search.front.refine import maybe_refine
 from autofhe.search.plan.probe import make_plan, project
@@ -458,21 +458,28 @@ class SearchSession:
         )
         ctx = self._context(info, cost_model, StudyRecord.of(study).autofhe_plan)
 
-        on_front = {t.number for t in study_front(study, study.get_trials(deepcopy=False))}
+        # feasible trial -> what its note says of the front: the front model that dominates
+        # it, or None when it is on the front (this worker's notes; others' are rewritten once)
+        told: dict[int, int | None] = {}
 
         def after_trial(trial: optuna.trial.FrozenTrial) -> None:
             trials = study.get_trials(deepcopy=False)
             front = study_front(study, trials)
             n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-            # what optuna-dashboard shows first, for people: the trial's note, the notes of
-            # trials it pushed off the front (naming who dominates them now), the study's
+            # what optuna-dashboard shows first, for people: the trial's note, and the notes
+            # of feasible trials whose place changed (pushed off the front, or dominated by
+            # another front model now)
             publish_trial(study, trial, front)
-            now = {t.number for t in front}
+            on_front = {t.number for t in front}
             for t in trials:
-                if t.number in on_front - now:
-                    publish_trial(study, t, front)
-            on_front.clear()
-            on_front.update(now)
+                if t.state != optuna.trial.TrialState.COMPLETE or not is_feasible(t):
+                    continue
+                better = None if t.number in on_front else dominating(t, front)
+                now = None if better is None else better.number
+                if told.get(t.number, -1) != now:
+                    if t.number != trial.number:
+                        publish_trial(study, t, front)
+                    told[t.number] = now
             try:
                 store.save_front(self.name, front, n_complete)
                 empty = "" if front else front_advice(trials, ctx.max_latency, ctx.max_key_size)

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from autofhe.errors import ParameterError, StorageError
-from autofhe.search.record import StudyRecord
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -269,6 +268,8 @@ def open_storage(url: str, create: bool = False):
 def is_autofhe_study(study) -> bool:
     """Made by autofhe: autofhe's two objectives and its fingerprint (a user attribute; a
     search also registers the study in autofhe's own table first, which ``search`` checks)."""
+    from autofhe.search.record import StudyRecord  # dataclasses: not at `studies`' start-up
+
     return len(study.directions) == 2 and StudyRecord.of(study).is_autofhe
 
 
