@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shlex
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -232,7 +233,8 @@ def front_figure(metric: str, front: Sequence, empty_text: str = "") -> dict:
         yaxis["range"] = [0, 1]
         layout["annotations"] = [
             {
-                "text": empty_text or "No feasible model yet.",
+                # plotly does not wrap: lines of a width the plot holds
+                "text": "<br>".join(textwrap.wrap(empty_text or "No feasible model yet.", 56)),
                 "xref": "paper",
                 "yref": "paper",
                 "x": 0.5,
