@@ -113,16 +113,22 @@ def _remeasure(url: str, name: str) -> int:
         return 0
 
 
-def _advice(study, url: str, name: str, argv: list[str] | None = None) -> list[str]:
-    """Why a study has no feasible model, and what to do: ``argv`` (the search's command line)
-    comes back with the limit relaxed; without it, the option to resume with."""
-    from autofhe.search.plan.spec import Spec
-    from autofhe.search.price.feasibility import DEFAULT_PRICE_CAP_S
-    from autofhe.search.report import no_front_advice
+def _study_spec(url: str, name: str) -> dict:
+    """The settings autofhe registered with study ``name`` ({} for a study it did not make)."""
     from autofhe.search.store.tables import ParetoStore
 
-    spec = (ParetoStore(url).study_info(name) or {}).get("spec", {})
-    max_latency = spec.get("max_latency") or DEFAULT_PRICE_CAP_S
+    return (ParetoStore(url).study_info(name) or {}).get("spec", {})
+
+
+def _advice(study, spec: dict, argv: list[str] | None = None) -> list[str]:
+    """Why a study has no feasible model, and what to do: ``argv`` (the search's command line)
+    comes back with the limit relaxed; without it, the option to resume with. ``spec``: the
+    study's settings (:func:`_study_spec`)."""
+    from autofhe.search.plan.spec import Spec
+    from autofhe.search.price.feasibility import price_cap
+    from autofhe.search.report import no_front_advice
+
+    max_latency = price_cap(spec.get("max_latency"))
     max_key_size = spec.get("max_key_size", Spec().max_key_size)
     trials = study.get_trials(deepcopy=False)
     sentence, option, value = no_front_advice(trials, max_latency, max_key_size)
@@ -130,7 +136,7 @@ def _advice(study, url: str, name: str, argv: list[str] | None = None) -> list[s
         return [sentence]
     if argv is None:
         return [sentence, f"relax it: resume the search with {option} {value}"]
-    return [sentence, f"relax it: {_with_option(argv, option, value, name)}"]
+    return [sentence, f"relax it: {_with_option(argv, option, value, study.study_name)}"]
 
 
 def _with_option(argv: list[str], option: str, value: str, name: str) -> str:
@@ -219,7 +225,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     front = pareto_front(study.get_trials(deepcopy=False))
     _print_table(_front_rows(study, front))
     if not front:
-        print("\n".join(_advice(study, url, name, args.argv)))
+        print("\n".join(_advice(study, _study_spec(url, name), args.argv)))
     print(f"\ninspect:  autofhe dashboard --storage {_quote(url)}")
     if front:
         print(
@@ -296,13 +302,12 @@ def _ended(outcome, resume: str, front: bool = False) -> int:
 def _cmd_pareto(args: argparse.Namespace) -> int:
     from autofhe.search.front.pareto import pareto_front
     from autofhe.search.report import display_rows, front_records, latency_warnings, plot_front
-    from autofhe.search.store.tables import ParetoStore
 
     study = _load_study(args)
-    info = ParetoStore(_storage_url(args)).study_info(study.study_name)
-    max_latency = (info or {}).get("spec", {}).get("max_latency")
+    spec = _study_spec(_storage_url(args), study.study_name)
+    max_latency = spec.get("max_latency")
     front = pareto_front(study.get_trials(deepcopy=False))
-    advice = [] if front else _advice(study, _storage_url(args), study.study_name)
+    advice = [] if front else _advice(study, spec)
     if args.plot:
         plot_front(study, front, args.plot, max_latency, "\n".join(advice))
     records = front_records(study, front, max_latency)

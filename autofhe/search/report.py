@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from autofhe.errors import ParameterError
-from autofhe.search.price.feasibility import DEFAULT_PRICE_CAP_S, is_feasible
+from autofhe.search.price.feasibility import is_feasible, price_cap
 from autofhe.search.record import TrialRecord
 
 __all__ = [
@@ -186,8 +186,7 @@ def no_front_advice(trials: list, max_latency: float | None, max_key_size: float
 
 def front_advice(trials: list, max_latency: float | None, max_key_size: float) -> str:
     """What the study's note and plot say while no model is feasible: why, what to do."""
-    cap = max_latency if max_latency is not None else DEFAULT_PRICE_CAP_S
-    sentence, option, value = no_front_advice(trials, cap, max_key_size)
+    sentence, option, value = no_front_advice(trials, price_cap(max_latency), max_key_size)
     return sentence + (f" Relax it: resume the search with {option} {value}." if option else "")
 
 

@@ -1,7 +1,8 @@
-"""Front models measured under load, measured again once the machine is quiet.
+"""Front models' latency under encryption: measured while the search runs, and measured
+again once the machine is quiet when the first figure was taken under load.
 
-A front model's latency is measured under encryption while the search runs (``quiet.py``
-pauses this machine's other workers). Processes that are not autofhe's cannot be paused:
+:func:`measure_front_model` is the one measurement (``quiet.py`` pauses this machine's other
+workers meanwhile). Processes that are not autofhe's cannot be paused:
 beside them the figure is recorded with ``measured_quiet`` False and the share of the CPU they
 used. When the search ends, :func:`remeasure_front` measures those models again if the
 machine is quiet then; the figure measured under load stays as ``measured_under_load_s``, and
@@ -25,7 +26,7 @@ from autofhe.search.store.locate import artifact_store
 from autofhe.search.store.tables import ParetoStore
 from autofhe.search.trial import quiet
 
-__all__ = ["AFTER_SEARCH", "DURING_SEARCH", "loud_front", "remeasure_front"]
+__all__ = ["AFTER_SEARCH", "DURING_SEARCH", "loud_front", "measure_front_model", "remeasure_front"]
 
 DURING_SEARCH = "during the search"
 AFTER_SEARCH = "after the search, the machine quiet"
@@ -34,21 +35,40 @@ AFTER_SEARCH = "after the search, the machine quiet"
 MEASURE_ALL_S = 2.0
 
 
+def measure_front_model(model, X, predicted: float) -> dict:
+    """The latency of a compiled model under encryption, measured while this machine's other
+    workers pause, as the record fields that hold it: the figure and key generation time, the
+    machine's load, the CPU share other processes took meanwhile and whether that was quiet.
+
+    A model predicted over :data:`MEASURE_ALL_S` is measured on one sample, else on three.
+    """
+    from autofhe.fhe.latency import measure_latency
+
+    with quiet.measuring() as calm, quiet.watching() as seen:
+        conditions = measurement_conditions()  # the load other processes put on us
+        measured = measure_latency(model, X, n=3 if predicted <= MEASURE_ALL_S else 1)
+    # quiet: the other workers paused and no other process took the CPU
+    others = seen.get("others_busy")
+    return {
+        "measured_latency_s": measured["latency_s"],
+        "keygen_s": measured["keygen_s"],
+        **conditions,
+        "measured_others_busy": others,
+        "measured_quiet": calm and (others is None or others <= quiet.QUIET_BUSY),
+    }
+
+
 def loud_front(trials: list) -> list:
     """The front trials whose stored latency was measured under load (and can be measured
     again: their model is stored)."""
-    return [
-        t
-        for t in pareto_front(trials)
-        if TrialRecord.of(t).measured_quiet is False and TrialRecord.of(t).artifact_id
-    ]
+    records = ((t, TrialRecord.of(t)) for t in pareto_front(trials))
+    return [t for t, r in records if r.measured_quiet is False and r.artifact_id]
 
 
 def remeasure_front(url: str, name: str, say: Callable[[str], None] = print) -> int:
     """Measure again the front models of study ``name`` that were measured under load, if the
     machine is quiet now; returns how many were measured again."""
     from autofhe.fhe.bundle import load_model_archive
-    from autofhe.fhe.latency import measure_latency
 
     storage = make_storage(url, create=False)
     study = optuna.load_study(study_name=name, storage=storage)
@@ -75,27 +95,18 @@ def remeasure_front(url: str, name: str, say: Callable[[str], None] = print) -> 
                 artifact_store=store, file_path=str(archive), artifact_id=r.artifact_id
             )
             model = load_model_archive(archive)
-        n = 3 if t.values[1] <= MEASURE_ALL_S else 1
-        with quiet.measuring() as calm, quiet.watching() as seen:
-            conditions = measurement_conditions()
-            measured = measure_latency(model, X, n=n)
-        others = seen.get("others_busy")
-        calm = calm and (others is None or others <= quiet.QUIET_BUSY)
-        if not calm:  # a neighbour started meanwhile: keep the first figure
+        fields = measure_front_model(model, X, t.values[1])
+        if not fields["measured_quiet"]:  # a neighbour started meanwhile: keep the first figure
             continue
         record.write_finished(
             storage,
             t._trial_id,
-            measured_latency_s=measured["latency_s"],
-            keygen_s=measured["keygen_s"],
+            **fields,
             measured_under_load_s=r.measured_latency_s,
-            measured_others_busy=others,
-            **conditions,
-            measured_quiet=True,
             measured_when=AFTER_SEARCH,
         )
         say(
-            f"trial {t.number}: {measured['latency_s']:.4g} s per sample "
+            f"trial {t.number}: {fields['measured_latency_s']:.4g} s per sample "
             f"(under load: {r.measured_latency_s:.4g} s)"
         )
         done += 1

@@ -33,6 +33,7 @@ __all__ = [
     "limit_violations",
     "named_constraints",
     "patch_dashboard",
+    "price_cap",
     "record_constraints",
     "relimit",
     "rewrite_constraints",
@@ -47,6 +48,13 @@ LIMITED = ("latency", "key_size")
 #: Without --max-latency, configurations priced over this many seconds per sample are not
 #: trained (Concrete ML's hand-tuned networks run at 1-11 s; --max-latency raises the cap).
 DEFAULT_PRICE_CAP_S = 5.0
+
+
+def price_cap(max_latency: float | None) -> float:
+    """The latency a configuration may be priced at and still be trained: the study's
+    ``--max-latency``, else :data:`DEFAULT_PRICE_CAP_S`."""
+    return DEFAULT_PRICE_CAP_S if max_latency is None else max_latency
+
 
 #: The system attribute optuna-dashboard 0.21 reads: a list of floats, feasible when all <= 0.
 DASHBOARD_KEY = "constraints"
@@ -126,8 +134,8 @@ def record_constraints(trial: Any, constraints: Mapping[str, float]) -> None:
         trial.set_constraint(name, float(value))
     if isinstance(trial, optuna.Trial):
         # Optuna 5 has no public setter for a trial system attribute besides set_constraint.
-        attrs = constraint_attrs(constraints)
-        trial.storage.set_trial_system_attr(trial._trial_id, DASHBOARD_KEY, attrs[DASHBOARD_KEY])
+        values = [float(v) for v in constraints.values()]
+        trial.storage.set_trial_system_attr(trial._trial_id, DASHBOARD_KEY, values)
 
 
 def named_constraints(trial: Any) -> dict[str, float]:

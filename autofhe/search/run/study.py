@@ -29,10 +29,10 @@ from autofhe.search.plan.probe import make_plan, project
 from autofhe.search.plan.space import SEED_CONFIG
 from autofhe.search.plan.spec import Spec
 from autofhe.search.price.feasibility import (
-    DEFAULT_PRICE_CAP_S,
     LIMITED,
     is_feasible,
     named_constraints,
+    price_cap,
     relimit,
     rewrite_constraints,
 )
@@ -286,18 +286,13 @@ def _change_limits(
             rewrite_constraints(storage, t._trial_id, constraints)
             record.write_finished(storage, t._trial_id, feasible=feasible, reason=reason)
             rejudged.add(t.number)
-    cap = wanted["max_latency"] if wanted["max_latency"] is not None else DEFAULT_PRICE_CAP_S
-    # trained, or queued already: not queued again (by this resume or an earlier one)
-    taken = [
-        t.params
-        for t in trials
-        if t.state == optuna.trial.TrialState.WAITING
-        or not TrialRecord.of(t).rejected_before_training
-    ]
-    rejected = []
+    cap = price_cap(wanted["max_latency"])
+    taken, rejected = [], []  # trained or queued already (not queued again); rejected by a limit
     for t in trials:
         r = TrialRecord.of(t)
-        if r.rejected_before_training and r.reason.split(":", 1)[0] in LIMITED:
+        if t.state == optuna.trial.TrialState.WAITING or not r.rejected_before_training:
+            taken.append(t.params)
+        elif r.reason.split(":", 1)[0] in LIMITED:
             latency, keys = r.priced_latency_s, r.priced_key_bytes
             if latency is not None and latency <= cap and (keys or 0) <= wanted["max_key_size"]:
                 rejected.append((latency, t.number, t.params))
@@ -380,15 +375,12 @@ class SearchSession:
         def on_front(trial, model, X_valid, predicted: float) -> None:
             """A trial entering the front: measure its latency, store its compiled model.
 
-            Slow models (over MEASURE_ALL_S predicted) are measured on one sample only: key
+            Slow models are measured on one sample only (measure_front_model): key
             generation plus three samples of a 20 s model would stall the search.
             """
             from autofhe.errors import BundleError, ResourceError
             from autofhe.fhe.bundle import save_archive
-            from autofhe.fhe.latency import measure_latency
-            from autofhe.search.front.notes import measurement_conditions
-            from autofhe.search.front.remeasure import DURING_SEARCH, MEASURE_ALL_S
-            from autofhe.search.trial import quiet
+            from autofhe.search.front.remeasure import DURING_SEARCH, measure_front_model
 
             # what the exported model must reproduce (clear program == encrypted circuit)
             set_phase(trial, "measuring its latency under encryption")
@@ -396,24 +388,8 @@ class SearchSession:
             record.write(trial, valid_predictions_head=np.asarray(head).tolist())
             try:
                 # the machine's other workers pause at their next checkpoint (quiet.py)
-                with quiet.measuring() as calm, quiet.watching() as seen:
-                    conditions = measurement_conditions()  # the load other processes put on us
-                    measured = measure_latency(
-                        model.compiled_model, X_valid, n=3 if predicted <= MEASURE_ALL_S else 1
-                    )
-                # quiet: the other workers paused and no other process took the CPU
-                others = seen.get("others_busy")
-                conditions["measured_others_busy"] = others
-                conditions["measured_quiet"] = calm and (
-                    others is None or others <= quiet.QUIET_BUSY
-                )
-                conditions["measured_when"] = DURING_SEARCH
-                record.write(
-                    trial,
-                    measured_latency_s=measured["latency_s"],
-                    keygen_s=measured["keygen_s"],
-                    **conditions,
-                )
+                fields = measure_front_model(model.compiled_model, X_valid, predicted)
+                record.write(trial, **fields, measured_when=DURING_SEARCH)
             except ResourceError as exc:
                 record.write(trial, measure_error=str(exc))
             store = artifact_store(url, write=True)

@@ -33,8 +33,8 @@ from autofhe.search import record
 from autofhe.search.plan.space import suggest_raw, to_estimator_params
 from autofhe.search.price.feasibility import (
     CONSTRAINTS,
-    DEFAULT_PRICE_CAP_S,
     limit_violations,
+    price_cap,
     record_constraints,
 )
 from autofhe.search.price.pricing import Price, price
@@ -93,8 +93,8 @@ class SearchContext:
 
     def price(self, params: dict[str, Any]) -> Price:
         """The configuration's price before training (price/pricing.py), with this study's
-        limits; without --max-latency, :data:`DEFAULT_PRICE_CAP_S` stands in."""
-        cap = self.max_latency if self.max_latency is not None else DEFAULT_PRICE_CAP_S
+        limits (:func:`price_cap`)."""
+        cap = price_cap(self.max_latency)
         rows = self.rows
         return price(
             params, rows.X_train.shape[1], rows.n_outputs, self.cost_model, cap, self.max_key_size
