@@ -77,6 +77,28 @@ def test_linear_models_take_the_tuned_weight_decay_and_hidden_ones_draw_theirs()
     assert len(seen[2]) > 1  # drawn among the choices
 
 
+def test_networks_without_hidden_layers_draw_no_hidden_parameters():
+    """A conditional space: under the study's own sampler, a network without hidden layers
+    has no activation, lookup or width among its trial parameters (what Optuna's Best Trials
+    show and its sampler models), a deeper one has all three."""
+    import optuna
+
+    from autofhe.search.plan.space import HIDDEN_ONLY, suggest_raw
+    from autofhe.search.run.study import _sampler
+
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=_sampler("tpe", 0))
+    depths = []
+    for _ in range(24):
+        trial = study.ask()
+        params = suggest_raw(trial, DEFAULT_SPACE)
+        depth = params["module__n_layers"]
+        depths.append(depth)
+        drawn = HIDDEN_ONLY & set(trial.params)
+        assert drawn == (set() if depth == 1 else HIDDEN_ONLY), (depth, trial.params)
+        study.tell(trial, [params["n_w_bits"] / 8, params["n_a_bits"] / 8])
+    assert {1, 2} <= set(depths)  # both families drawn
+
+
 def test_weight_decay_has_the_tuned_linear_models_minimiser():
     """Trained on the mean loss with the probe's weight decay, a float torch linear model
     lands on the weights of the tuned scikit-learn model (logistic and ridge)."""

@@ -23,6 +23,7 @@ import optuna
 
 from autofhe.search import record
 from autofhe.search.front.pareto import study_front
+from autofhe.search.plan.space import HIDDEN_ONLY
 from autofhe.search.record import TrialRecord
 
 __all__ = ["EVERY", "MIN_COMPLETE", "maybe_refine", "neighbour"]
@@ -46,8 +47,6 @@ _MOVES: list[tuple[str, Any]] = [
     ("optimizer__weight_decay", "either"),
     ("module__n_layers", 1),
 ]
-#: What a network without hidden layers does not use: moving it changes nothing.
-_HIDDEN_ONLY = {"module__n_hidden_neurons_multiplier", "module__lookup_bits"}
 
 
 def _within(entry: dict, value):
@@ -86,7 +85,7 @@ def neighbour(params: dict, space: dict, rng: np.random.Generator) -> dict | Non
     candidates = [
         (name, step)
         for name, step in _MOVES
-        if name in params and name in space and not (linear and name in _HIDDEN_ONLY)
+        if name in params and name in space and not (linear and name in HIDDEN_ONLY)
     ]
     order = rng.permutation(len(candidates))
     wanted = 1 + int(rng.random() < 0.5)

@@ -148,12 +148,7 @@ def seed_trials(
 ) -> list[dict[str, Any]]:
     """The study's first configurations (trial parameters), most promising family first;
     linear models take ``weight_decay`` (the data's, from :func:`probe`)."""
-    common = {
-        "power_of_two_scaling": True,
-        "lr_schedule": "cosine",
-        "optimizer__weight_decay": 0.0,
-        "module__activation_function": "ReLU",
-    }
+    common = {"power_of_two_scaling": True, "lr_schedule": "cosine", "optimizer__weight_decay": 0.0}
     linear = [
         {
             **common,
@@ -161,7 +156,6 @@ def seed_trials(
             "n_w_bits": w,
             "n_a_bits": a,
             "accum_slack": 4,
-            "module__lookup_bits": 5,
             "lr": 0.02,
             "max_epochs": 100,
             "optimizer__weight_decay": weight_decay,
@@ -175,6 +169,7 @@ def seed_trials(
         {
             **common,
             "module__n_layers": 2,
+            "module__activation_function": "ReLU",
             "module__n_hidden_neurons_multiplier": w / n_features,
             "n_w_bits": 3,
             "n_a_bits": 4,

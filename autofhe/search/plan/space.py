@@ -29,6 +29,7 @@ from autofhe.params import (
 
 __all__ = [
     "DEFAULT_SPACE",
+    "HIDDEN_ONLY",
     "SEED_CONFIG",
     "suggest",
     "suggest_raw",
@@ -56,6 +57,13 @@ DEFAULT_SPACE: dict[str, Any] = {
     # starts trained per configuration, the best kept: tiny networks often stall
     "n_init": [1, 2, 3],
 }
+
+#: What only hidden layers use: a network without them (``module__n_layers`` of 1) has no
+#: activation, lookup or width, so it does not draw them and the sampler sees a conditional
+#: space (their values in such a trial would be noise the sampler models as signal).
+HIDDEN_ONLY = frozenset(
+    {"module__activation_function", "module__lookup_bits", "module__n_hidden_neurons_multiplier"}
+)
 
 #: Parameters a space may search, and what each must be: every estimator parameter of
 #: :data:`autofhe.params.PARAMS`, with its valid range, plus the search's own ``accum_slack``.
@@ -137,16 +145,17 @@ def suggest_raw(
 ) -> dict[str, Any]:
     """Draw one configuration; returns the trial's parameters as drawn.
 
-    ``linear``: parameters a configuration without hidden layers (``module__n_layers`` of 1)
-    does not draw: it takes their values from elsewhere (the study's plan, through
-    :meth:`SearchContext.params <autofhe.search.trial.objective.SearchContext.params>`), so they
-    are not among its trial parameters. The depth is drawn first, so the rest can depend on
-    it.
+    The depth is drawn first, so the rest can depend on it: a configuration without hidden
+    layers (``module__n_layers`` of 1) draws none of :data:`HIDDEN_ONLY`, nor the names of
+    ``linear``, whose values it takes from elsewhere (the study's plan, through
+    :meth:`SearchContext.params <autofhe.search.trial.objective.SearchContext.params>`).
     """
     params: dict[str, Any] = {}
     for name in sorted(space, key=lambda name: name != "module__n_layers"):
         entry = space[name]
-        if linear and name in linear and params.get("module__n_layers") == 1:
+        if params.get("module__n_layers") == 1 and (
+            name in HIDDEN_ONLY or (linear and name in linear)
+        ):
             continue
         if isinstance(entry, dict):
             integer = isinstance(entry["low"], int) and isinstance(entry["high"], int)
