@@ -109,9 +109,17 @@ def run(name: str, budget: float, workers: int, workdir: Path, cost_model) -> li
                 "epochs": r.fidelity_epochs,
                 "predicted s": round(t.values[1], 4),
                 "measured s (alone)": None if alone is None else round(alone, 4),
+                "alone / objective": None if alone is None else round(alone / t.values[1], 2),
             }
         )
     lines.append(table(rows, list(rows[0])) if rows else "(empty front)")
+    ratios = [r["alone / objective"] for r in rows if r["alone / objective"] is not None]
+    if ratios:
+        inside = sum(0.8 <= r <= 1.2 for r in ratios)
+        lines.append(
+            f"shipped circuit alone / latency objective: {min(ratios)}-{max(ratios)}x, "
+            f"{inside} of {len(ratios)} within 0.8-1.2x"
+        )
     lines.append(verdict(name, rows, Xtr, ytr, Xte, yte, len(complete) + len(rung), elapsed))
     return lines
 

@@ -75,7 +75,8 @@ class TrialRecord:
     clear_test: float | None = None  # fold models on the test rows (never trained on them)
     metric_source: str | None = None
     latency_source: str | None = None
-    # -- the circuit (the slowest fold's) --------------------------------------------------
+    # -- the circuit: the shipped one (the refit) for a trial that entered the front, else --
+    # -- the slowest fold's ----------------------------------------------------------------
     accumulator_bits: list | None = None
     pbs_count: int | None = None
     lookups_per_layer: list | None = None
@@ -85,7 +86,8 @@ class TrialRecord:
     complexity: float | None = None
     evaluation_keys_bytes: int | None = None  # as uploaded (compressed)
     bit_exact: bool | None = None
-    predicted_latency_s: float | None = None
+    predicted_latency_s: float | None = None  # the latency objective
+    fold_latency_s: float | None = None  # the slowest fold's, when the refit's replaced it
     price_error: float | None = None  # priced / predicted - 1
     # -- the front model (refit, measured, stored) -----------------------------------------
     refit_s: float | None = None

@@ -110,6 +110,55 @@ def test_front_model_is_refit_on_training_and_validation_rows(wine_ds):
     assert trial.user_attrs["final_clear_test"] == pytest.approx(test_acc)
 
 
+_HIDDEN = {
+    **SEED_CONFIG,
+    "module__n_layers": 2,
+    "module__n_hidden_neurons_multiplier": 0.5,
+    "n_w_bits": 3,
+    "n_a_bits": 3,
+    "accum_slack": 2,
+    "module__lookup_bits": 5,
+    "max_epochs": 8,
+    "n_init": 1,
+}
+
+
+def test_a_front_trials_latency_objective_is_its_shipped_circuits(wine_ds):
+    """Cross-validated, a front model is refit on every row: its accumulators (so its
+    lookups) differ from the fold models', and the latency the front ranks is the refit's."""
+    shipped = []
+    ctx = _context(wine_ds, folds=3, front_hook=lambda *a: shipped.append(a))
+    trial = optuna.trial.FixedTrial(_HIDDEN)
+    _, latency = objective(trial, ctx)
+    ((_, model, _, hooked),) = shipped
+    assert latency == hooked == COST.predict(model.fhe_report())
+    assert trial.user_attrs["predicted_latency_s"] == latency
+    assert trial.user_attrs["fold_latency_s"] > 0
+    assert trial.user_attrs["pbs_count"] == model.fhe_report()["pbs_count"]
+    assert trial.user_attrs["latency_source"] == "predicted (the shipped circuit)"
+
+
+def test_a_refit_over_the_latency_limit_does_not_ship(wine_ds, monkeypatch):
+    """A refit whose circuit breaks the study's latency limit is not what ships: the
+    trial's own model is, with its own latency."""
+    shipped = []
+    ctx = _context(wine_ds, folds=3, front_hook=lambda *a: shipped.append(a))
+    trial = optuna.trial.FixedTrial(_HIDDEN)
+    refit = ctx.refit
+
+    def wide_refit(params):  # 39 hidden neurons, and a limit that 6 keep but 39 break
+        ctx.max_latency = 1.5 * trial.user_attrs["predicted_latency_s"]
+        return refit({**params, "module__n_hidden_neurons_multiplier": 3.0})
+
+    monkeypatch.setattr(ctx, "refit", wide_refit)
+    _, latency = objective(trial, ctx)
+    ((_, model, _, hooked),) = shipped
+    assert model.fhe_report()["lookups_per_layer"] == [6]  # the fold model, not 39 wide
+    assert latency == hooked == trial.user_attrs["predicted_latency_s"] <= ctx.max_latency
+    assert "broke a limit: latency" in trial.user_attrs["refit_error"]
+    assert "fold_latency_s" not in trial.user_attrs
+
+
 def test_cross_validated_metric_scores_every_training_and_validation_row_once(wine_ds):
     ctx = _context(wine_ds, folds=3)
     splits = ctx.rows.fold_splits()
