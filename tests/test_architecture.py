@@ -13,7 +13,7 @@ import autofhe
 
 ROOT = Path(autofhe.__file__).parent
 #: Lowest first: a layer may import itself and the layers before it, never one after it.
-LAYERS = ("errors", "params", "units", "data", "fhe", "nn", "search", "cli")
+LAYERS = ("errors", "params", "units", "machine", "data", "fhe", "nn", "search", "cli")
 #: CLI commands that train (and so may import torch).
 TRAINING_COMMANDS = {"_cmd_demo", "_cmd_search", "_cmd_worker", "_run"}
 HEAVY = ("torch", "brevitas", "skorch")

@@ -13,6 +13,7 @@ import warnings
 
 from autofhe.cli import deploy
 from autofhe.errors import AutofheError, Interrupted, ParameterError, on_stop_signals
+from autofhe.machine import available_cores
 
 BUILTIN_SETS = ("breast_cancer", "wine", "digits", "iris")
 #: trials of `autofhe demo` (and `make demo`)
@@ -189,7 +190,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     timeout = parse_duration(args.timeout) if args.timeout else None
     if args.trials is not None and args.trials < 1:
         raise ParameterError(f"--trials {args.trials}: pass a positive number of trials.")
-    most = 4 * (os.cpu_count() or 1)
+    most = 4 * available_cores()
+    if args.workers is None:
+        args.workers = available_cores()
     if not 1 <= args.workers <= most:
         raise ParameterError(
             f"--workers {args.workers}: pass 1 to {most} (4 per core; each trains on one)."
@@ -523,7 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cross-validate the metric over k folds (default: 3 under 1,500 rows, else 1)",
     )
-    search.add_argument("--workers", type=int, default=1, help="worker processes")
+    search.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: one per core this process may use; 1 opts out)",
+    )
     search.add_argument("--seed", type=int, default=0, help="split and sampler seed")
     search.set_defaults(func=_cmd_search)
 

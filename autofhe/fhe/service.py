@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -27,6 +26,7 @@ from autofhe.fhe.compile import available_memory, evaluation_key_bytes
 from autofhe.fhe.deploy import FheServer
 from autofhe.fhe.progress import Progress
 from autofhe.fhe.runtime import concrete_fhe
+from autofhe.machine import available_cores
 from autofhe.units import megabytes
 
 __all__ = ["KeyStore", "KeysFull", "ServeLimits", "Service", "UnknownKeys", "specs_digest"]
@@ -67,7 +67,7 @@ class ServeLimits:
             raise ParameterError(f"--max-key-sets {self.max_key_sets!r}: pass 1 to 100000.")
         if self.max_memory is not None and not self.max_memory > 0:
             raise ParameterError(f"--max-memory {self.max_memory!r}: pass e.g. 2GB.")
-        self.max_runs = self.max_runs or os.cpu_count() or 1
+        self.max_runs = self.max_runs or available_cores()
         return self
 
 

@@ -599,3 +599,43 @@ def test_search_exit_code_reflects_its_failed_workers(tmp_path, monkeypatch, cap
     assert len(calls) == 1
     err = capsys.readouterr().err
     assert "1 of 2 workers failed (worker 2 (pid 102) exited with code 3)" in err
+
+
+def test_search_runs_one_worker_per_available_core_by_default(tmp_path, monkeypatch):
+    from autofhe import cli
+    from autofhe.search.run import workers
+    from autofhe.search.run.workers import Outcome
+
+    (tmp_path / "spec.toml").write_text(SPEC)
+    asked = []
+    monkeypatch.setattr(cli, "available_cores", lambda: 3)
+    monkeypatch.setattr(workers, "run_workers", lambda *a, **k: asked.append(a[2]) or Outcome())
+    argv = ["search", "--data", "sklearn:wine", "--spec", str(tmp_path / "spec.toml")]
+    argv += ["--storage", f"sqlite:///{tmp_path}/s.db", "--trials", "2"]
+    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--workers", "1"]) == 0
+    assert asked == [3, 1]
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "pinned", "expected"),
+    [
+        ("max 100000\n", {0, 1, 2, 3}, 4),  # no quota: the CPUs it is pinned to
+        ("150000 100000\n", {0, 1, 2, 3}, 2),  # docker --cpus 1.5
+        ("50000 100000\n", {0, 1}, 1),
+        ("800000 100000\n", {5}, 1),  # pinned to one CPU, whatever the quota
+        (None, {0, 1, 2}, 3),  # no cgroup v2 file
+    ],
+)
+def test_available_cores_counts_affinity_and_container_quota(
+    tmp_path, monkeypatch, cpu_max, pinned, expected
+):
+    import os
+
+    from autofhe.machine import available_cores
+
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: pinned)
+    assert available_cores(path) == expected
