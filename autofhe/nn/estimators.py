@@ -139,6 +139,8 @@ class _QuantNet:
                     self.module_.data_init(
                         torch.from_numpy(X[rows]),
                         torch.from_numpy(self._init_targets(y_train[rows])),
+                        weight_decay=getattr(self, "optimizer__weight_decay", 0.0) or 0.0,
+                        classification=self._classification,
                     )
                 skorch.NeuralNet.partial_fit(self, X, y_train, **fit_params)
             if len(seeds) > 1 and rows is not None:

@@ -21,7 +21,8 @@ INIT_ROWS = 4096
 
 
 class KeepBestEpoch(Callback):
-    """Restore, at the end of training, the weights of the epoch with the lowest training loss.
+    """Restore, at the end of training, the weights of the epoch with the lowest training loss
+    (the weights training started from count as epoch 0).
 
     The loss is the criterion on (up to ``INIT_ROWS`` rows of) the training set, computed with
     the quantized network: exactly what ``predict`` will run (once calibrated, the module
@@ -41,15 +42,20 @@ class KeepBestEpoch(Callback):
         rows = torch.randperm(len(X))[:INIT_ROWS].numpy()
         self._X = torch.as_tensor(np.asarray(X)[rows])
         self._y = torch.as_tensor(np.asarray(y)[rows])
-        self._best = (np.inf, None)
         # The state's tensors keep their identity while training (the optimizer and the
         # quantizers update them in place): list them once, copy their values per new best.
         self._state = net.module_.state_dict(keep_vars=True)
+        # The starting weights are a candidate too: a network that starts from a solved
+        # model (QuantMLP.data_init) never ends worse than that model, quantized.
+        self._best = (net._quantized_loss(self._X, self._y), self._copy())
+
+    def _copy(self) -> list:
+        return [t.detach().clone() for t in self._state.values()]
 
     def on_epoch_end(self, net, **kwargs):
         loss = net._quantized_loss(self._X, self._y)
         if loss < self._best[0]:
-            self._best = (loss, [t.detach().clone() for t in self._state.values()])
+            self._best = (loss, self._copy())
 
     def on_train_end(self, net, **kwargs):
         if self._best[1] is not None:

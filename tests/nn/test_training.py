@@ -112,3 +112,55 @@ def test_iterator_options_beyond_batch_size_and_shuffle_use_skorchs_loader(toy):
     assert [b["train_batch_size"] for b in dropped.history_[-1, "batches"]] == [64, 64]
     full = NeuralNetClassifier(random_state=0, max_epochs=2, batch_size=-1).fit(X, y)
     assert full.history_[-1, "train_batch_count"] == 1
+
+
+def _breast_cancer():
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    return X.astype(np.float32), y
+
+
+def test_a_network_without_hidden_layers_starts_from_the_solved_logistic_model():
+    """Its readout is the minimiser of the loss it trains with (cross-entropy + the weight
+    decay's penalty) on its quantized inputs, before any epoch: the same decisions as
+    scikit-learn's logistic regression with C = 1 / (weight_decay * rows)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from autofhe.nn.module import QuantMLP
+
+    X, y = _breast_cancer()
+    wd = 1e-3
+    module = QuantMLP(X.shape[1], 2, n_layers=1, n_w_bits=8, n_a_bits=8)
+    targets = torch.from_numpy(np.eye(2, dtype=np.float32)[y])
+    module.data_init(torch.from_numpy(X), targets, weight_decay=wd, classification=True)
+    with torch.no_grad():
+        H = module._features(torch.from_numpy(X)).double().numpy()
+        ours = module(torch.from_numpy(X)).argmax(dim=1).numpy()
+    solved = LogisticRegression(C=1 / (wd * len(X)), max_iter=1000).fit(H, y)
+    assert np.mean(ours == solved.predict(H)) >= 0.99  # 8-bit weights: the same decisions
+    assert np.mean(ours == y) >= 0.97
+
+
+class _Scramble(skorch.callbacks.Callback):
+    """Negates the readout after every batch: each epoch ends far worse than it started."""
+
+    @torch.no_grad()
+    def on_batch_end(self, net, **kwargs):
+        net.module_.linears[-1].weight.neg_()
+        net.module_.linears[-1].bias.neg_()
+
+
+def test_training_never_ends_worse_than_the_weights_it_started_from():
+    """The starting weights count as epoch 0 of the best-epoch choice: a network started
+    from the solved model ends no worse than it, quantized."""
+    X, y = _breast_cancer()
+    net = NeuralNetClassifier(
+        module__n_layers=1,
+        max_epochs=1,
+        batch_size=len(X),  # one batch: the epoch ends scrambled
+        optimizer__weight_decay=1e-3,
+        callbacks=[("scramble", _Scramble())],
+        random_state=0,
+    ).fit(X, y)
+    assert np.mean(net.predict(X) == y) >= 0.95  # was 0.03: the scrambled epoch
