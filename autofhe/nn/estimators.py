@@ -19,7 +19,7 @@ from skorch.callbacks import LRScheduler
 from torch import nn
 
 from autofhe.data import check_X, check_Xy
-from autofhe.errors import DataError, NotCompiledError, NotFittedError
+from autofhe.errors import DataError, NotCompiledError, NotFittedError, ParameterError
 from autofhe.fhe.model import CompiledModel, Decoding, check_mode, compile_model
 from autofhe.fhe.program import IntegerProgram, softmax
 from autofhe.nn.export import build_program
@@ -120,6 +120,14 @@ class _QuantNet:
         for name in ("lr_schedule", "n_init", "batch_size", "lr", "max_epochs"):
             check_param(name, getattr(self, name))
         check_param("optimizer__weight_decay", getattr(self, "optimizer__weight_decay", 0.0))
+        epoch_rows = self.get_params_for("iterator_train").get("epoch_rows")
+        if epoch_rows is not None and (
+            isinstance(epoch_rows, bool) or not isinstance(epoch_rows, int) or epoch_rows < 1
+        ):
+            raise ParameterError(
+                f"iterator_train__epoch_rows={epoch_rows!r} must be a positive integer (rows "
+                "drawn afresh for every epoch) or None for every row."
+            )
 
     def _fit_quant(self, X, y_train, *, reinit: bool, **fit_params):
         self._check_params()
@@ -194,21 +202,30 @@ class _QuantNet:
         iterator or dataset, or a validation split: skorch's own loader.
         """
         kwargs = self.get_params_for("iterator_train") if training else {}
+        epoch_rows = kwargs.pop("epoch_rows", None)
+        batch_size = kwargs.pop("batch_size", self.batch_size)
+        batch_size = len(dataset) if batch_size == -1 else int(batch_size)
         if (
             training
             and self.iterator_train is torch.utils.data.DataLoader
             and type(dataset) is skorch.dataset.Dataset
             and isinstance(dataset.X, np.ndarray)
             and isinstance(dataset.y, np.ndarray)
-            and set(kwargs) <= {"batch_size", "shuffle"}
+            and set(kwargs) <= {"shuffle"}
         ):
-            batch_size = kwargs.get("batch_size", self.batch_size)
             return TensorBatches(
                 torch.from_numpy(dataset.X),
                 torch.from_numpy(dataset.y),
-                len(dataset) if batch_size == -1 else int(batch_size),
+                batch_size,
                 bool(kwargs.get("shuffle", False)),
+                epoch_rows,
             )
+        if training and epoch_rows is not None and epoch_rows < len(dataset):
+            kwargs.pop("shuffle", None)  # the sampler draws the epoch's rows at random
+            sampler = torch.utils.data.RandomSampler(dataset, num_samples=int(epoch_rows))
+            return self.iterator_train(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+        if training:
+            return self.iterator_train(dataset, batch_size=batch_size, **kwargs)
         return super().get_iterator(dataset, training)
 
     def fit(self, X, y, **fit_params):
@@ -430,6 +447,11 @@ class NeuralNetClassifier(_QuantNet, skorch.NeuralNetClassifier):
         Class weights, in the order of ``classes_``.
     random_state : int, RandomState or None
         Seeds initialisation and batch shuffling.
+
+    iterator_train__epoch_rows : int or None, default None
+        Train every epoch on this many rows, drawn afresh at random (None: every row). On
+        large data an epoch then costs the same as on small data, and ``max_epochs`` counts
+        passes over that many rows (the search sets it above 4,096 training rows).
 
     Every other skorch option (``batch_size``, ``optimizer``, ``callbacks``, ``train_split``,
     ``iterator_train__shuffle``, ...) works as in skorch. A callback that raises

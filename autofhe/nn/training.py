@@ -77,21 +77,33 @@ class QuietPrintLog(PrintLog):
 
 
 class TensorBatches:
-    """Mini-batches ``(X[rows], y[rows])`` of two tensors, reshuffled at every pass."""
+    """Mini-batches ``(X[rows], y[rows])`` of two tensors, reshuffled at every pass.
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool):
+    ``epoch_rows`` smaller than the data: every pass (epoch) draws that many rows afresh, at
+    random and without repeats, so an epoch costs the same however many rows there are.
+    """
+
+    def __init__(
+        self,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        epoch_rows: int | None = None,
+    ):
         self.X, self.y, self.batch_size, self.shuffle = X, y, batch_size, shuffle
+        self.rows = len(X) if epoch_rows is None else min(len(X), int(epoch_rows))
 
     def __len__(self) -> int:
-        return -(-len(self.X) // self.batch_size)
+        return -(-self.rows // self.batch_size)
 
     def __iter__(self):
         n, size = len(self.X), self.batch_size
-        if not self.shuffle:
+        if not self.shuffle and self.rows == n:
             for start in range(0, n, size):
                 yield self.X[start : start + size], self.y[start : start + size]
             return
-        order = torch.randperm(n)
-        for start in range(0, n, size):
+        order = torch.randperm(n)[: self.rows]
+        for start in range(0, self.rows, size):
             rows = order[start : start + size]
             yield self.X[rows], self.y[rows]

@@ -102,6 +102,39 @@ def test_tensor_batches_cover_every_row_once_per_epoch():
     assert torch.cat([yb for _, yb in in_order]).tolist() == list(range(10))
 
 
+def test_epoch_rows_draws_that_many_distinct_rows_afresh_every_epoch():
+    X, y = torch.arange(100.0).reshape(100, 1), torch.arange(100)
+    for shuffle in (True, False):
+        batches = TensorBatches(X, y, batch_size=8, shuffle=shuffle, epoch_rows=20)
+        assert len(batches) == 3
+        drawn = []
+        for _ in range(2):
+            rows = torch.cat([yb for _, yb in batches]).tolist()
+            assert len(rows) == len(set(rows)) == 20  # no row twice in an epoch
+            drawn.append(set(rows))
+        assert drawn[0] != drawn[1]  # other rows next epoch
+    assert len(TensorBatches(X, y, batch_size=8, shuffle=True, epoch_rows=500)) == 13
+
+
+@pytest.mark.parametrize("loader", ["tensor slices", "skorch's loader"])
+def test_an_estimators_epoch_trains_on_epoch_rows(toy, loader):
+    X, y = toy
+    extra = {} if loader == "tensor slices" else {"iterator_train__num_workers": 0}
+    net = NeuralNetClassifier(
+        random_state=0, max_epochs=2, batch_size=16, iterator_train__epoch_rows=40, **extra
+    ).fit(X, y)
+    sizes = [b["train_batch_size"] for b in net.history_[-1, "batches"]]
+    assert sizes == [16, 16, 8]  # 40 of the 150 rows
+
+
+def test_epoch_rows_must_be_a_positive_integer(toy):
+    from autofhe.errors import ParameterError
+
+    X, y = toy
+    with pytest.raises(ParameterError, match="iterator_train__epoch_rows=0 must be a positive"):
+        NeuralNetClassifier(iterator_train__epoch_rows=0).fit(X, y)
+
+
 def test_iterator_options_beyond_batch_size_and_shuffle_use_skorchs_loader(toy):
     X, y = toy
     fast = NeuralNetClassifier(random_state=0, max_epochs=2, batch_size=64).fit(X, y)

@@ -47,6 +47,28 @@ def test_linear_data_starts_from_linear_models_and_respects_user_choices():
     assert plan["space"] == {} and plan["linear"] == {}
 
 
+def test_large_data_trains_epochs_of_a_fixed_number_of_rows():
+    """Above EPOCH_ROWS training rows, a trial's epoch draws that many rows afresh, so its
+    cost does not grow with the data; smaller data trains on every row, as before."""
+    from autofhe.search.plan.probe import EPOCH_ROWS
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12_000, 5))
+    y = (X[:, 0] > 0).astype(int)
+    plan = make_plan("classification", "accuracy", _parts(X, y), dict(DEFAULT_SPACE), {}, None)
+    assert plan["fixed"] == {
+        "iterator_train__epoch_rows": EPOCH_ROWS,
+        "batch_size": EPOCH_ROWS // 8,
+    }
+    small = make_plan(
+        "classification", "accuracy", _parts(X[:6000], y[:6000]), dict(DEFAULT_SPACE), {}, None
+    )
+    assert small["fixed"] == {"batch_size": 3600 // 8}  # 3,600 training rows: every row
+    mine = {"iterator_train__epoch_rows": 1000}  # the user's choice stands
+    plan = make_plan("classification", "accuracy", _parts(X, y), dict(DEFAULT_SPACE), mine, None)
+    assert "iterator_train__epoch_rows" not in plan["fixed"]
+
+
 def test_linear_models_take_the_tuned_weight_decay_and_hidden_ones_draw_theirs():
     """The plan's ``linear`` values are not drawn by a network without hidden layers (not
     among its trial parameters) and reach its estimator; deeper networks draw them."""
