@@ -28,6 +28,14 @@ def load(name: str):
         return datasets.make_classification(
             n_samples=2000, n_features=10, n_informative=6, n_clusters_per_class=3, random_state=1
         )
+    if name == "classification50000":  # issue 33: rows at a user's scale
+        return datasets.make_classification(
+            n_samples=50_000, n_features=20, n_informative=10, random_state=0
+        )
+    if name == "wide200":  # issue 33: 200 features, 20 of them informative
+        return datasets.make_classification(
+            n_samples=5_000, n_features=200, n_informative=20, random_state=0
+        )
     if name == "classification6000":
         return datasets.make_classification(
             n_samples=6000, n_features=8, n_informative=5, random_state=0
