@@ -41,10 +41,14 @@ max_epochs = 60
 """
 
 
+ONE = ("--workers", "1")
+
+
 def _search(tmp_path: Path, trials: int) -> subprocess.Popen:
     (tmp_path / "spec.toml").write_text(SPEC)
     return subprocess.Popen(
-        [*SEARCH, "--trials", str(trials), "--storage", "sqlite:///s.db", "--study", "s"],
+        # one worker: each stop interrupts the one trial the test follows
+        [*SEARCH, "--trials", str(trials), "--storage", "sqlite:///s.db", "--study", "s", *ONE],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

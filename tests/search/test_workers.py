@@ -639,3 +639,26 @@ def test_available_cores_counts_affinity_and_container_quota(
         path.write_text(cpu_max)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: pinned)
     assert available_cores(path) == expected
+
+
+def test_a_process_killed_between_queueing_the_retry_and_ending_the_trial_loses_nothing(tmp_path):
+    """end_trial queues the retry first: a process SIGKILLed right after leaves the trial
+    RUNNING with its retry waiting; the next to end it (a helper, a reaper) ends it and
+    queues nothing twice. Queued last, a kill between the writes lost the retry."""
+    from autofhe.search.run.heartbeat import end_trial, requeue
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(storage=url, study_name="s")
+    trial = study.ask()
+    trial.suggest_int("x", 0, 10)
+    storage = study._storage
+    frozen = storage.get_trial(trial._trial_id)
+    assert requeue(study, frozen)  # the first writer, killed here
+    assert end_trial(storage, study, trial._trial_id, "interrupted (its worker died)")
+    trials = study.get_trials()
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    assert trials[0].user_attrs["reason"] == "interrupted (its worker died); queued again"
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1 and retries[0].params == trials[0].params
+    assert not end_trial(storage, study, trial._trial_id, "again")  # ended: nothing more
+    assert len(study.get_trials()) == 2

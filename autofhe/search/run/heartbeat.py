@@ -64,11 +64,17 @@ MAX_RETRIES = 2
 
 def requeue(study: optuna.Study, failed: optuna.trial.FrozenTrial, limit: int | None = MAX_RETRIES):
     """Queue ``failed``'s configuration again, as Optuna's RetryFailedTrialCallback does (system
-    attributes ``failed_trial`` and ``retry_history``); False when it was retried ``limit``
-    times already."""
+    attributes ``failed_trial`` and ``retry_history``), unless its retry waits already; False
+    when it was retried ``limit`` times already."""
     history = [*failed.system_attrs.get("retry_history", []), failed.number]
     if limit is not None and len(history) > limit:
         return False
+    waiting = optuna.trial.TrialState.WAITING
+    if any(
+        t.system_attrs.get("failed_trial") == failed.number
+        for t in study.get_trials(deepcopy=False, states=(waiting,))
+    ):
+        return True  # queued already, by a process killed before it could end the trial
     study.add_trial(
         optuna.trial.create_trial(
             state=optuna.trial.TrialState.WAITING,
@@ -89,21 +95,25 @@ def end_trial(
 ) -> bool:
     """Fail the RUNNING trial ``trial_id`` with ``reason`` (user attribute ``reason``) and queue
     its configuration again; False when another process ended it first."""
-    # a second stop signal (a supervisor dying while it relays the first) waits until the
-    # trial is ended and queued again: between the two writes it would lose the retry
+    # A second stop signal (a supervisor dying while it relays the first) waits until the
+    # trial is queued again and ended. SIGKILL cannot wait: so the retry is queued *first*. A
+    # process killed between the writes leaves the trial RUNNING with its retry queued, and
+    # whoever ends it later (its helper, a reaper) finds the retry there. Queued last, the
+    # retry was lost (the kill -9 test, 1 full suite in 3).
     with shielded():
         try:
             frozen = storage.get_trial(trial_id)
             if frozen.state != optuna.trial.TrialState.RUNNING:
                 return False
             queued = limit is None or len(frozen.system_attrs.get("retry_history", [])) < limit
+            if queued:
+                requeue(study, frozen, limit)
             tail = "; queued again" if queued else f"; not queued again (failed {limit + 1} times)"
             record.write_stored(storage, trial_id, reason=reason + tail)
             if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
                 return False
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             return False  # its worker (or another reaper) ended it meanwhile
-        requeue(study, storage.get_trial(trial_id), limit)
     return True
 
 
