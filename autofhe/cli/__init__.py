@@ -190,9 +190,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     timeout = parse_duration(args.timeout) if args.timeout else None
     if args.trials is not None and args.trials < 1:
         raise ParameterError(f"--trials {args.trials}: pass a positive number of trials.")
-    most = 4 * available_cores()
+    cores = available_cores()
+    most = 4 * cores
     if args.workers is None:
-        args.workers = available_cores()
+        args.workers = cores
     if not 1 <= args.workers <= most:
         raise ParameterError(
             f"--workers {args.workers}: pass 1 to {most} (4 per core; each trains on one)."

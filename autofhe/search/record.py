@@ -183,13 +183,17 @@ def write_stored(storage: Any, trial_id: int, **values: Any) -> None:
         storage.set_trial_user_attr(trial_id, name, _plain(value))
 
 
-def write_finished(storage: Any, trial_id: int, **values: Any) -> None:
+def write_finished(
+    storage: Any, trial_id: int, system: dict[str, Any] | None = None, **values: Any
+) -> None:
     """Correct fields of a finished trial (Optuna refuses; the storage layer does it), as a
-    resume that changes the study's limits re-judges feasibility."""
+    resume that changes the study's limits re-judges feasibility; ``system``: Optuna system
+    attributes rewritten in the same transaction (the re-judged constraints)."""
     from autofhe.search.store.engine import rewrite_finished_trial
 
     _check(values)
-    rewrite_finished_trial(storage, trial_id, user={k: _plain(v) for k, v in values.items()})
+    user = {k: _plain(v) for k, v in values.items()}
+    rewrite_finished_trial(storage, trial_id, system=system, user=user)
 
 
 def write(trial: Any, **values: Any) -> None:

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from autofhe.errors import ParameterError
+from autofhe.search.front.notes import metric_range
 from autofhe.search.price.feasibility import is_feasible, price_cap
 from autofhe.search.record import TrialRecord
 
@@ -311,9 +312,7 @@ def plot_front(
             ax.plot(*zip(*measured), "D", mfc="none", color="C1", label="measured latency")
         low, high = min(xs + [x for x, _ in measured]), max(xs + [x for x, _ in measured])
         ax.set_xlim(low / 3, high * 3)
-        spread = max(ys) - min(ys)
-        pad = max(spread * 0.15, 0.02 * max(abs(max(ys)), 1e-3))
-        ax.set_ylim(min(ys) - pad, max(ys) + pad)
+        ax.set_ylim(*metric_range(ys))
     else:
         ax.set_xlim(1e-3, 10)
         ax.set_ylim(0, 1)

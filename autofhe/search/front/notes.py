@@ -32,6 +32,7 @@ __all__ = [
     "front_figure",
     "front_note",
     "measurement_conditions",
+    "metric_range",
     "publish_front",
     "publish_trial",
     "trial_note",
@@ -172,17 +173,21 @@ def publish_trial(study: Any, trial: Any, front: Sequence | None = None) -> None
     save_note(optuna.Trial(study, trial._trial_id), trial_note(trial, metric, front))
 
 
+def metric_range(ys: Sequence[float]) -> tuple[float, float]:
+    """The metric axis of a front plot: its values padded by 15% of their spread, or by 2% of
+    the value for one point (not the 0-2 range a plotting library frames one point with)."""
+    pad = max((max(ys) - min(ys)) * 0.15, 0.02 * max(abs(max(ys)), 1e-3))
+    return min(ys) - pad, max(ys) + pad
+
+
 def front_figure(metric: str, front: Sequence, empty_text: str = "") -> dict:
     """A plotly figure (as a dict): the metric against latency per sample on a log axis (front
     models span decades), the feasible front as the staircase it attains (at a latency budget,
     the best metric of the models within it), measured latencies as separate markers. An
     empty front is sane axes and ``empty_text``; one point is framed around it."""
     by_latency = sorted((t for t in front if t.values[1] > 0), key=lambda t: t.values[1])
-    measured = [
-        (TrialRecord.of(t).measured_latency_s, t)
-        for t in by_latency
-        if TrialRecord.of(t).measured_latency_s
-    ]
+    measured = [(TrialRecord.of(t).measured_latency_s, t) for t in by_latency]
+    measured = [(x, t) for x, t in measured if x]
     data = []
     if by_latency:
         xs = [t.values[1] for t in by_latency]
@@ -224,10 +229,8 @@ def front_figure(metric: str, front: Sequence, empty_text: str = "") -> dict:
     }
     if by_latency:
         xs = [t.values[1] for t in by_latency] + [x for x, _ in measured]
-        ys = [t.values[0] for t in by_latency]
         xaxis["range"] = [math.log10(min(xs)) - 0.5, math.log10(max(xs)) + 0.5]
-        pad = max((max(ys) - min(ys)) * 0.15, 0.02 * max(abs(max(ys)), 1e-3))
-        yaxis["range"] = [min(ys) - pad, max(ys) + pad]
+        yaxis["range"] = list(metric_range([t.values[0] for t in by_latency]))
     else:
         xaxis["range"] = [-3, 1]  # 1 ms to 10 s
         yaxis["range"] = [0, 1]

@@ -36,7 +36,6 @@ __all__ = [
     "price_cap",
     "record_constraints",
     "relimit",
-    "rewrite_constraints",
 ]
 
 #: Every trial stores these constraints, in this order (<= 0: satisfied; > 0: how far over).
@@ -109,13 +108,6 @@ def relimit(
     if all(constraints[name] <= 0 for name in CONSTRAINTS if name not in LIMITED):
         facts = []
     return constraints, "; ".join(facts + reasons)
-
-
-def rewrite_constraints(storage: Any, trial_id: int, constraints: Mapping[str, float]) -> None:
-    """Replace the constraints of a finished trial (:func:`relimit`), in both formats."""
-    from autofhe.search.store.engine import rewrite_finished_trial
-
-    rewrite_finished_trial(storage, trial_id, system=constraint_attrs(constraints))
 
 
 def record_constraints(trial: Any, constraints: Mapping[str, float]) -> None:

@@ -30,11 +30,11 @@ from autofhe.search.plan.space import SEED_CONFIG
 from autofhe.search.plan.spec import Spec
 from autofhe.search.price.feasibility import (
     LIMITED,
+    constraint_attrs,
     is_feasible,
     named_constraints,
     price_cap,
     relimit,
-    rewrite_constraints,
 )
 from autofhe.search.record import StudyRecord, TrialRecord, record_study
 from autofhe.search.report import front_advice
@@ -282,9 +282,11 @@ def _change_limits(
         constraints, reason = relimit(t, wanted["max_latency"], wanted["max_key_size"])
         feasible = all(v <= 0 for v in constraints.values())
         now += feasible
-        if constraints != named_constraints(t):
-            rewrite_constraints(storage, t._trial_id, constraints)
-            record.write_finished(storage, t._trial_id, feasible=feasible, reason=reason)
+        if constraints != named_constraints(t):  # one transaction: both or neither
+            system = constraint_attrs(constraints)
+            record.write_finished(
+                storage, t._trial_id, system=system, feasible=feasible, reason=reason
+            )
             rejudged.add(t.number)
     cap = price_cap(wanted["max_latency"])
     taken, rejected = [], []  # trained or queued already (not queued again); rejected by a limit

@@ -213,25 +213,9 @@ def objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, float]:
     _finish(trial, "; ".join(reasons) or None, violated)
     front = not violated and _enters_front(trial, simulated_metric, latency)
     if front and ctx.front_hook is not None:
-        final = _final_model(trial, ctx, params, model)
-        if final is not model:
-            latency = _ships(trial, ctx, final, latency)
+        final, latency = _final_model(trial, ctx, params, model, latency)
         ctx.front_hook(trial, final, ctx.rows.X_valid, latency)
     return simulated_metric, latency
-
-
-def _ships(trial, ctx: SearchContext, final, fold_latency: float) -> float:
-    """The front trial's latency objective becomes its shipped circuit's (the refit's
-    accumulators, hence its lookups, differ from the fold models': 0.57-2.3x their latency,
-    measured on real data); returns it. The slowest fold's stays as ``fold_latency_s``."""
-    report = final.fhe_report()
-    latency = ctx.cost_model.predict(report)
-    record.write(trial, fold_latency_s=fold_latency)
-    record.write(trial, **{key: report[key] for key in record.CIRCUIT_FIELDS})
-    record.write(trial, accumulator_bits=final.accumulator_bits_)
-    record.write(trial, predicted_latency_s=latency)
-    record.write(trial, latency_source="predicted (the shipped circuit)")
-    return latency
 
 
 def _limits(ctx: SearchContext, report: dict, latency: float) -> tuple[dict, list[str]]:
@@ -329,21 +313,33 @@ def _classes(model):
     return getattr(model, "classes_", None)
 
 
-def _final_model(trial, ctx: SearchContext, params: dict[str, Any], model):
-    """The model a front trial ships: refit (:meth:`SearchContext.refit_rows`) when that
-    compiles within the study's limits (latency and keys), else the one the trial scored."""
+def _final_model(trial, ctx: SearchContext, params: dict[str, Any], model, latency: float):
+    """The model a front trial ships and its latency objective: the refit
+    (:meth:`SearchContext.refit_rows`) when that compiles within the study's limits (latency
+    and keys), else ``model``, the one the trial scored, at its own ``latency``.
+
+    The refit's accumulators, hence its lookups, differ from the fold models' (0.57-2.3x their
+    latency, measured on real data): its circuit becomes the trial's record and its predicted
+    latency the objective; the slowest fold's stays as ``fold_latency_s``.
+    """
     set_phase(trial, "refitting the front model")
     t0 = time.perf_counter()
     try:
         final = ctx.refit(params)
     except AutofheError as exc:
         record.write(trial, refit_error=str(exc).splitlines()[0])
-        return model
+        return model, latency
     report = final.fhe_report()
-    violated, reasons = _limits(ctx, report, ctx.cost_model.predict(report))
+    shipped = ctx.cost_model.predict(report)
+    violated, reasons = _limits(ctx, report, shipped)
     if violated:  # the shipped model must keep the study's limits: the trial's model ships
         record.write(trial, refit_error=f"the refit model broke a limit: {'; '.join(reasons)}")
-        return model
+        return model, latency
+    record.write(trial, fold_latency_s=latency)
+    record.write(trial, **{key: report[key] for key in record.CIRCUIT_FIELDS})
+    record.write(trial, accumulator_bits=final.accumulator_bits_)
+    record.write(trial, predicted_latency_s=shipped)
+    record.write(trial, latency_source="predicted (the shipped circuit)")
     record.write(trial, refit_s=round(time.perf_counter() - t0, 3))
     record.write(trial, refit_rows=len(ctx.rows.refit_rows()[1]))
     # what the refit trained with (refit_params scaled it): read back, not computed again
@@ -354,7 +350,7 @@ def _final_model(trial, ctx: SearchContext, params: dict[str, Any], model):
             final_clear_test=ctx.rows.score(final, ctx.rows.X_test, ctx.rows.y_test, "disable"),
         )
     record.write(trial, final_lookup_bits_per_layer=report["lookup_bits_per_layer"])
-    return final
+    return final, shipped
 
 
 def _front_values(trial) -> list[tuple[float, float]]:
