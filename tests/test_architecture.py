@@ -15,7 +15,7 @@ ROOT = Path(autofhe.__file__).parent
 #: Lowest first: a layer may import itself and the layers before it, never one after it.
 LAYERS = ("errors", "params", "units", "machine", "data", "fhe", "nn", "search", "cli")
 #: CLI commands that train (and so may import torch).
-TRAINING_COMMANDS = {"_cmd_demo", "_cmd_search", "_cmd_worker", "_run"}
+TRAINING_COMMANDS = {"cmd_demo", "cmd_search", "cmd_worker", "run"}
 HEAVY = ("torch", "brevitas", "skorch")
 
 

@@ -14,7 +14,9 @@ import numpy as np
 import optuna
 import pytest
 
-from autofhe.cli import METRIC_NAMES, _Formatter, build_parser, main
+from autofhe.cli import build_parser, main
+from autofhe.cli.common import Formatter
+from autofhe.cli.search import METRIC_NAMES
 
 AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
 IntD = optuna.distributions.IntDistribution
@@ -138,7 +140,7 @@ def test_every_option_says_what_it_does_its_default_and_choices():
                 continue
             flag = action.option_strings[0]
             assert action.help, f"autofhe {name} {flag} has no help"
-            shown = _Formatter(name)._get_help_string(action)
+            shown = Formatter(name)._get_help_string(action)
             if action.default not in (None, False, argparse.SUPPRESS):  # SUPPRESS: none set
                 assert "default" in shown, f"autofhe {name} {flag} hides its default"
             if action.choices:
@@ -360,9 +362,9 @@ def test_calibration_message_only_when_calibrating(tmp_path, monkeypatch, capsys
     ],
 )
 def test_the_relaxing_command_is_the_same_command_with_the_limit_replaced(argv, expected):
-    from autofhe.cli import _with_option
+    from autofhe.cli.common import with_option
 
-    assert _with_option(argv, "--max-latency", "0.008", "s") == expected
+    assert with_option(argv, "--max-latency", "0.008", "s") == expected
 
 
 def _priced(number: int, latency: float, reason: str):

@@ -11,9 +11,114 @@ import argparse
 import math
 import shlex
 
+from autofhe.cli.common import ONE_STUDY, storage_arg
 from autofhe.errors import ParameterError
 
-__all__ = ["cmd_export", "cmd_predict", "cmd_remote_predict", "cmd_serve"]
+__all__ = ["add_commands", "cmd_export", "cmd_predict", "cmd_remote_predict", "cmd_serve"]
+
+
+def add_commands(sub) -> None:
+    """``export``, ``predict``, ``serve`` and ``remote-predict`` on the subparsers ``sub``."""
+    export = sub.add_parser("export", help="export a Pareto model as an FHE bundle")
+    export.add_argument("--study", default=None, help=ONE_STUDY)
+    storage_arg(export)
+    export.add_argument("--out", required=True, help="bundle directory to write")
+    choose = export.add_mutually_exclusive_group()
+    choose.add_argument("--trial", type=int, default=None, help="trial number (see pareto)")
+    choose.add_argument(
+        "--pick",
+        choices=("accuracy", "latency", "knee"),
+        default=None,
+        help="which front model when --trial is not given (default: knee; with "
+        "--min-accuracy the fastest, with --max-latency the most accurate model that meets it)",
+    )
+    export.add_argument("--min-accuracy", type=float, default=None, help="metric at least")
+    export.add_argument("--max-latency", type=float, default=None, help="seconds per sample")
+    export.add_argument(
+        "--force", action="store_true", help="replace --out when it holds a bundle (only)"
+    )
+    export.add_argument(
+        "--uncompressed",
+        action="store_true",
+        help="evaluation keys and encrypted inputs uncompressed (default: compressed, 3-7x "
+        "fewer bytes of keys to upload and ~50x smaller inputs, for ~0.5 s of decompression "
+        "on the server's first run with a key set)",
+    )
+    export.set_defaults(func=cmd_export)
+
+    predict = sub.add_parser("predict", help="predict with an exported bundle")
+    predict.add_argument("--model", required=True, help="bundle directory")
+    predict.add_argument("--data", required=True, help="X.npy (features only) or data file")
+    predict.add_argument("--label-column", default=None, help="for a .csv with labels")
+    predict.add_argument(
+        "--fhe",
+        choices=("execute", "simulate", "disable"),
+        default="execute",
+        help="execute: encrypted; simulate: same results, no encryption; disable: clear",
+    )
+    predict.add_argument("--out", default=None, help="write predictions to this .npy")
+    predict.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    predict.add_argument(
+        "--digest",
+        default=None,
+        help="refuse the bundle unless its digest (printed by export) is this",
+    )
+    predict.set_defaults(func=cmd_predict)
+
+    serve = sub.add_parser("serve", help="serve a bundle's server part over HTTP")
+    serve.add_argument("--model", required=True, help="bundle directory")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument(
+        "--digest",
+        default=None,
+        help="refuse the bundle unless its digest (printed by export) is this",
+    )
+    serve.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds for a request head to arrive, and of silence inside a body",
+    )
+    serve.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="SIZE",
+        help="memory the server may use, e.g. 2GB: key sets beyond it are evicted, least "
+        "recently used first (default: half the memory available at start)",
+    )
+    serve.add_argument(
+        "--max-uploads", type=int, default=4, help="key uploads received at once (more: 503)"
+    )
+    serve.add_argument(
+        "--max-key-sets",
+        type=int,
+        default=None,
+        help="clients' key sets held at most (default: as many as --max-memory allows)",
+    )
+    serve.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    serve.set_defaults(func=cmd_serve)
+
+    remote = sub.add_parser("remote-predict", help="encrypted predictions through `serve`")
+    remote.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000")
+    remote.add_argument("--model", required=True, help="bundle or its client/ part")
+    remote.add_argument("--data", required=True, help="features: .npy, .npz (X) or .csv")
+    remote.add_argument("--label-column", default=None, help="for a .csv with labels")
+    remote.add_argument("--keys", default=None, help="key directory (default: keys in memory)")
+    remote.add_argument("--out", default=None, help="write predictions to this .npy")
+    remote.add_argument(
+        "--digest",
+        default=None,
+        help="refuse --model unless its digest (bundle or client/) is this",
+    )
+    remote.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for each answer of the server (connecting: at most 10)",
+    )
+    remote.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    remote.set_defaults(func=cmd_remote_predict)
 
 
 def _choose_trial(study, args):

@@ -602,18 +602,19 @@ def test_search_exit_code_reflects_its_failed_workers(tmp_path, monkeypatch, cap
 
 
 def test_search_runs_one_worker_per_available_core_by_default(tmp_path, monkeypatch):
-    from autofhe import cli
+    from autofhe.cli import main
+    from autofhe.cli import search as command
     from autofhe.search.run import workers
     from autofhe.search.run.workers import Outcome
 
     (tmp_path / "spec.toml").write_text(SPEC)
     asked = []
-    monkeypatch.setattr(cli, "available_cores", lambda: 3)
+    monkeypatch.setattr(command, "available_cores", lambda: 3)
     monkeypatch.setattr(workers, "run_workers", lambda *a, **k: asked.append(a[2]) or Outcome())
     argv = ["search", "--data", "sklearn:wine", "--spec", str(tmp_path / "spec.toml")]
-    argv += ["--storage", f"sqlite:///{tmp_path}/s.db", "--trials", "2"]
-    assert cli.main(argv) == 0
-    assert cli.main([*argv, "--workers", "1"]) == 0
+    argv += ["--storage", f"sqlite:///{tmp_path}/s.db"]
+    assert main([*argv, "--trials", "2"]) == 0
+    assert main([*argv, "--trials", "2", "--workers", "1"]) == 0
     assert asked == [3, 1]
 
 
