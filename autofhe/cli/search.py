@@ -112,7 +112,8 @@ def _add_search(sub) -> None:
         "--workers",
         type=int,
         default=None,
-        help="worker processes (default: one per core this process may use; 1 opts out)",
+        help="worker processes (default: one per core this process may use, at most one per "
+        "trial; 1 opts out)",
     )
     search.add_argument("--seed", type=int, default=0, help="split and sampler seed")
     search.set_defaults(func=cmd_search)
@@ -173,17 +174,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         spec.folds = check_folds(args.folds)
     timeout = parse_duration(args.timeout) if args.timeout else None
     _check_trials(args.trials)
+    trials = args.trials if (args.trials or timeout) else 20
     cores = available_cores()
     most = 4 * cores
-    if args.workers is None:
-        args.workers = cores
+    if args.workers is None:  # a worker that would get no trial costs a torch import, ~5 s
+        args.workers = min(cores, trials) if trials else cores
     if not 1 <= args.workers <= most:
         raise ParameterError(
             f"--workers {args.workers}: pass 1 to {most} (4 per core; each trains on one)."
         )
     check_seed(args.seed)
     check_study_name(args.study)
-    trials = args.trials if (args.trials or timeout) else 20
     ds = load_dataset(args.data, labels=args.labels, label_column=args.label_column, task=args.task)
     if ds.labels_source:
         print(f"labels: {ds.labels_source} (next to the data; pass --labels to choose)")

@@ -24,7 +24,8 @@ from autofhe.search.report import RUNNING_REPORT_S, ProgressReport
 AUTOFHE = str(Path(sys.executable).with_name("autofhe"))
 State = optuna.trial.TrialState
 SEARCH = [AUTOFHE, "search", "--data", "sklearn:wine", "--spec", "spec.toml"]
-#: hidden-layer networks: seconds of training, a compilation and a latency measurement to hit
+#: hidden-layer networks (4 neurons): a second of training, a compilation and a latency
+#: measurement to hit
 SPEC = """
 [study]
 folds = 1
@@ -32,12 +33,12 @@ folds = 1
 [space]
 n_w_bits = [3]
 n_a_bits = [3]
-module__n_hidden_neurons_multiplier = [1.0]
+module__n_hidden_neurons_multiplier = [0.3]
 
 [fixed]
 module__n_layers = 2
 module__lookup_bits = 5
-max_epochs = 60
+max_epochs = 30
 """
 
 

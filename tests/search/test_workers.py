@@ -613,9 +613,11 @@ def test_search_runs_one_worker_per_available_core_by_default(tmp_path, monkeypa
     monkeypatch.setattr(workers, "run_workers", lambda *a, **k: asked.append(a[2]) or Outcome())
     argv = ["search", "--data", "sklearn:wine", "--spec", str(tmp_path / "spec.toml")]
     argv += ["--storage", f"sqlite:///{tmp_path}/s.db"]
-    assert main([*argv, "--trials", "2"]) == 0
-    assert main([*argv, "--trials", "2", "--workers", "1"]) == 0
-    assert asked == [3, 1]
+    assert main([*argv, "--timeout", "1m"]) == 0
+    assert main([*argv, "--trials", "5"]) == 0
+    assert main([*argv, "--trials", "2"]) == 0  # a third worker would get no trial
+    assert main([*argv, "--trials", "5", "--workers", "1"]) == 0
+    assert asked == [3, 3, 2, 1]
 
 
 @pytest.mark.parametrize(
