@@ -40,6 +40,29 @@ shape                  variant    fused (default)  ``--brevitas``
 64-32-10 on 1347 rows  accum 8    2.56             4.26
 64-32-10 on 1347 rows  lookup 5   2.22             4.32
 =====================  =========  ===============  ==============
+
+Ratio to the lean float loop (issue 33's target: <= 3), before and after the step lost its
+optimizer closure and idle callbacks, Adam took torch's fused kernel and the quantizers their
+single-op clamps (8d1f192 against the next commit, back to back on the quiet machine, 3
+repeats each):
+
+=====================  ==============  ======  =====
+shape                  variant         before  after
+=====================  ==============  ======  =====
+2-8-2 on 750 rows      plain           4.18    3.40
+2-8-2 on 750 rows      n_accum_bits=7  5.09    4.13
+2-8-2 on 750 rows      lookup_bits=5   4.39    3.59
+30-16-2 on 426 rows    plain           4.47    3.51
+30-16-2 on 426 rows    n_accum_bits=8  5.26    4.30
+30-16-2 on 426 rows    lookup_bits=5   4.61    3.77
+64-32-10 on 1347 rows  plain           4.11    3.37
+64-32-10 on 1347 rows  n_accum_bits=8  5.00    4.59
+64-32-10 on 1347 rows  lookup_bits=5   4.41    4.42
+=====================  ==============  ======  =====
+
+What is left above 3: the quantizers' own arithmetic (kept bit for bit equal to brevitas's,
+gradients included), the best-epoch loss (one forward pass over the training rows per epoch,
+6% of a 2-8-2 epoch) and, with ``n_accum_bits``, the pruning mask of every step.
 """
 
 from __future__ import annotations

@@ -36,6 +36,17 @@ MODULE_DEFAULTS = {
     "module__n_hidden_neurons_multiplier": PARAMS["module__n_hidden_neurons_multiplier"].default,
 }
 _INFERRED = ("module__input_dim", "module__n_outputs")
+#: Optimizers whose ``step()`` needs no closure (LBFGS and unknown ones get skorch's step).
+_CLOSURE_FREE = (
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.SGD,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+)
 
 
 class _QuantNet:
@@ -75,9 +86,13 @@ class _QuantNet:
         return kwargs
 
     def get_default_callbacks(self):
+        # without a validation split the validation scorers only read an empty history
+        # (a tenth of a millisecond per epoch each)
+        idle = {"valid_loss", "valid_acc"} if self.train_split is None else set()
         callbacks = [
             (name, QuietPrintLog() if name == "print_log" else cb)
             for name, cb in super().get_default_callbacks()
+            if name not in idle
         ]
         callbacks.append(("best_epoch", KeepBestEpoch()))
         if self.lr_schedule == "cosine":
@@ -173,6 +188,60 @@ class _QuantNet:
         except KeyboardInterrupt:
             self._interrupted = True
             raise
+
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        """skorch's optimizer arguments; Adam and AdamW default to torch's fused kernel (one
+        call updates every parameter: 0.10 ms against 0.22 ms per step on a 2-8-2 network),
+        unless ``optimizer__fused`` or ``optimizer__foreach`` is given."""
+        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        optimizer = getattr(self, prefix, None)
+        if optimizer in (torch.optim.Adam, torch.optim.AdamW) and not {"fused", "foreach"} & set(
+            kwargs
+        ):
+            kwargs["fused"] = True
+        return args, kwargs
+
+    def notify(self, method_name, **cb_kwargs):
+        """skorch's notify, without the callbacks whose hook is :class:`Callback`'s no-op.
+
+        skorch calls three hooks per training step on every callback (eight by default),
+        each with its keyword arguments: on a small network that is a tenth of the step.
+        """
+        getattr(self, method_name)(self, **cb_kwargs)
+        for hook in self._listeners(method_name):
+            hook(self, **cb_kwargs)
+
+    def _listeners(self, method_name: str) -> list:
+        """The bound ``method_name`` of each callback that overrides it, in callback order
+        (kept until skorch builds its callbacks again)."""
+        # a name ending in "_": skorch leaves it out of get_params (and clone)
+        key, table = self.__dict__.get("_callback_hooks_", (None, {}))
+        if key is not self.callbacks_:
+            table = {}
+            self.__dict__["_callback_hooks_"] = (self.callbacks_, table)
+        if method_name not in table:
+            base = getattr(skorch.callbacks.Callback, method_name, None)
+            table[method_name] = [
+                getattr(cb, method_name)
+                for _, cb in self.callbacks_
+                if getattr(type(cb), method_name, None) is not base
+            ]
+        return table[method_name]
+
+    def train_step(self, batch, **fit_params):
+        """skorch's step, without its optimizer closure when no optimizer needs one and no
+        callback listens to ``on_grad_computed`` (the same updates: an optimizer runs its
+        closure once, before its update)."""
+        optimizers = [getattr(self, name + "_") for name in self._optimizers]
+        if self._listeners("on_grad_computed") or not all(
+            type(opt) in _CLOSURE_FREE for opt in optimizers
+        ):
+            return super().train_step(batch, **fit_params)
+        self._zero_grad_optimizer()
+        step = self.train_step_single(batch, **fit_params)
+        for optimizer in optimizers:
+            optimizer.step()
+        return step
 
     @torch.no_grad()
     def _quantized_loss(self, X, y) -> float:

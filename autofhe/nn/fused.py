@@ -137,9 +137,9 @@ def _scale(r: torch.Tensor, spec: FusedSpec) -> torch.Tensor:
 
 
 def _clamp(q: torch.Tensor, spec: FusedSpec) -> torch.Tensor:
-    """Rounded values clamped to the integer range, as brevitas's tensor clamp does it."""
-    q = torch.where(q > spec.q_max, spec.q_max, q)
-    return torch.where(q < spec.q_min, spec.q_min, q)
+    """Rounded values clamped to the integer range: brevitas's tensor clamp (two ``where``
+    against the bounds) in one op, the same values (signed zeros and NaN included)."""
+    return torch.clamp(q, spec.q_min, spec.q_max)
 
 
 class _WeightQuant(torch.autograd.Function):
@@ -159,7 +159,7 @@ class _WeightQuant(torch.autograd.Function):
         q = _clamp(torch.round(w / s + 0.0), spec)
         ctx.spec = spec
         ctx.save_for_backward(w, s, q, m, r, idx)
-        return (q - 0.0) * s, s
+        return q * s, s  # x - 0.0 is x, bit for bit
 
     @staticmethod
     def backward(ctx, g, g_s):
@@ -194,12 +194,12 @@ class _ActQuant(torch.autograd.Function):
     def forward(ctx, x, value, spec: FusedSpec):
         r = 2.0 ** torch.ceil(value) if spec.po2 else torch.abs(value)
         s = _scale(r, spec)
-        q = torch.round(x / s + 0.0)
-        inside = (q <= spec.q_max) & (q >= spec.q_min)
-        q = _clamp(q, spec)
+        rounded = torch.round(x / s + 0.0)
+        q = _clamp(rounded, spec)
+        inside = q == rounded  # where the clamp lets the gradient through
         ctx.spec = spec
         ctx.save_for_backward(x, value, s, q, r, inside)
-        return (q - 0.0) * s, s
+        return q * s, s  # brevitas's (q - zero point) * s: the zero point is 0.0
 
     @staticmethod
     def backward(ctx, g, g_s):

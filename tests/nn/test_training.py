@@ -8,7 +8,7 @@ import skorch
 import torch
 from sklearn.datasets import make_classification
 
-from autofhe import NeuralNetClassifier
+from autofhe import NeuralNetClassifier, NeuralNetRegressor
 from autofhe.nn.training import TensorBatches
 
 
@@ -197,3 +197,62 @@ def test_training_never_ends_worse_than_the_weights_it_started_from():
         random_state=0,
     ).fit(X, y)
     assert np.mean(net.predict(X) == y) >= 0.95  # was 0.03: the scrambled epoch
+
+
+class _BatchHooks(skorch.callbacks.Callback):
+    """Counts the batch hooks it receives."""
+
+    def initialize(self):
+        self.calls = {"on_batch_begin": 0, "on_batch_end": 0, "on_grad_computed": 0}
+        return self
+
+    def on_batch_begin(self, net, **kwargs):
+        self.calls["on_batch_begin"] += 1
+
+    def on_batch_end(self, net, **kwargs):
+        self.calls["on_batch_end"] += 1
+
+
+class _GradHooks(_BatchHooks):
+    """Listens to on_grad_computed too."""
+
+    def on_grad_computed(self, net, named_parameters, **kwargs):
+        self.calls["on_grad_computed"] += 1
+
+
+def test_the_lean_step_trains_the_same_model_and_calls_every_hook_that_listens(toy):
+    """Hooks go only to the callbacks that define them, and without an on_grad_computed
+    listener the step skips skorch's optimizer closure: the same model, bit for bit."""
+    X, y = toy  # 150 rows in batches of 16: 10 steps an epoch
+    models, hooks = [], []
+    for hook in (_BatchHooks(), _GradHooks()):
+        params = {"random_state": 0, "max_epochs": 3, "batch_size": 16, "lr": 0.05}
+        models.append(NeuralNetClassifier(callbacks=[("hooks", hook)], **params).fit(X, y))
+        hooks.append(hook.calls)
+    assert hooks[0] == {"on_batch_begin": 30, "on_batch_end": 30, "on_grad_computed": 0}
+    assert hooks[1] == {"on_batch_begin": 30, "on_batch_end": 30, "on_grad_computed": 30}
+    lean, closure = (m.module_.state_dict() for m in models)
+    assert all(torch.equal(lean[key], closure[key]) for key in lean)
+    assert len(models[0].history) == 3 and models[0].history[-1, "train_loss"] > 0
+
+
+def test_adam_defaults_to_the_fused_kernel_unless_told_otherwise(toy):
+    X, y = toy
+    fused = NeuralNetClassifier(random_state=0, max_epochs=1).fit(X, y)
+    assert fused.optimizer_.defaults["fused"] is True
+    told = NeuralNetClassifier(random_state=0, max_epochs=1, optimizer__foreach=True).fit(X, y)
+    assert not told.optimizer_.defaults["fused"] and told.optimizer_.defaults["foreach"]
+    sgd = NeuralNetClassifier(random_state=0, max_epochs=1, optimizer=torch.optim.SGD).fit(X, y)
+    assert not sgd.optimizer_.defaults.get("fused")
+
+
+def test_validation_scorers_run_only_with_a_validation_split(toy):
+    X, y = toy
+    plain = NeuralNetClassifier(random_state=0, max_epochs=2).fit(X, y)
+    assert not {"valid_loss", "valid_acc"} & set(dict(plain.callbacks_))
+    target = y.astype(np.float32) + X[:, 0]
+    split = NeuralNetRegressor(
+        random_state=0, max_epochs=2, train_split=skorch.dataset.ValidSplit(5)
+    ).fit(X, target)
+    assert "valid_loss" in dict(split.callbacks_)
+    assert split.history[-1, "valid_loss"] > 0
