@@ -86,9 +86,10 @@ class _QuantNet:
         return kwargs
 
     def get_default_callbacks(self):
-        # without a validation split the validation scorers only read an empty history
-        # (a tenth of a millisecond per epoch each)
-        idle = {"valid_loss", "valid_acc"} if self.train_split is None else set()
+        # Without a validation split the validation scorers only read an empty history (a
+        # tenth of a millisecond per epoch each). skorch's valid_acc calls predict, which runs
+        # the integer program, built after training: with a split, valid_loss scores it.
+        idle = {"valid_loss", "valid_acc"} if self.train_split is None else {"valid_acc"}
         callbacks = [
             (name, QuietPrintLog() if name == "print_log" else cb)
             for name, cb in super().get_default_callbacks()
