@@ -4,6 +4,8 @@
 * ``TensorBatches``: mini-batches as slices of in-memory tensors (a ``DataLoader`` collates
   row by row, which on small data costs as much as the quantization-aware step itself).
 * ``QuietPrintLog``: skorch's PrintLog without formatting a table nobody sees.
+* :class:`LeanSteps`: skorch's training step without the closure and hook calls nothing
+  uses, and Adam on torch's fused kernel.
 
 Profile and figures: ``benchmarks/qat_speed.py``.
 """
@@ -14,10 +16,21 @@ import numpy as np
 import torch
 from skorch.callbacks import Callback, PrintLog
 
-__all__ = ["INIT_ROWS", "KeepBestEpoch", "QuietPrintLog", "TensorBatches"]
+__all__ = ["INIT_ROWS", "KeepBestEpoch", "LeanSteps", "QuietPrintLog", "TensorBatches"]
 
 #: Rows used to calibrate quantizers, solve the initial readout and pick the best epoch.
 INIT_ROWS = 4096
+#: Optimizers whose ``step()`` needs no closure (LBFGS and unknown ones get skorch's step).
+_CLOSURE_FREE = (
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.SGD,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+)
 
 
 class KeepBestEpoch(Callback):
@@ -107,3 +120,62 @@ class TensorBatches:
         for start in range(0, self.rows, size):
             rows = order[start : start + size]
             yield self.X[rows], self.y[rows]
+
+
+class LeanSteps:
+    """skorch ``NeuralNet`` methods, overridden for speed (a mixin placed before the skorch
+    class); same updates, same hooks for the callbacks that define them."""
+
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        """skorch's optimizer arguments; Adam and AdamW default to torch's fused kernel (one
+        call updates every parameter: 0.10 ms against 0.22 ms per step on a 2-8-2 network),
+        unless ``optimizer__fused`` or ``optimizer__foreach`` is given."""
+        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        optimizer = getattr(self, prefix, None)
+        if optimizer in (torch.optim.Adam, torch.optim.AdamW) and not {"fused", "foreach"} & set(
+            kwargs
+        ):
+            kwargs["fused"] = True
+        return args, kwargs
+
+    def notify(self, method_name, **cb_kwargs):
+        """skorch's notify, without the callbacks whose hook is :class:`Callback`'s no-op.
+
+        skorch calls three hooks per training step on every callback (eight by default),
+        each with its keyword arguments: on a small network that is a tenth of the step.
+        """
+        getattr(self, method_name)(self, **cb_kwargs)
+        for hook in self._listeners(method_name):
+            hook(self, **cb_kwargs)
+
+    def _listeners(self, method_name: str) -> list:
+        """The bound ``method_name`` of each callback that overrides it, in callback order
+        (kept until skorch builds its callbacks again)."""
+        # a name ending in "_": skorch leaves it out of get_params (and clone)
+        key, table = self.__dict__.get("_callback_hooks_", (None, {}))
+        if key is not self.callbacks_:
+            table = {}
+            self.__dict__["_callback_hooks_"] = (self.callbacks_, table)
+        if method_name not in table:
+            base = getattr(Callback, method_name, None)
+            table[method_name] = [
+                getattr(cb, method_name)
+                for _, cb in self.callbacks_
+                if getattr(type(cb), method_name, None) is not base
+            ]
+        return table[method_name]
+
+    def train_step(self, batch, **fit_params):
+        """skorch's step, without its optimizer closure when no optimizer needs one and no
+        callback listens to ``on_grad_computed`` (the same updates: an optimizer runs its
+        closure once, before its update)."""
+        optimizers = [getattr(self, name + "_") for name in self._optimizers]
+        if self._listeners("on_grad_computed") or not all(
+            type(opt) in _CLOSURE_FREE for opt in optimizers
+        ):
+            return super().train_step(batch, **fit_params)
+        self._zero_grad_optimizer()
+        step = self.train_step_single(batch, **fit_params)
+        for optimizer in optimizers:
+            optimizer.step()
+        return step
