@@ -85,9 +85,11 @@ def _clean_stderr(err: str) -> None:
 
 def _stop(tmp_path: Path, phase: str, sig: int, twice: bool = False) -> tuple[int, str]:
     """Run the search, send ``sig`` to its process group when a trial is ``phase`` (twice:
-    a second Ctrl-C 0.2 s later); the trial's number and the search's stderr."""
+    a second Ctrl-C 0.2 s later); the number of the trial the stop ended and the search's
+    stderr."""
+    before = _interrupted(_trials(tmp_path)) if (tmp_path / "s.db").exists() else set()
     proc = _search(tmp_path, trials=2)
-    number = _wait_for_phase(tmp_path, phase)
+    _wait_for_phase(tmp_path, phase)
     os.killpg(proc.pid, sig)
     if twice:
         time.sleep(0.2)
@@ -99,7 +101,24 @@ def _stop(tmp_path: Path, phase: str, sig: int, twice: bool = False) -> tuple[in
     if twice:  # at once, not after the trial ended
         assert time.monotonic() - start < 5
     _clean_stderr(err)
+    # The trial seen in ``phase`` may end before the signal lands (a 4-neuron network trains
+    # in a fraction of a second, and can be pruned at a rung): the one the stop ended is the
+    # trial that failed "interrupted" in this run (killed workers: ended by their helpers).
+    deadline = time.time() + 30
+    while not (new := _interrupted(_trials(tmp_path)) - before) and time.time() < deadline:
+        time.sleep(0.5)
+    (number,) = new
+    stopped = _trials(tmp_path)[number]
+    assert stopped.system_attrs.get("autofhe_phase", "").startswith(phase), stopped.system_attrs
     return number, err
+
+
+def _interrupted(trials) -> set[int]:
+    return {
+        t.number
+        for t in trials
+        if t.state == State.FAIL and t.user_attrs.get("reason", "").startswith("interrupted")
+    }
 
 
 def _trials(tmp_path: Path) -> list:
