@@ -107,6 +107,35 @@ def test_help_and_studies_import_neither_torch_nor_sklearn(one_study):
         assert "HEAVY []" in out.stdout, (args, out.stdout[-300:], out.stderr[-2000:])
 
 
+def test_search_and_worker_supervisors_load_neither_torch_nor_concrete(tmp_path):
+    """The `search` / `worker` process only opens the study and supervises its workers (child
+    processes that train): it loaded torch (a dry run of the default space, ~4 s) and concrete
+    (the cost model's key, ~1.5 s), for every search and every worker started."""
+    probe = (
+        "import sys\n"
+        "import autofhe.cli.search as cli\n"
+        "from autofhe.search.run.workers import Outcome\n"
+        "cli.run = lambda *args: Outcome()  # the workers: children, not this process\n"
+        "from autofhe.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "loaded = {m.split('.')[0] for m in sys.modules}\n"
+        "print('CODE', code, 'HEAVY', sorted(loaded & {'torch', 'skorch', 'concrete'}))\n"
+    )
+    url = f"sqlite:///{tmp_path}/s.db"
+    for args in (
+        ["search", "--data", "sklearn:iris", "--trials", "1", "--storage", url, "--study", "s"],
+        ["worker", "--storage", url, "--study", "s", "--trials", "1"],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-c", probe, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        assert "CODE 0 HEAVY []" in out.stdout, (args, out.stdout[-300:], out.stderr[-2000:])
+
+
 def test_import_autofhe_is_light_and_estimators_still_import():
     code = (
         "import sys, autofhe\n"

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autofhe.fhe.runtime import concrete_fhe, shielded
+from autofhe.fhe.runtime import shielded
 
 __all__ = [
     "CostModel",
@@ -242,7 +242,9 @@ def cost_terms(report: dict, cores: int) -> list[float]:
 
 
 def _machine_key() -> str:
-    fhe = concrete_fhe()
+    # the installed version, read without importing concrete (1.5 s a process): `search` and
+    # `worker` look their cost model up before any circuit is built
+    from importlib.metadata import version as dist_version
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -252,11 +254,7 @@ def _machine_key() -> str:
             )
     except OSError:
         pass
-    version = getattr(fhe, "__version__", None)
-    if version is None:
-        from importlib.metadata import version as dist_version
-
-        version = dist_version("concrete-python")
+    version = dist_version("concrete-python")
     raw = f"{COST_MODEL_FORMAT}|{version}|{cpu}|{os.cpu_count()}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 

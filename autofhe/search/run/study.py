@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
@@ -39,7 +40,6 @@ from autofhe.search.price.feasibility import (
 from autofhe.search.record import StudyRecord, TrialRecord, record_study
 from autofhe.search.report import front_advice
 from autofhe.search.run.heartbeat import Heartbeat
-from autofhe.search.run.loop import optimize
 from autofhe.search.store.engine import make_storage
 from autofhe.search.store.locate import (
     DEFAULT_STORAGE,
@@ -50,8 +50,10 @@ from autofhe.search.store.locate import (
     resolve_storage,
 )
 from autofhe.search.store.tables import ParetoStore
-from autofhe.search.trial.objective import SearchContext, set_phase
 from autofhe.search.trial.rows import METRICS, Rows
+
+if TYPE_CHECKING:  # torch: the `search` process that only opens the study never loads it
+    from autofhe.search.trial.objective import SearchContext
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -102,6 +104,8 @@ def _dry_run(ds: Dataset, spec: Spec, seed: int) -> None:
     A spec whose every trial would crash (a [fixed] value of the wrong kind, ``step = 0``)
     is refused here, before anything is written, instead of filling a study with FAIL trials.
     """
+    if not spec.fixed and spec.space == Spec().space:
+        return  # the default space (its trials have tests): no torch import in this process
     from autofhe.errors import AccumulatorBudgetError
     from autofhe.nn.estimators import NeuralNetClassifier, NeuralNetRegressor
     from autofhe.search.plan.space import suggest, to_estimator_params
@@ -344,6 +348,8 @@ class SearchSession:
 
     def _context(self, info: dict, cost_model, plan: dict | None = None) -> SearchContext:
         """The trial context; ``plan``: the study's data-aware plan (plan.py), if it has one."""
+        from autofhe.search.trial.objective import SearchContext
+
         plan = plan or {}
         X, y = ParetoStore.decode_data(info)
         X, y = check_Xy(X, y, classification=info["task"] == "classification")
@@ -383,6 +389,7 @@ class SearchSession:
             from autofhe.errors import BundleError, ResourceError
             from autofhe.fhe.bundle import save_archive
             from autofhe.search.front.remeasure import DURING_SEARCH, measure_front_model
+            from autofhe.search.trial.objective import set_phase
 
             # what the exported model must reproduce (clear program == encrypted circuit)
             set_phase(trial, "measuring its latency under encryption")
@@ -471,6 +478,8 @@ class SearchSession:
                 maybe_refine(study, trials, ctx.space, ctx.seed)
             except Exception as exc:  # a refinement is a bonus: never a worker's end
                 print(f"autofhe: warning: no refinement enqueued: {exc}", file=sys.stderr)
+
+        from autofhe.search.run.loop import optimize
 
         beat = Heartbeat(self.url, self.name, storage)
         try:

@@ -11,7 +11,6 @@ from sklearn import metrics
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from autofhe.errors import ParameterError
-from autofhe.search.trial.fidelity import clear_outputs
 
 __all__ = ["METRICS", "SIMULATED_ROWS", "Rows", "evaluate_metric"]
 
@@ -111,6 +110,8 @@ class Rows:
     def clear_outputs(self, net, X) -> tuple[np.ndarray, np.ndarray | None]:
         """Outputs of a model still training (no integer program yet): its quantized module
         in inference mode, which computes what the integer program will."""
+        from autofhe.search.trial.fidelity import clear_outputs  # torch: only where nets are
+
         return net.output_decoding().outputs(clear_outputs(net, X))
 
     def outputs(self, model, X, fhe: str) -> tuple[np.ndarray, np.ndarray | None]:
