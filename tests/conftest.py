@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,9 +101,14 @@ def require_services() -> bool:
 
 
 @pytest.fixture()
-def pg_url():
+def pg_url(request):
     """A fresh database on the test server ($AUTOFHE_TEST_PG_URL, a superuser URL; `.ci/run`
-    starts one), dropped afterwards. Skipped without it on a laptop, a failure in CI."""
+    starts one), dropped afterwards. Skipped without it on a laptop, a failure in CI.
+
+    A test marked ``restarts_postgres`` has the server to itself: it waits for the tests using
+    it to end, and they wait for it (a restart cut the connections of a test beside it, and
+    its database's DROP failed with AdminShutdown).
+    """
     import uuid
 
     import sqlalchemy as sa
@@ -111,14 +118,39 @@ def pg_url():
         if require_services():
             pytest.fail("AUTOFHE_TEST_PG_URL is not set: .ci/run must start PostgreSQL")
         pytest.skip("no PostgreSQL server ($AUTOFHE_TEST_PG_URL)")
-    name = f"w_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    yield base.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-    admin.dispose()
+    exclusive = request.node.get_closest_marker("restarts_postgres") is not None
+    with _server_lock(base, exclusive):
+        name = f"w_{uuid.uuid4().hex[:10]}"
+        admin = sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        yield base.rsplit("/", 1)[0] + "/" + name
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def _server_lock(url: str, exclusive: bool):
+    """A readers-writer lock on the test server, shared by the test processes (pytest-xdist):
+    shared for a test that uses it, exclusive for one that restarts it. A turnstile lock,
+    taken on the way in, keeps new readers out while the writer waits (flock has no queue)."""
+    import fcntl
+    import hashlib
+    import tempfile
+
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    base = Path(tempfile.gettempdir()) / f"autofhe-test-pg-{key}"
+    with open(f"{base}.turnstile", "a") as turn, open(f"{base}.lock", "a") as lock:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turn, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.hookimpl(trylast=True)

@@ -258,6 +258,7 @@ def test_killed_worker_trial_is_retried_within_twice_the_grace(pg_url, wine, tmp
     assert all(t.state.is_finished() for t in trials)
 
 
+@pytest.mark.restarts_postgres
 def test_workers_ride_out_a_postgres_restart(pg_url, wine, tmp_path):
     restart = os.environ.get("AUTOFHE_TEST_PG_RESTART")
     if not restart:
