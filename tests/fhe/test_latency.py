@@ -100,9 +100,11 @@ def test_cache_is_keyed_by_concrete_version_and_cpu(monkeypatch, tmp_path):
     path = tmp_path / f"latency-{key}.json"
     path.write_text(json.dumps(CostModel(1, 2, 3, 4, 2).to_json()))
     assert latency.load_cost_model(calibrate_if_missing=False).base == 1
-    from concrete import fhe
+    import importlib.metadata
 
-    monkeypatch.setattr(fhe, "__version__", "0.0.0-other", raising=False)
+    installed = importlib.metadata.version
+    other = {"concrete-python": "0.0.0-other"}
+    monkeypatch.setattr(importlib.metadata, "version", lambda d: other.get(d) or installed(d))
     assert latency._machine_key() != key
     assert latency.load_cost_model(calibrate_if_missing=False) is None
     monkeypatch.undo()
