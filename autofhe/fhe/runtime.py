@@ -9,14 +9,24 @@ an ``OSError``). :func:`concrete_fhe` is how autofhe imports ``concrete.fhe``: t
 it simulates and runs a one-operation circuit (about 0.3 s), so that every lazy start-up of the
 runtime is behind it, then re-installs Python's handlers (:func:`restore_signal_handlers`).
 Both act in the main thread only, where Python's handlers live.
+
+concrete also compiles every circuit (and, on first simulation, its simulation twin) into a
+new temporary directory that it never removes (``Server.cleanup`` is a no-op in 2.11): about
+20 KB left in the temporary directory per compilation, 40,000 directories after a day of
+searches. :func:`concrete_fhe` makes each such directory go with its ``Server``
+(:func:`_remove_libraries_with_their_servers`).
 """
 
 from __future__ import annotations
 
+import shutil
 import signal
+import tempfile
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
 
 __all__ = ["concrete_fhe", "restore_signal_handlers", "shielded"]
@@ -70,10 +80,12 @@ def concrete_fhe() -> ModuleType:
     if _restored or threading.current_thread() is not threading.main_thread():
         from concrete import fhe
 
+        _remove_libraries_with_their_servers()
         return fhe
     with shielded():
         from concrete import fhe
 
+        _remove_libraries_with_their_servers()
         _restored = True
         config = fhe.Configuration(dump_artifacts_on_unexpected_failures=False)
         circuit = fhe.Compiler(lambda x: x + 1, {"x": "encrypted"}).compile(range(4), config)
@@ -82,3 +94,23 @@ def concrete_fhe() -> ModuleType:
         circuit.encrypt_run_decrypt(1)
         restore_signal_handlers()  # ... and installs the crash reporter again
     return fhe
+
+
+def _remove_libraries_with_their_servers() -> None:
+    """Make every concrete ``Server`` remove its library's temporary directory when it is
+    garbage collected (or when the process exits normally). Only a directory concrete made
+    with ``tempfile.mkdtemp()`` is removed: a ``tmp*`` child of the temporary directory."""
+    from concrete.fhe.compilation.server import Server
+
+    if getattr(Server, "_autofhe_removes_libraries", False):
+        return
+    init = Server.__init__
+
+    def __init__(self, library, *args, **kwargs):
+        init(self, library, *args, **kwargs)
+        path = Path(library.get_output_dir_path())
+        if path.parent == Path(tempfile.gettempdir()) and path.name.startswith("tmp"):
+            weakref.finalize(self, shutil.rmtree, path, True)
+
+    Server.__init__ = __init__
+    Server._autofhe_removes_libraries = True

@@ -340,3 +340,24 @@ def test_key_sizes_are_known_before_keygen_and_compression_shrinks_what_travels(
         assert one_input > 10_000
         # what encryption works through, compressed or not: concrete's uncompressed sizes
         assert report["ciphertext_bytes"] == report["size_of_inputs"] + report["size_of_outputs"]
+
+
+def test_compiled_circuits_leave_nothing_in_the_temporary_directory(wine, tmp_path, monkeypatch):
+    """concrete compiles each circuit (and its simulation twin) into a temporary directory it
+    never removes: 40,000 of them had piled up in /tmp after a day of test runs and searches."""
+    import gc
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    Xtr, Xte, ytr, _ = wine
+    model = NeuralNetClassifier(
+        module__n_layers=1, n_w_bits=2, n_a_bits=2, max_epochs=2, random_state=0
+    ).fit(Xtr, ytr)
+    model.compile(Xtr)
+    model.predict(Xte[:2], fhe="simulate")  # the simulation library
+    assert model.compiled_model.circuit.server is not None  # the execution library
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert len(made) >= 2, made  # concrete wrote its libraries here
+    del model
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
