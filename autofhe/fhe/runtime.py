@@ -19,6 +19,7 @@ searches. :func:`concrete_fhe` makes each such directory go with its ``Server``
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import signal
 import tempfile
@@ -29,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["concrete_fhe", "restore_signal_handlers", "shielded"]
+__all__ = ["concrete_fhe", "remove_compiled_libraries", "restore_signal_handlers", "shielded"]
 
 #: What concrete's runtime takes over and Python (or autofhe's CLI) must keep.
 SIGNALS = tuple(
@@ -96,6 +97,18 @@ def concrete_fhe() -> ModuleType:
     return fhe
 
 
+#: The pending removals of concrete's library directories (see below).
+_removals: set[weakref.finalize] = set()
+
+
+def remove_compiled_libraries() -> None:
+    """Remove the library directories of the servers still alive: at exit, and before
+    ``os._exit`` (a search's worker ends so), which runs no exit handler."""
+    for removal in list(_removals):
+        removal()
+    _removals.clear()
+
+
 def _remove_libraries_with_their_servers() -> None:
     """Make every concrete ``Server`` remove its library's temporary directory when it is
     garbage collected (or when the process exits normally). Only a directory concrete made
@@ -110,7 +123,13 @@ def _remove_libraries_with_their_servers() -> None:
         init(self, library, *args, **kwargs)
         path = Path(library.get_output_dir_path())
         if path.parent == Path(tempfile.gettempdir()) and path.name.startswith("tmp"):
-            weakref.finalize(self, shutil.rmtree, path, True)
+            global _removals
+            _removals = {removal for removal in _removals if removal.alive}
+            _removals.add(weakref.finalize(self, shutil.rmtree, path, True))
 
     Server.__init__ = __init__
     Server._autofhe_removes_libraries = True
+    # at exit, before concrete's own exit hook (registered at its import, so run after this
+    # one), which ends the process before weakref's exit hook when that one was registered
+    # earlier (by tempfile, multiprocessing, ...)
+    atexit.register(remove_compiled_libraries)

@@ -75,6 +75,9 @@ def _worker_main(
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
+    from autofhe.fhe.runtime import remove_compiled_libraries
+
+    remove_compiled_libraries()  # os._exit runs no exit handler
     os._exit(code)
 
 
