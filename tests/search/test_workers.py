@@ -124,7 +124,7 @@ def _best_trials_cli(url, name) -> list[dict]:
 
 #: trials per worker of the four-worker runs: enough for every worker to ask, tell and store
 #: fronts while the others do (each trial about a second of training)
-PER_WORKER = 5
+PER_WORKER = 3
 
 
 def _four_workers(url, wine, tmp_path):
@@ -352,12 +352,12 @@ def test_concurrent_first_runs_create_one_study_and_join_it(backend, tmp_path, r
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(3)
+        for _ in range(2)
     ]
     errors = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert [p.returncode for p in procs] == [0, 0], errors
     trials = _trials(url, "first")
-    assert sorted(t.number for t in trials) == [0, 1, 2]
+    assert sorted(t.number for t in trials) == [0, 1]
     assert all(t.state.is_finished() for t in trials)
     count = "SELECT count(*) FROM autofhe_studies"
     assert ParetoStore(url).transact(lambda conn: conn.exec_driver_sql(count).scalar()) == 1
