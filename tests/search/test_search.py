@@ -345,6 +345,7 @@ def test_all_infeasible_search_names_the_cheapest_price_and_a_command_that_relax
     tmp_path, spec_file
 ):
     args = ["search", "--data", "sklearn:wine", "--trials", "3", "--spec", str(spec_file)]
+    args += ["--workers", "1"]  # the trials are priced, never trained: one process is enough
     first = _run([*args, "--max-latency", "0.0001"], tmp_path)
     assert first.returncode == 0, first.stderr
     out = first.stdout
@@ -555,7 +556,7 @@ def test_cli_search_resume_pareto_matches_optuna(tmp_path, spec_file):
     scratch = tmp_path / "scratch"  # the search's temporary directory
     scratch.mkdir()
     first = _run(
-        ["search", "--data", "X.npy", "--trials", "2", "--spec", str(spec_file)],
+        ["search", "--data", "X.npy", "--trials", "2", "--spec", str(spec_file), "--workers", "1"],
         tmp_path,
         TMPDIR=str(scratch),
     )

@@ -340,24 +340,25 @@ def test_concurrent_first_runs_create_one_study_and_join_it(backend, tmp_path, r
         url,
         "--study",
         "first",
-        "--trials",
+        "--workers",
         "1",
     ]
+    # two racing first runs; between them they run the plan's 3 queued first trials
     procs = [
         subprocess.Popen(
-            cmd,
+            [*cmd, "--trials", trials],
             cwd=tmp_path,
             env=_env(tmp_path / "home"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(2)
+        for trials in ("2", "1")
     ]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
     trials = _trials(url, "first")
-    assert sorted(t.number for t in trials) == [0, 1]
+    assert sorted(t.number for t in trials) == [0, 1, 2]
     assert all(t.state.is_finished() for t in trials)
     count = "SELECT count(*) FROM autofhe_studies"
     assert ParetoStore(url).transact(lambda conn: conn.exec_driver_sql(count).scalar()) == 1
