@@ -122,9 +122,14 @@ def test_search_and_worker_supervisors_load_neither_torch_nor_concrete(tmp_path)
         "print('CODE', code, 'HEAVY', sorted(loaded & {'torch', 'skorch', 'concrete'}))\n"
     )
     url = f"sqlite:///{tmp_path}/s.db"
-    for args in (
-        ["search", "--data", "sklearn:iris", "--trials", "1", "--storage", url, "--study", "s"],
-        ["worker", "--storage", url, "--study", "s", "--trials", "1"],
+    (tmp_path / "spec.toml").write_text("[fixed]\nmax_epochs = 3\n")
+    search = ["search", "--data", "sklearn:iris", "--trials", "1", "--storage", url]
+    for args, light in (
+        ([*search, "--study", "s"], True),
+        (["worker", "--storage", url, "--study", "s", "--trials", "1"], True),
+        # a spec of the user's own: a dry run (torch) when the study is made, not on a resume
+        ([*search, "--study", "t", "--spec", "spec.toml"], False),
+        ([*search, "--study", "t", "--spec", "spec.toml"], True),
     ):
         out = subprocess.run(
             [sys.executable, "-c", probe, *args],
@@ -133,7 +138,8 @@ def test_search_and_worker_supervisors_load_neither_torch_nor_concrete(tmp_path)
             timeout=120,
             cwd=tmp_path,
         )
-        assert "CODE 0 HEAVY []" in out.stdout, (args, out.stdout[-300:], out.stderr[-2000:])
+        assert "CODE 0 HEAVY " in out.stdout, (args, out.stdout[-300:], out.stderr[-2000:])
+        assert ("CODE 0 HEAVY []" in out.stdout) == light, (args, out.stdout[-300:])
 
 
 def test_import_autofhe_is_light_and_estimators_still_import():

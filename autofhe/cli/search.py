@@ -189,7 +189,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if ds.labels_source:
         print(f"labels: {ds.labels_source} (next to the data; pass --labels to choose)")
     print(f"data: {ds.source}: {ds.X.shape[0]} rows, {ds.X.shape[1]} features, {ds.task}")
-    check_search_inputs(ds, spec, args.seed)
+    check_search_inputs(ds, spec, args.seed, url, args.study)
     cost_model = load_cost_model(calibrate_if_missing=False)
     if cost_model is None:
         print("cost model: calibrating it on this machine (first run here, about two minutes)")

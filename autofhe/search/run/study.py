@@ -21,7 +21,7 @@ import numpy as np
 import optuna
 
 from autofhe.data import Dataset, check_Xy, split_dataset
-from autofhe.errors import DataError, ParameterError, StorageError
+from autofhe.errors import AutofheError, DataError, ParameterError, StorageError
 from autofhe.search import record
 from autofhe.search.front.notes import dominating, publish_front, publish_trial
 from autofhe.search.front.pareto import pareto_front, study_front
@@ -48,6 +48,7 @@ from autofhe.search.store.locate import (
     artifact_store,
     find_study,
     resolve_storage,
+    sqlite_path,
 )
 from autofhe.search.store.tables import ParetoStore
 from autofhe.search.trial.rows import METRICS, Rows
@@ -82,8 +83,15 @@ def _sampler(spec_sampler: str, seed: int | None):
     return optuna.samplers.TPESampler(multivariate=True, seed=seed, n_startup_trials=8)
 
 
-def check_search_inputs(ds: Dataset, spec: Spec, seed: int = 0) -> str:
-    """Validate metric / task / splits (no database access); sets and returns the metric."""
+def check_search_inputs(
+    ds: Dataset, spec: Spec, seed: int = 0, url: str | None = None, name: str | None = None
+) -> str:
+    """Validate metric / task / splits (no database write); sets and returns the metric.
+
+    ``url`` and ``name``: where the search will run (``name`` None: the default name). A
+    resumed study whose space and fixed values are the spec's skips the dry run: they trained
+    when it was created.
+    """
     metric = spec.metric or ("accuracy" if ds.task == "classification" else "r2")
     if metric not in METRICS:
         raise ParameterError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
@@ -94,8 +102,26 @@ def check_search_inputs(ds: Dataset, spec: Spec, seed: int = 0) -> str:
         )
     spec.metric = metric
     split_dataset(ds, seed)  # too few rows fail here, before any write
-    _dry_run(ds, spec, seed)
+    if url is None or not _created_with(url, name or default_study_name(ds, metric), spec):
+        _dry_run(ds, spec, seed)
     return metric
+
+
+def _created_with(url: str, name: str, spec: Spec) -> bool:
+    """True when study ``name`` on ``url`` was created with ``spec``'s space and fixed values.
+    Reads only: a missing SQLite file is not created, an unreadable database says False (the
+    search then reports what is wrong with it)."""
+    import json
+
+    db = sqlite_path(url)
+    if db is not None and not db.exists():
+        return False
+    try:
+        info = ParetoStore(url).study_info(name)
+    except AutofheError:
+        return False
+    wanted = json.loads(json.dumps(spec.to_json()))  # as stored
+    return info is not None and all(info["spec"].get(k) == wanted[k] for k in ("space", "fixed"))
 
 
 def _dry_run(ds: Dataset, spec: Spec, seed: int) -> None:
