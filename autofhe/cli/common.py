@@ -92,7 +92,7 @@ def study_spec(url: str, name: str) -> dict:
     """The settings autofhe registered with study ``name`` ({} for a study it did not make)."""
     from autofhe.search.store.tables import ParetoStore
 
-    return (ParetoStore(url).study_info(name) or {}).get("spec", {})
+    return ParetoStore(url).study_spec(name) or {}
 
 
 def print_table(rows: list[dict], out=None) -> None:

@@ -123,8 +123,7 @@ def _remove_libraries_with_their_servers() -> None:
         init(self, library, *args, **kwargs)
         path = Path(library.get_output_dir_path())
         if path.parent == Path(tempfile.gettempdir()) and path.name.startswith("tmp"):
-            global _removals
-            _removals = {removal for removal in _removals if removal.alive}
+            _removals.difference_update([r for r in _removals if not r.alive])
             _removals.add(weakref.finalize(self, shutil.rmtree, path, True))
 
     Server.__init__ = __init__

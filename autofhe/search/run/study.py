@@ -117,11 +117,11 @@ def _created_with(url: str, name: str, spec: Spec) -> bool:
     if db is not None and not db.exists():
         return False
     try:
-        info = ParetoStore(url).study_info(name)
+        stored = ParetoStore(url).study_spec(name)
     except AutofheError:
         return False
     wanted = json.loads(json.dumps(spec.to_json()))  # as stored
-    return info is not None and all(info["spec"].get(k) == wanted[k] for k in ("space", "fixed"))
+    return stored is not None and all(stored.get(k) == wanted[k] for k in ("space", "fixed"))
 
 
 def _dry_run(ds: Dataset, spec: Spec, seed: int) -> None:

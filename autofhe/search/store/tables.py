@@ -158,6 +158,18 @@ class ParetoStore:
         info["spec"] = json.loads(info["spec"])
         return info
 
+    def study_spec(self, name: str) -> dict | None:
+        """The settings registered with study ``name`` (None: not one of autofhe's), read
+        without its data."""
+        if not self.tables:
+            return None
+        spec = self.transact(
+            lambda conn: conn.execute(
+                sa.select(studies.c.spec).where(studies.c.study_name == name)
+            ).scalar()
+        )
+        return None if spec is None else json.loads(spec)
+
     def set_spec(self, name: str, spec: dict) -> None:
         """Replace a registered study's settings (a resume that changes its limits)."""
         change = studies.update().where(studies.c.study_name == name).values(spec=json.dumps(spec))
