@@ -23,6 +23,7 @@ widths 2-8 and both scalings, and that whole trainings give the same model bit f
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -37,6 +38,18 @@ from brevitas.core.stats.stats_op import AbsMax
 __all__ = ["FusedSpec", "act_quant", "calibrated", "fused_spec", "spec_of", "weight_quant"]
 
 _LN2 = math.log(2.0)
+
+
+@functools.lru_cache(maxsize=64)
+def _const(value: float, dtype: torch.dtype) -> torch.Tensor:
+    """``value`` as a 0-dim tensor of ``dtype``, made once (never written to).
+
+    ``t * 0.5`` wraps the Python number in a double tensor and casts it to ``t``'s dtype on
+    every call; the op then computes in ``t``'s dtype with the number rounded to it. A 0-dim
+    tensor of that dtype gives the same values without the casts (about a tenth of a small
+    quantizer's cost: a dozen such operands per training step).
+    """
+    return torch.tensor(value, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,8 @@ def calibrated(spec: FusedSpec) -> bool:
 
 def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """``t`` summed down to a broadcast ``shape``, as autograd reduces a broadcast gradient."""
+    if not shape:  # a per-tensor scale: the plain sum, the same reduction
+        return t.sum()
     lead = t.dim() - len(shape)
     dims = list(range(lead)) + [
         lead + i for i, n in enumerate(shape) if n == 1 and t.shape[lead + i] != 1
@@ -133,13 +148,39 @@ def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def _scale(r: torch.Tensor, spec: FusedSpec) -> torch.Tensor:
     """brevitas's scale from its restricted value ``r``: clamped to ``min_scale``, divided by
     the threshold."""
-    return torch.clamp_min(r, spec.min_scale) / spec.threshold
+    return torch.clamp_min(r, spec.min_scale) / _const(spec.threshold, r.dtype)
 
 
 def _clamp(q: torch.Tensor, spec: FusedSpec) -> torch.Tensor:
     """Rounded values clamped to the integer range: brevitas's tensor clamp (two ``where``
     against the bounds) in one op, the same values (signed zeros and NaN included)."""
     return torch.clamp(q, spec.q_min, spec.q_max)
+
+
+def _weight_values(w: torch.Tensor, spec: FusedSpec):
+    """The weight quantizer's forward: ``(q * s, s, what its backward needs)``."""
+    m, idx = torch.max(torch.abs(w), dim=1, keepdim=True)
+    m = torch.clamp_min(m, spec.min_scale)  # m >= 0: the sign-preserving clamp is this
+    # exp2 of an integer is exactly 2.0 ** it (checked over every float exponent), faster
+    r = torch.exp2(torch.ceil(torch.log2(m))) if spec.po2 else torch.abs(m)
+    s = _scale(r, spec)
+    u = w / s
+    q = _clamp(torch.round(u + _const(0.0, u.dtype)), spec)  # x - 0.0 is x, bit for bit
+    return q * s, s, (w, s, u, q, m, r, idx)
+
+
+def _act_values(x: torch.Tensor, value: torch.Tensor, spec: FusedSpec, saved: bool = True):
+    """The activation quantizer's forward: ``(q * s, s, what its backward needs or None)``;
+    brevitas's ``(q - zero point) * s``, and the zero point is 0.0."""
+    r = torch.exp2(torch.ceil(value)) if spec.po2 else torch.abs(value)
+    s = _scale(r, spec)
+    u = x / s
+    rounded = torch.round(u + _const(0.0, u.dtype))
+    q = _clamp(rounded, spec)
+    if not saved:
+        return q * s, s, None
+    inside = q == rounded  # where the clamp lets the gradient through
+    return q * s, s, (u, value, s, q, r, inside)
 
 
 class _WeightQuant(torch.autograd.Function):
@@ -152,34 +193,34 @@ class _WeightQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w, spec: FusedSpec):
-        m, idx = torch.max(torch.abs(w), dim=1, keepdim=True)
-        m = torch.clamp_min(m, spec.min_scale)  # m >= 0: the sign-preserving clamp is this
-        r = 2.0 ** torch.ceil(torch.log2(m)) if spec.po2 else torch.abs(m)
-        s = _scale(r, spec)
-        q = _clamp(torch.round(w / s + 0.0), spec)
+        value, s, saved = _weight_values(w, spec)
         ctx.spec = spec
-        ctx.save_for_backward(w, s, q, m, r, idx)
-        return q * s, s  # x - 0.0 is x, bit for bit
+        ctx.save_for_backward(*saved)
+        return value, s
 
     @staticmethod
     def backward(ctx, g, g_s):
-        w, s, q, m, r, idx = ctx.saved_tensors
+        w, s, u, q, m, r, idx = ctx.saved_tensors
         spec = ctx.spec
         g_u = g * s  # (q * s) -> q, straight through clamp and round to u = w / s
         g_w = g_u / s
-        # s: from q * s and from w / s (div backward: -grad * ((w / s) / s)), and from outside
-        # (the bias, in the layer). Summed in the order autograd's graph does it for brevitas:
-        # the later use first.
+        # s: from q * s and from w / s (div backward: -grad * ((w / s) / s), here subtracted:
+        # IEEE negation is exact), and from outside (the bias, in the layer). Summed in the
+        # order autograd's graph does it for brevitas: the later use first.
         g_scale = (g * q).sum(1, keepdim=True)
         if g_s is not None:
             g_scale = g_s + g_scale
-        g_scale = g_scale + (-g_u * ((w / s) / s)).sum(1, keepdim=True)
-        g_r = g_scale / spec.threshold
+        g_scale = g_scale - (g_u * (u / s)).sum(1, keepdim=True)
+        g_r = g_scale / _const(spec.threshold, g_scale.dtype)
         # 2**e: grad * (result * ln 2); ceil: straight through; log2: grad / (m * ln 2)
-        g_m = (g_r * (r * _LN2)) / (m * _LN2) if spec.po2 else g_r
-        # max backward: to the arg-max of each row; abs backward: times sgn(w)
-        g_w = g_w + torch.zeros_like(w).scatter_(1, idx, g_m) * w.sgn()
-        return g_w, None
+        if spec.po2:
+            ln2 = _const(_LN2, r.dtype)
+            g_m = (g_r * (r * ln2)) / (m * ln2)
+        else:
+            g_m = g_r
+        # max backward: to the arg-max of each row; abs backward: times sgn(w). Added at the
+        # arg-max only (autograd adds a dense tensor of zeros elsewhere: the same values)
+        return g_w.scatter_add_(1, idx, g_m * w.gather(1, idx).sgn()), None
 
 
 class _ActQuant(torch.autograd.Function):
@@ -192,35 +233,40 @@ class _ActQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, value, spec: FusedSpec):
-        r = 2.0 ** torch.ceil(value) if spec.po2 else torch.abs(value)
-        s = _scale(r, spec)
-        rounded = torch.round(x / s + 0.0)
-        q = _clamp(rounded, spec)
-        inside = q == rounded  # where the clamp lets the gradient through
+        out, s, saved = _act_values(x, value, spec)
         ctx.spec = spec
-        ctx.save_for_backward(x, value, s, q, r, inside)
-        return q * s, s  # brevitas's (q - zero point) * s: the zero point is 0.0
+        ctx.save_for_backward(*saved)
+        return out, s
 
     @staticmethod
     def backward(ctx, g, g_s):
-        x, value, s, q, r, inside = ctx.saved_tensors
+        u, value, s, q, r, inside = ctx.saved_tensors
         spec = ctx.spec
-        g_u = torch.where(inside, g * s, 0.0)
+        g_u = torch.where(inside, g * s, _const(0.0, g.dtype))
         g_x = g_u / s if ctx.needs_input_grad[0] else None
         g_scale = _sum_to(g * q, s.shape)  # the same order as in _WeightQuant.backward
         if g_s is not None:
             g_scale = g_s + g_scale
-        g_scale = g_scale + _sum_to(-g_u * ((x / s) / s), s.shape)
-        g_r = g_scale / spec.threshold
-        g_value = g_r * (r * _LN2) if spec.po2 else g_r * value.sgn()
+        g_scale = g_scale - _sum_to(g_u * (u / s), s.shape)
+        g_r = g_scale / _const(spec.threshold, g_scale.dtype)
+        g_value = g_r * (r * _const(_LN2, r.dtype)) if spec.po2 else g_r * value.sgn()
         return g_x, g_value, None
 
 
 def weight_quant(w: torch.Tensor, spec: FusedSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(quantized w, per-row scale of shape (rows, 1))``, as brevitas computes them."""
+    """``(quantized w, per-row scale of shape (rows, 1))``, as brevitas computes them.
+
+    Without gradients (inference, the best-epoch loss) the values are computed directly: no
+    autograd node, nothing kept for a backward pass.
+    """
+    if not torch.is_grad_enabled():
+        return _weight_values(w, spec)[:2]
     return _WeightQuant.apply(w, spec)
 
 
 def act_quant(x: torch.Tensor, spec: FusedSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(quantized x, scale)`` of a calibrated activation quantizer, as brevitas computes."""
+    """``(quantized x, scale)`` of a calibrated activation quantizer, as brevitas computes
+    (directly without gradients, as :func:`weight_quant`)."""
+    if not torch.is_grad_enabled():
+        return _act_values(x, spec.scaling.value, spec, saved=False)[:2]
     return _ActQuant.apply(x, spec.scaling.value, spec)

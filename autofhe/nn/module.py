@@ -200,6 +200,20 @@ class QuantMLP(nn.Module):
         )
         self.act_quants = nn.ModuleList(self._act_quant(hidden_act) for _ in dims[1:-1])
         self._input_maxes = (self.input_max_abs,) + (self.hidden_max_abs,) * (n_layers - 1)
+        # per layer, the last integer weights seen and what they decided (pruning mask, lookup
+        # shift): integer weights change in few training steps, so most steps reuse them
+        self._decided: dict[tuple[str, int], tuple] = {}
+
+    def _decide(self, what: str, index: int, key: tuple[torch.Tensor, ...], compute):
+        """``compute()``, or its last result for layer ``index`` if ``key`` is unchanged."""
+        last = self._decided.get((what, index))
+        if last is not None and all(
+            a.shape == b.shape and torch.equal(a, b) for a, b in zip(last[0], key, strict=True)
+        ):
+            return last[1]
+        result = compute()
+        self._decided[(what, index)] = (key, result)
+        return result
 
     def _act_quant(self, quant, per_feature: int | None = None) -> nn.Module:
         # A high percentile (not the max) sets the initial range: at 2-4 bits a few outliers
@@ -242,27 +256,33 @@ class QuantMLP(nn.Module):
         at no cost under encryption.
         """
         layer = self.linears[index]
-        weight, w_scale = _quantize(layer.weight_quant, layer.weight * x_scale.reshape(1, -1))
+        x_scale = x_scale.reshape(1, -1)  # one view for both uses: the same gradient sums
+        weight, w_scale = _quantize(layer.weight_quant, layer.weight * x_scale)
         acc_scale = w_scale.reshape(-1)
         b_int = _round_ste(layer.bias / acc_scale)
         hidden = index < len(self.linears) - 1
         if self.n_accum_bits is None and (self.lookup_bits is None or not hidden):
-            return F.linear(x / x_scale.reshape(1, -1), weight, b_int * acc_scale)
+            return F.linear(x / x_scale, weight, b_int * acc_scale)
         x_max = self._input_maxes[index]
         with torch.no_grad():  # the integer weights only steer pruning and truncation
             v_int = torch.round(weight / w_scale)
             if self.n_accum_bits is not None:
-                w_mask, room = neuron_keep_mask(v_int, x_max, budget_limit(self.n_accum_bits))
+                limit = budget_limit(self.n_accum_bits)
+                w_mask, room = self._decide(
+                    "prune", index, (v_int,), lambda: neuron_keep_mask(v_int, x_max, limit)
+                )
                 v_int = v_int * w_mask
         if self.n_accum_bits is not None:
             weight = weight * w_mask
             b_int = torch.clamp(b_int, -room, room)
-        z = F.linear(x / x_scale.reshape(1, -1), weight, b_int * acc_scale)
+        z = F.linear(x / x_scale, weight, b_int * acc_scale)
         if self.lookup_bits is None or not hidden:
             return z
-        return self._truncate_like_lookup(z, acc_scale, v_int, b_int, x_max)
+        return self._truncate_like_lookup(index, z, acc_scale, v_int, b_int, x_max)
 
-    def _truncate_like_lookup(self, z, acc_scale, v_int, b_int, x_max: int) -> torch.Tensor:
+    def _truncate_like_lookup(
+        self, index: int, z, acc_scale, v_int, b_int, x_max: int
+    ) -> torch.Tensor:
         """What the lookup of a ``lookup_bits`` circuit sees of the accumulator ``z``.
 
         The compiled circuit drops the low ``k = acc_bits - lookup_bits`` bits of a hidden
@@ -271,16 +291,22 @@ class QuantMLP(nn.Module):
         bucketing (straight-through gradient) lets the network learn weights that survive it,
         instead of meeting it only at compile time.
         """
-        with torch.no_grad():
+        b_int = b_int.detach()
+
+        def shift() -> int:
             # worst_case_accumulator, in torch (float64 holds these integers exactly)
-            worst = v_int.double().abs().sum(dim=1) * x_max + b_int.detach().double().abs()
-            k = signed_bits(int(worst.max())) - self.lookup_bits
+            worst = v_int.double().abs().sum(dim=1) * x_max + b_int.double().abs()
+            return signed_bits(int(worst.max())) - self.lookup_bits
+
+        k = self._decide("lookup", index, (v_int, b_int), shift)
         if k <= 0:
             return z
         step = float(2**k)
-        acc = torch.round(z / acc_scale)
-        centre = torch.floor(acc / step) * step + (step - 1) / 2
-        return z + ((centre - acc) * acc_scale).detach()
+        with torch.no_grad():  # the shift to the bucket's centre carries no gradient
+            acc = torch.round(z / acc_scale)
+            centre = torch.floor(acc / step) * step + (step - 1) / 2
+            shift_to_centre = (centre - acc) * acc_scale
+        return z + shift_to_centre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, scale = _quantize(self.input_quant.act_quant, (x - self.input_offset) / self.input_norm)

@@ -9,7 +9,13 @@ from sklearn.datasets import make_classification
 
 import autofhe.nn.fused as fused_mod
 from autofhe import NeuralNetClassifier
-from autofhe.nn.fused import act_quant, calibrated, fused_spec, spec_of, weight_quant
+from autofhe.nn.fused import (
+    act_quant,
+    calibrated,
+    fused_spec,
+    spec_of,
+    weight_quant,
+)
 from autofhe.nn.module import QuantMLP, _tensor_quant
 
 
@@ -50,9 +56,12 @@ def test_weight_quantizer_matches_brevitas(bits, po2):
             ((y * g_y).sum() + (s * g_s).sum()).backward(inputs=[w])
             grads.append(w.grad)
             w.grad = None
-        (ref_y, ref_s), (y, s) = values
-        assert y.shape == ref_y.shape and s.shape == ref_s.shape
-        assert torch.equal(_bits(y), _bits(ref_y)) and torch.equal(_bits(s), _bits(ref_s))
+        with torch.no_grad():  # computed without an autograd node: the same values
+            values.append(weight_quant(w, spec))
+        (ref_y, ref_s), *fused_values = values
+        for y, s in fused_values:
+            assert y.shape == ref_y.shape and s.shape == ref_s.shape
+            assert torch.equal(_bits(y), _bits(ref_y)) and torch.equal(_bits(s), _bits(ref_s))
         assert torch.equal(_bits(grads[1]), _bits(grads[0]))
         assert grads[0].abs().sum() > 0  # not a vacuous comparison
 
@@ -83,6 +92,10 @@ def test_activation_quantizer_matches_brevitas(bits, po2, which):
         x.grad = value.grad = None
     for ref, fused in zip(*results, strict=True):
         assert ref.shape == fused.shape
+        assert torch.equal(_bits(fused), _bits(ref))
+    with torch.no_grad():  # computed without an autograd node: the same values
+        values = act_quant(x, spec)
+    for ref, fused in zip(results[0][:2], values, strict=True):
         assert torch.equal(_bits(fused), _bits(ref))
     assert (results[0][2] == 0).any() and (results[0][2] != 0).any()  # clamped and not
 
@@ -116,3 +129,17 @@ def test_training_is_bit_identical_to_brevitas_training(params, monkeypatch):
     assert states[0].keys() == states[1].keys()
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key
+
+
+@pytest.mark.parametrize(
+    ("dtype", "same_size_int"), [(torch.float32, torch.int32), (torch.float64, torch.int64)]
+)
+def test_exp2_of_every_exponent_is_the_power_brevitas_computes(dtype, same_size_int):
+    """The fused power-of-two scale takes ``exp2(e)`` where brevitas takes ``2.0 ** e``: the
+    same bits for every exponent from below the smallest subnormal to past the largest float."""
+    info = torch.finfo(dtype)
+    smallest = int(np.log2(info.smallest_normal)) + int(np.log2(info.eps))  # -149, -1074
+    exponents = torch.arange(smallest - 2, int(np.log2(info.max)) + 3, dtype=dtype)
+    powers = 2.0**exponents
+    assert powers[2] > 0 and powers[1] == 0 and torch.isinf(powers[-1])  # the whole range
+    assert torch.equal(torch.exp2(exponents).view(same_size_int), powers.view(same_size_int))
