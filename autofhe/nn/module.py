@@ -99,8 +99,10 @@ def is_nonnegative(activation: nn.Module) -> bool:
 
 def _tensor_quant(proxy: nn.Module) -> nn.Module:
     """The brevitas tensor quantizer of a weight or activation quant proxy."""
-    quant = getattr(proxy, "fused_activation_quant_proxy", None)
-    return (proxy if quant is None else quant).tensor_quant
+    # through ``_modules``: nn.Module's attribute lookup (an exception for a missing name)
+    # costs more than the quantization of a small layer's weights
+    quant = proxy._modules.get("fused_activation_quant_proxy")
+    return (proxy if quant is None else quant)._modules["tensor_quant"]
 
 
 def _quantize(proxy: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,13 +312,11 @@ class QuantMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, scale = _quantize(self.input_quant.act_quant, (x - self.input_offset) / self.input_norm)
-        last = len(self.linears) - 1
-        for i in range(len(self.linears)):
-            z = self._quantized_linear(i, h, scale)
-            if i == last:
-                return z
-            h, scale = _quantize(self.act_quants[i].act_quant, self.activation(z))
-        raise AssertionError("unreachable")
+        z = self._quantized_linear(0, h, scale)
+        for i, act in enumerate(self.act_quants):
+            h, scale = _quantize(act.act_quant, self.activation(z))
+            z = self._quantized_linear(i + 1, h, scale)
+        return z
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """Quantized input of the last linear layer (real values)."""

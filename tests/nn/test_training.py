@@ -9,7 +9,7 @@ import torch
 from sklearn.datasets import make_classification
 
 from autofhe import NeuralNetClassifier
-from autofhe.nn.training import TensorBatches
+from autofhe.nn.training import LeanHistory, TensorBatches
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +258,29 @@ def test_validation_scorers_run_only_with_a_validation_split(toy):
     assert "valid_loss" in dict(split.callbacks_)
     assert split.history[-1, "valid_loss"] > 0
     assert split.score(X, y) > 0.5
+
+
+def test_the_lean_history_keeps_the_rows_skorchs_history_keeps(toy):
+    """The estimator's history records through list indexing: the same rows as skorch's own
+    History (batches, their losses and sizes, the epoch's train loss and best flag)."""
+    X, y = toy
+    net = NeuralNetClassifier(random_state=0, max_epochs=3, batch_size=64).fit(X, y)
+    assert isinstance(net.history_, LeanHistory)
+    reference = skorch.history.History()
+    for row in net.history:
+        reference.new_epoch()
+        for batch in row["batches"]:
+            reference.new_batch()
+            for key, value in batch.items():
+                reference.record_batch(key, value)
+        for key, value in row.items():
+            if key != "batches":
+                reference.record(key, value)
+    assert reference.to_list() == net.history.to_list()
+    assert net.history[:, "train_batch_count"] == [3, 3, 3]  # 150 rows in batches of 64
+    assert net.history[-1, "batches", -1, "train_batch_size"] == 150 - 128
+    assert net.history[:, "train_loss_best"][0] is True
+    with pytest.raises(ValueError, match="new_epoch"):
+        LeanHistory().record("train_loss", 1.0)
+    net.fit(X, y)  # a second fit starts a fresh history of the same kind
+    assert isinstance(net.history_, LeanHistory) and len(net.history) == 3
