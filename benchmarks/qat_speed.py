@@ -82,12 +82,31 @@ shape                  variant         before  after
 64-32-10 on 1347 rows  lookup_bits=5   3.94    3.37
 =====================  ==============  ======  =====
 
-(The same code measured 2.92-3.12 plain in single runs earlier the same evening: on this
-machine a run's ratios move by up to 10%, so compare columns measured side by side.)
-What is left above 3: the quantizers' own arithmetic (kept bit for bit equal to brevitas's,
-gradients included), the best-epoch loss (one forward pass over the training rows per epoch,
-6-8% of an epoch on 426 rows) and, with ``n_accum_bits``, the pruning mask whenever a
-layer's integer weights change (most steps on a 64-input layer).
+Then the whole network became one autograd node (``QuantMLP``'s ``_QuantMLPStep``: the
+forward pass without a graph, the backward written out with autograd's formulas in its order,
+training still bit for bit the same). 23c3386 against the next commit, alternated three times,
+5 repeats each, median of the three runs:
+
+=====================  ==============  ======  =====
+shape                  variant         before  after
+=====================  ==============  ======  =====
+2-8-2 on 750 rows      plain           2.89    2.68
+2-8-2 on 750 rows      n_accum_bits=7  3.23    2.98
+2-8-2 on 750 rows      lookup_bits=5   3.17    2.93
+30-16-2 on 426 rows    plain           3.11    2.84
+30-16-2 on 426 rows    n_accum_bits=8  3.72    3.34
+30-16-2 on 426 rows    lookup_bits=5   3.45    3.13
+64-32-10 on 1347 rows  plain           2.91    2.66
+64-32-10 on 1347 rows  n_accum_bits=8  3.69    3.42
+64-32-10 on 1347 rows  lookup_bits=5   3.18    2.99
+=====================  ==============  ======  =====
+
+On this machine a run's ratios move by up to 10% from one run to the next: compare columns
+measured side by side. What is left: the quantizers' own arithmetic (each autograd operation
+of brevitas's graph is still one operation here, so the gradients keep its bits), the
+best-epoch loss (one forward pass over the training rows per epoch, 6-8% of an epoch on 426
+rows) and, with ``n_accum_bits``, the pruning mask whenever a layer's integer weights change
+(most steps on a 64-input layer).
 """
 
 from __future__ import annotations

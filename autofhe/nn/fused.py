@@ -35,13 +35,26 @@ from brevitas.core.scaling.runtime import StatsFromParameterScaling
 from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
 from brevitas.core.stats.stats_op import AbsMax
 
-__all__ = ["FusedSpec", "act_quant", "calibrated", "fused_spec", "spec_of", "weight_quant"]
+__all__ = [
+    "FusedSpec",
+    "act_grad",
+    "act_quant",
+    "act_values",
+    "calibrated",
+    "const",
+    "fused_spec",
+    "spec_of",
+    "sum_to",
+    "weight_grad",
+    "weight_quant",
+    "weight_values",
+]
 
 _LN2 = math.log(2.0)
 
 
 @functools.lru_cache(maxsize=64)
-def _const(value: float, dtype: torch.dtype) -> torch.Tensor:
+def const(value: float, dtype: torch.dtype) -> torch.Tensor:
     """``value`` as a 0-dim tensor of ``dtype``, made once (never written to).
 
     ``t * 0.5`` wraps the Python number in a double tensor and casts it to ``t``'s dtype on
@@ -134,7 +147,7 @@ def calibrated(spec: FusedSpec) -> bool:
     return spec.kind == "weight" or scaling.counter > scaling.collect_stats_steps
 
 
-def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+def sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """``t`` summed down to a broadcast ``shape``, as autograd reduces a broadcast gradient."""
     if not shape:  # a per-tensor scale: the plain sum, the same reduction
         return t.sum()
@@ -148,7 +161,7 @@ def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def _scale(r: torch.Tensor, spec: FusedSpec) -> torch.Tensor:
     """brevitas's scale from its restricted value ``r``: clamped to ``min_scale``, divided by
     the threshold."""
-    return torch.clamp_min(r, spec.min_scale) / _const(spec.threshold, r.dtype)
+    return torch.clamp_min(r, spec.min_scale) / const(spec.threshold, r.dtype)
 
 
 def _clamp(q: torch.Tensor, spec: FusedSpec) -> torch.Tensor:
@@ -157,7 +170,7 @@ def _clamp(q: torch.Tensor, spec: FusedSpec) -> torch.Tensor:
     return torch.clamp(q, spec.q_min, spec.q_max)
 
 
-def _weight_values(w: torch.Tensor, spec: FusedSpec):
+def weight_values(w: torch.Tensor, spec: FusedSpec):
     """The weight quantizer's forward: ``(q * s, s, what its backward needs)``."""
     m, idx = torch.max(torch.abs(w), dim=1, keepdim=True)
     m = torch.clamp_min(m, spec.min_scale)  # m >= 0: the sign-preserving clamp is this
@@ -165,22 +178,62 @@ def _weight_values(w: torch.Tensor, spec: FusedSpec):
     r = torch.exp2(torch.ceil(torch.log2(m))) if spec.po2 else torch.abs(m)
     s = _scale(r, spec)
     u = w / s
-    q = _clamp(torch.round(u + _const(0.0, u.dtype)), spec)  # x - 0.0 is x, bit for bit
+    q = _clamp(torch.round(u + const(0.0, u.dtype)), spec)  # x - 0.0 is x, bit for bit
     return q * s, s, (w, s, u, q, m, r, idx)
 
 
-def _act_values(x: torch.Tensor, value: torch.Tensor, spec: FusedSpec, saved: bool = True):
+def act_values(x: torch.Tensor, value: torch.Tensor, spec: FusedSpec, saved: bool = True):
     """The activation quantizer's forward: ``(q * s, s, what its backward needs or None)``;
     brevitas's ``(q - zero point) * s``, and the zero point is 0.0."""
     r = torch.exp2(torch.ceil(value)) if spec.po2 else torch.abs(value)
     s = _scale(r, spec)
     u = x / s
-    rounded = torch.round(u + _const(0.0, u.dtype))
+    rounded = torch.round(u + const(0.0, u.dtype))
     q = _clamp(rounded, spec)
     if not saved:
         return q * s, s, None
     inside = q == rounded  # where the clamp lets the gradient through
     return q * s, s, (u, value, s, q, r, inside)
+
+
+def weight_grad(saved, spec: FusedSpec, g: torch.Tensor, g_s: torch.Tensor | None):
+    """Gradient of the weight quantizer's input from those of its value ``g`` and its scale
+    ``g_s`` (None: the scale is not used); ``saved`` as :func:`weight_values` returns it."""
+    w, s, u, q, m, r, idx = saved
+    g_u = g * s  # (q * s) -> q, straight through clamp and round to u = w / s
+    g_w = g_u / s
+    # s: from q * s and from w / s (div backward: -grad * ((w / s) / s), here subtracted:
+    # IEEE negation is exact), and from outside (the bias, in the layer). Summed in the
+    # order autograd's graph does it for brevitas: the later use first.
+    g_scale = (g * q).sum(1, keepdim=True)
+    if g_s is not None:
+        g_scale = g_s + g_scale
+    g_scale = g_scale - (g_u * (u / s)).sum(1, keepdim=True)
+    g_r = g_scale / const(spec.threshold, g_scale.dtype)
+    # 2**e: grad * (result * ln 2); ceil: straight through; log2: grad / (m * ln 2)
+    if spec.po2:
+        ln2 = const(_LN2, r.dtype)
+        g_m = (g_r * (r * ln2)) / (m * ln2)
+    else:
+        g_m = g_r
+    # max backward: to the arg-max of each row; abs backward: times sgn(w). Added at the
+    # arg-max only (autograd adds a dense tensor of zeros elsewhere: the same values)
+    return g_w.scatter_add_(1, idx, g_m * w.gather(1, idx).sgn())
+
+
+def act_grad(saved, spec: FusedSpec, g: torch.Tensor, g_s: torch.Tensor | None, need_x: bool):
+    """Gradients ``(input or None, scale parameter)`` of an activation quantizer from those of
+    its value and its scale; ``saved`` as :func:`act_values` returns it."""
+    u, value, s, q, r, inside = saved
+    g_u = torch.where(inside, g * s, const(0.0, g.dtype))
+    g_x = g_u / s if need_x else None
+    g_scale = sum_to(g * q, s.shape)  # the same order as in weight_grad
+    if g_s is not None:
+        g_scale = g_s + g_scale
+    g_scale = g_scale - sum_to(g_u * (u / s), s.shape)
+    g_r = g_scale / const(spec.threshold, g_scale.dtype)
+    g_value = g_r * (r * const(_LN2, r.dtype)) if spec.po2 else g_r * value.sgn()
+    return g_x, g_value
 
 
 class _WeightQuant(torch.autograd.Function):
@@ -193,34 +246,14 @@ class _WeightQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w, spec: FusedSpec):
-        value, s, saved = _weight_values(w, spec)
+        value, s, saved = weight_values(w, spec)
         ctx.spec = spec
         ctx.save_for_backward(*saved)
         return value, s
 
     @staticmethod
     def backward(ctx, g, g_s):
-        w, s, u, q, m, r, idx = ctx.saved_tensors
-        spec = ctx.spec
-        g_u = g * s  # (q * s) -> q, straight through clamp and round to u = w / s
-        g_w = g_u / s
-        # s: from q * s and from w / s (div backward: -grad * ((w / s) / s), here subtracted:
-        # IEEE negation is exact), and from outside (the bias, in the layer). Summed in the
-        # order autograd's graph does it for brevitas: the later use first.
-        g_scale = (g * q).sum(1, keepdim=True)
-        if g_s is not None:
-            g_scale = g_s + g_scale
-        g_scale = g_scale - (g_u * (u / s)).sum(1, keepdim=True)
-        g_r = g_scale / _const(spec.threshold, g_scale.dtype)
-        # 2**e: grad * (result * ln 2); ceil: straight through; log2: grad / (m * ln 2)
-        if spec.po2:
-            ln2 = _const(_LN2, r.dtype)
-            g_m = (g_r * (r * ln2)) / (m * ln2)
-        else:
-            g_m = g_r
-        # max backward: to the arg-max of each row; abs backward: times sgn(w). Added at the
-        # arg-max only (autograd adds a dense tensor of zeros elsewhere: the same values)
-        return g_w.scatter_add_(1, idx, g_m * w.gather(1, idx).sgn()), None
+        return weight_grad(ctx.saved_tensors, ctx.spec, g, g_s), None
 
 
 class _ActQuant(torch.autograd.Function):
@@ -233,24 +266,14 @@ class _ActQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, value, spec: FusedSpec):
-        out, s, saved = _act_values(x, value, spec)
+        out, s, saved = act_values(x, value, spec)
         ctx.spec = spec
         ctx.save_for_backward(*saved)
         return out, s
 
     @staticmethod
     def backward(ctx, g, g_s):
-        u, value, s, q, r, inside = ctx.saved_tensors
-        spec = ctx.spec
-        g_u = torch.where(inside, g * s, _const(0.0, g.dtype))
-        g_x = g_u / s if ctx.needs_input_grad[0] else None
-        g_scale = _sum_to(g * q, s.shape)  # the same order as in _WeightQuant.backward
-        if g_s is not None:
-            g_scale = g_s + g_scale
-        g_scale = g_scale - _sum_to(g_u * (u / s), s.shape)
-        g_r = g_scale / _const(spec.threshold, g_scale.dtype)
-        g_value = g_r * (r * _const(_LN2, r.dtype)) if spec.po2 else g_r * value.sgn()
-        return g_x, g_value, None
+        return (*act_grad(ctx.saved_tensors, ctx.spec, g, g_s, ctx.needs_input_grad[0]), None)
 
 
 def weight_quant(w: torch.Tensor, spec: FusedSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,7 +283,7 @@ def weight_quant(w: torch.Tensor, spec: FusedSpec) -> tuple[torch.Tensor, torch.
     autograd node, nothing kept for a backward pass.
     """
     if not torch.is_grad_enabled():
-        return _weight_values(w, spec)[:2]
+        return weight_values(w, spec)[:2]
     return _WeightQuant.apply(w, spec)
 
 
@@ -268,5 +291,5 @@ def act_quant(x: torch.Tensor, spec: FusedSpec) -> tuple[torch.Tensor, torch.Ten
     """``(quantized x, scale)`` of a calibrated activation quantizer, as brevitas computes
     (directly without gradients, as :func:`weight_quant`)."""
     if not torch.is_grad_enabled():
-        return _act_values(x, spec.scaling.value, spec, saved=False)[:2]
+        return act_values(x, spec.scaling.value, spec, saved=False)[:2]
     return _ActQuant.apply(x, spec.scaling.value, spec)

@@ -10,6 +10,12 @@ layer is an exact integer matmul-plus-bias followed by one per-neuron scale. Tha
 With ``n_accum_bits`` set, each forward pass prunes every neuron to its largest contributions
 that fit the budget (:func:`autofhe.nn.pruning.neuron_keep_mask`), so the budget holds for the
 weights the model ends with, not only for the ones it started with.
+
+Training differentiates the whole network as one autograd node (:class:`_QuantMLPStep`): the
+forward pass without a graph, the backward pass written out with autograd's own formulas in its
+order, so the gradients are autograd's bit for bit at a fraction of the bookkeeping. The layer
+by layer path (:meth:`QuantMLP._layer`, autograd through it) stays for brevitas's quantizers
+(calibration, configurations the fused quantizers do not cover) and for input gradients.
 """
 
 from __future__ import annotations
@@ -36,7 +42,19 @@ from brevitas.quant.fixed_point import (
 from torch import nn
 
 from autofhe.errors import ParameterError
-from autofhe.nn.fused import act_quant, calibrated, spec_of, weight_quant
+from autofhe.nn.fused import (
+    FusedSpec,
+    act_grad,
+    act_quant,
+    act_values,
+    calibrated,
+    const,
+    spec_of,
+    sum_to,
+    weight_grad,
+    weight_quant,
+    weight_values,
+)
 from autofhe.nn.pruning import (
     budget_limit,
     check_budget,
@@ -118,10 +136,6 @@ def _quantize(proxy: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
         return weight_quant(x, spec) if spec.kind == "weight" else act_quant(x, spec)
     out = tensor_quant(x)
     return out[0], out[1]
-
-
-def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.round(x) - x).detach()
 
 
 @dataclass
@@ -250,37 +264,89 @@ class QuantMLP(nn.Module):
         return list(self._input_maxes)
 
     def _quantized_linear(self, index: int, x: torch.Tensor, x_scale: torch.Tensor):
-        """Integer matmul + bias of layer ``index``, returned in real units.
+        """Integer matmul + bias of layer ``index``, returned in real units."""
+        return self._layer(index, x, x_scale, fused=False)[0]
 
-        The layer sees integers ``x_int = x / x_scale``; its *effective* weight
-        ``w * x_scale`` is quantized per output neuron. For the first layer ``x_scale`` holds
-        one scale per feature, which the client applies in the clear: per-feature input ranges
-        at no cost under encryption.
+    def _layer(self, index: int, h: torch.Tensor, s: torch.Tensor, fused: bool):
+        """``(z, tape)``: integer matmul + bias of layer ``index`` in real units, and what
+        :meth:`_layer_grads` needs to differentiate it (``fused``: the weight quantizer is
+        computed directly, for a caller that differentiates by hand; else through
+        :func:`_quantize`, for autograd).
+
+        The layer sees integers ``x_int = h / s``; its *effective* weight ``w * s`` is
+        quantized per output neuron. For the first layer ``s`` holds one scale per feature,
+        which the client applies in the clear: per-feature input ranges at no cost under
+        encryption.
         """
         layer = self.linears[index]
-        x_scale = x_scale.reshape(1, -1)  # one view for both uses: the same gradient sums
-        weight, w_scale = _quantize(layer.weight_quant, layer.weight * x_scale)
-        acc_scale = w_scale.reshape(-1)
-        b_int = _round_ste(layer.bias / acc_scale)
+        W, b = layer.weight, layer.bias
+        xs = s.reshape(1, -1)  # one view for both uses: the same gradient sums
+        if fused:
+            spec = spec_of(_tensor_quant(layer.weight_quant))
+            Wq, w_scale, w_saved = weight_values(W * xs, spec)
+            w_tape = (spec, w_saved)
+        else:
+            (Wq, w_scale), w_tape = _quantize(layer.weight_quant, W * xs), None
+        acc = w_scale.reshape(-1)
+        xb = b / acc
+        b_int = xb + (torch.round(xb) - xb).detach()  # round, straight through
         hidden = index < len(self.linears) - 1
-        if self.n_accum_bits is None and (self.lookup_bits is None or not hidden):
-            return F.linear(x / x_scale, weight, b_int * acc_scale)
-        x_max = self._input_maxes[index]
-        with torch.no_grad():  # the integer weights only steer pruning and truncation
-            v_int = torch.round(weight / w_scale)
+        x_int = h / xs
+        mask = inside = None
+        truncate = self.lookup_bits is not None and hidden
+        if self.n_accum_bits is not None or truncate:
+            x_max = self._input_maxes[index]
+            with torch.no_grad():  # the integer weights only steer pruning and truncation
+                v_int = torch.round(Wq / w_scale)
+                if self.n_accum_bits is not None:
+                    limit = budget_limit(self.n_accum_bits)
+                    mask, room = self._decide(
+                        "prune", index, (v_int,), lambda: neuron_keep_mask(v_int, x_max, limit)
+                    )
+                    v_int = v_int * mask
             if self.n_accum_bits is not None:
-                limit = budget_limit(self.n_accum_bits)
-                w_mask, room = self._decide(
-                    "prune", index, (v_int,), lambda: neuron_keep_mask(v_int, x_max, limit)
-                )
-                v_int = v_int * w_mask
-        if self.n_accum_bits is not None:
-            weight = weight * w_mask
-            b_int = torch.clamp(b_int, -room, room)
-        z = F.linear(x / x_scale, weight, b_int * acc_scale)
-        if self.lookup_bits is None or not hidden:
-            return z
-        return self._truncate_like_lookup(index, z, acc_scale, v_int, b_int, x_max)
+                Wq = Wq * mask
+                if fused:  # where the clamp below lets the gradient through
+                    inside = (b_int >= -room).logical_and_(b_int <= room)
+                b_int = torch.clamp(b_int, -room, room)
+        z = F.linear(x_int, Wq, b_int * acc)
+        if truncate:
+            z = self._truncate_like_lookup(index, z, acc, v_int, b_int, x_max)
+        return z, (W, b, xs, x_int, Wq, w_tape, acc, xb, b_int, mask, inside)
+
+    def _layer_grads(self, index: int, g: torch.Tensor, tape, s_shape: torch.Size):
+        """Gradients ``(h, s, weight, bias)`` of layer ``index`` from that of its output, by
+        the formulas autograd applies to the same operations (``derivatives.yaml``), in the
+        same order: the same bits as autograd through :meth:`_layer`."""
+        W, b, xs, x_int, Wq, w_tape, acc, xb, b_int, mask, inside = tape
+        # the lookup's shift to the bucket centre is a constant: g passes unchanged
+        # z = addmm(b_int * acc, x_int, Wq.t()), F.linear's own call
+        g_bias_q = sum_to(g, b.shape)
+        mat2 = Wq.t()
+        if x_int.stride(0) == 1 and x_int.stride(1) == x_int.size(0):  # mm_mat1_backward
+            g_x_int = mat2.mm(g.t()).t()
+        else:
+            g_x_int = g.mm(mat2.t())
+        if mat2.stride(0) == 1 and mat2.stride(1) == mat2.size(0):  # mm_mat2_backward, then t()
+            g_Wq = g.t().mm(x_int)
+        else:
+            g_Wq = x_int.t().mm(g).t()
+        if mask is not None:
+            g_Wq = g_Wq * mask
+        g_b_int = g_bias_q * acc
+        g_acc = g_bias_q * b_int
+        if inside is not None:
+            g_b_int = torch.where(inside, g_b_int, const(0.0, g_b_int.dtype))
+        # the straight-through round passes g_b_int to xb = b / acc
+        g_b = g_b_int / acc
+        g_acc = g_acc + -g_b_int * (xb / acc)  # xb is b / acc, bit for bit
+        w_spec, w_saved = w_tape
+        g_Wx = weight_grad(w_saved, w_spec, g_Wq, g_acc.reshape(acc.shape[0], 1))
+        g_W = g_Wx * xs
+        g_xs = sum_to(g_Wx * W, xs.shape)
+        g_h = g_x_int / xs
+        g_xs = g_xs + sum_to(-g_x_int * (x_int / xs), xs.shape)
+        return g_h, g_xs.reshape(s_shape), g_W, g_b
 
     def _truncate_like_lookup(
         self, index: int, z, acc_scale, v_int, b_int, x_max: int
@@ -311,12 +377,44 @@ class QuantMLP(nn.Module):
         return z + shift_to_centre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and not x.requires_grad:  # (no gradient for the input)
+            route = self._fused_route()
+            if route is not None:  # one autograd node for the whole network
+                return _QuantMLPStep.apply(self, route, x, *(p for p, _ in route))
         h, scale = _quantize(self.input_quant.act_quant, (x - self.input_offset) / self.input_norm)
         z = self._quantized_linear(0, h, scale)
         for i, act in enumerate(self.act_quants):
             h, scale = _quantize(act.act_quant, self.activation(z))
             z = self._quantized_linear(i + 1, h, scale)
         return z
+
+    def _fused_route(self) -> list[tuple[torch.Tensor, FusedSpec | None]] | None:
+        """The network's parameters in the order :class:`_QuantMLPStep` takes them, each with
+        its activation quantizer's spec (None for a layer's weight and bias), or None when the
+        network cannot be differentiated by hand: a quantizer brevitas must compute (not
+        fusable, or still collecting statistics) or an activation with parameters."""
+        if next(self.activation.parameters(), None) is not None:
+            return None
+        route = []
+        for i, proxy in enumerate([self.input_quant, *self.act_quants]):
+            spec = spec_of(_tensor_quant(proxy.act_quant))
+            if spec is None or not calibrated(spec):
+                return None
+            route.append((spec.scaling.value, spec))
+            layer = self.linears[i]
+            w_spec = spec_of(_tensor_quant(layer.weight_quant))
+            if w_spec is None:
+                return None
+            route += [(layer.weight, None), (layer.bias, None)]
+        return route
+
+    def _activation_grad(self, g: torch.Tensor, z: torch.Tensor, a: torch.Tensor):
+        """Gradient of the activation's input ``z`` from that of its output ``a``."""
+        if type(self.activation) is nn.ReLU:  # ReluBackward0's own formula
+            return torch.ops.aten.threshold_backward(g, a, 0)
+        with torch.enable_grad():  # any other activation: autograd on the one op
+            z = z.detach().requires_grad_()
+            return torch.autograd.grad(self.activation(z), z, g)[0]
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """Quantized input of the last linear layer (real values)."""
@@ -471,3 +569,48 @@ def validate_module_params(
     check_param("n_a_bits", n_a_bits)
     check_param("n_accum_bits", n_accum_bits)
     check_param("module__lookup_bits", lookup_bits)
+
+
+class _QuantMLPStep(torch.autograd.Function):
+    """A :class:`QuantMLP` forward pass as one autograd node, its backward written out.
+
+    Autograd through the network's ~70 small operations spends more on recording and
+    replaying its graph than on the arithmetic; this computes the same values without a graph
+    and the gradients by the same formulas in the same order (``tests/nn/test_fused.py``:
+    bit for bit those of autograd through the same operations, and of training through
+    brevitas's own quantizers).
+    """
+
+    @staticmethod
+    def forward(ctx, module: QuantMLP, route, x, *params):
+        specs = [spec for _, spec in route if spec is not None]
+        x_n = (x - module.input_offset) / module.input_norm
+        h, s, a_saved = act_values(x_n, params[0], specs[0])
+        tapes, acts = [], []
+        z, tape = module._layer(0, h, s, fused=True)
+        tapes.append((tape, s.shape))
+        for i in range(1, len(specs)):
+            a = module.activation(z)
+            h, s, a_saved_i = act_values(a, params[3 * i], specs[i])
+            acts.append((z, a, a_saved_i))
+            z, tape = module._layer(i, h, s, fused=True)
+            tapes.append((tape, s.shape))
+        ctx.module, ctx.specs = module, specs
+        ctx.tapes, ctx.acts, ctx.input_saved = tapes, acts, a_saved
+        return z
+
+    @staticmethod
+    def backward(ctx, g):
+        module, specs, tapes, acts = ctx.module, ctx.specs, ctx.tapes, ctx.acts
+        grads: list[torch.Tensor | None] = [None] * (3 * len(specs))
+        for i in reversed(range(len(specs))):
+            tape, s_shape = tapes[i]
+            g_h, g_s, grads[3 * i + 1], grads[3 * i + 2] = module._layer_grads(i, g, tape, s_shape)
+            if i == 0:
+                grads[0] = act_grad(ctx.input_saved, specs[0], g_h, g_s, need_x=False)[1]
+            else:
+                z, a, a_saved = acts[i - 1]
+                g_a, grads[3 * i] = act_grad(a_saved, specs[i], g_h, g_s, need_x=True)
+                g = module._activation_grad(g_a, z, a)
+        ctx.tapes = ctx.acts = ctx.input_saved = None
+        return (None, None, None, *grads)

@@ -143,3 +143,43 @@ def test_exp2_of_every_exponent_is_the_power_brevitas_computes(dtype, same_size_
     powers = 2.0**exponents
     assert powers[2] > 0 and powers[1] == 0 and torch.isinf(powers[-1])  # the whole range
     assert torch.equal(torch.exp2(exponents).view(same_size_int), powers.view(same_size_int))
+
+
+NETWORKS = [
+    ({}, 64, 5, 3),
+    ({"activation_function": "Tanh", "power_of_two_scaling": False}, 64, 5, 3),
+    ({"n_accum_bits": 7, "lookup_bits": 4, "n_layers": 3}, 64, 5, 3),
+    ({"n_layers": 1}, 64, 5, 3),
+    ({"activation_function": "Sigmoid", "n_w_bits": 6, "n_a_bits": 5}, 64, 5, 1),
+    ({}, 1, 1, 2),  # one row of one feature: mm's column-major backward branches
+]
+
+
+@pytest.mark.parametrize(("params", "rows", "features", "outputs"), NETWORKS)
+def test_the_network_node_differentiates_as_autograd_does(params, rows, features, outputs):
+    """One autograd node for the whole network (forward values, written-out backward): the
+    values and every parameter's gradient are autograd's through the same operations."""
+    torch.manual_seed(0)
+    module = QuantMLP(features, outputs, **params)
+    module.data_init(torch.randn(256, features), torch.randn(256, outputs))
+    assert module._fused_route() is not None
+    x, g = torch.randn(rows, features) * 2, torch.randn(rows, outputs)
+    results = []
+    for by_hand in (True, False):
+        if not by_hand:  # the layer by layer path, differentiated by autograd
+            module._fused_route = lambda: None
+        module.zero_grad(set_to_none=True)
+        out = module(x)
+        (out * g).sum().backward()
+        results.append([out] + [p.grad for p in module.parameters()])
+    for hand, auto in zip(*results, strict=True):
+        assert torch.equal(_bits(hand), _bits(auto))
+    assert all(grad.abs().sum() > 0 for grad in results[1][1:])  # every parameter learns
+
+
+def test_a_network_asked_for_its_inputs_gradient_gets_it_from_autograd():
+    module = QuantMLP(3, 2)
+    module.data_init(torch.randn(64, 3), torch.randn(64, 2))
+    x = torch.randn(8, 3, requires_grad=True)
+    module(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
