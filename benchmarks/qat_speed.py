@@ -41,72 +41,42 @@ shape                  variant    fused (default)  ``--brevitas``
 64-32-10 on 1347 rows  lookup 5   2.22             4.32
 =====================  =========  ===============  ==============
 
-Ratio to the lean float loop (issue 33's target: <= 3), before and after the step lost its
-optimizer closure and idle callbacks, Adam took torch's fused kernel and the quantizers their
-single-op clamps (8d1f192 against the next commit, back to back on the quiet machine, 3
-repeats each):
+Ratio to the lean float loop (issue 33's target: <= 3), commit by commit; each change was
+measured side by side with the commit before it (a run's ratios move by up to 10% from one run
+to the next on this machine, so compare neighbouring columns, not distant ones):
 
-=====================  ==============  ======  =====
-shape                  variant         before  after
-=====================  ==============  ======  =====
-2-8-2 on 750 rows      plain           4.18    3.40
-2-8-2 on 750 rows      n_accum_bits=7  5.09    4.13
-2-8-2 on 750 rows      lookup_bits=5   4.39    3.59
-30-16-2 on 426 rows    plain           4.47    3.51
-30-16-2 on 426 rows    n_accum_bits=8  5.26    4.30
-30-16-2 on 426 rows    lookup_bits=5   4.61    3.77
-64-32-10 on 1347 rows  plain           4.11    3.37
-64-32-10 on 1347 rows  n_accum_bits=8  5.00    4.59
-64-32-10 on 1347 rows  lookup_bits=5   4.41    4.42
-=====================  ==============  ======  =====
+* A -> B: the step lost its optimizer closure and idle callbacks, Adam took torch's fused
+  kernel, the quantizers their single-op clamps (8d1f192 against the next commit, 3 repeats).
+* C -> D: the quantizers keep ``w / s`` from the forward pass for the backward and take 0-dim
+  constants instead of Python numbers (each number was a cast per call), ``exp2`` for powers of
+  two, no autograd node without gradients (the best-epoch loss); the pruning mask and the
+  lookup shift are reused while a layer's integer weights stay; ``index_select`` batches; the
+  history records without parsing a query (b381e65 against 23c3386, alternated three times, 5
+  repeats each, median of the three).
+* D -> E: the whole network is one autograd node (``QuantMLP``'s ``_QuantMLPStep``: the
+  forward pass without a graph, the backward written out with autograd's formulas in its order;
+  23c3386 against the next commit, as C -> D). Every change since C trains bit for bit the
+  same model.
 
-Then (b381e65 against the next commit, alternated three times on the quiet machine, 5 repeats
-each, median of the three runs): the quantizers keep ``w / s`` from the forward pass for the
-backward, take 0-dim constants instead of Python numbers (each number was a cast per call),
-``exp2`` for powers of two, and no autograd node without gradients (the best-epoch loss); the
-pruning mask and the lookup shift are reused while a layer's integer weights stay; batches are
-``index_select``-ed; the history records without parsing a query. Training is bit for bit
-what it was.
+=====================  ==============  ====  ====  ====  ====  ====
+shape                  variant         A     B     C     D     E
+=====================  ==============  ====  ====  ====  ====  ====
+2-8-2 on 750 rows      plain           4.18  3.40  3.48  2.89  2.68
+2-8-2 on 750 rows      n_accum_bits=7  5.09  4.13  4.26  3.23  2.98
+2-8-2 on 750 rows      lookup_bits=5   4.39  3.59  3.82  3.17  2.93
+30-16-2 on 426 rows    plain           4.47  3.51  3.78  3.11  2.84
+30-16-2 on 426 rows    n_accum_bits=8  5.26  4.30  4.64  3.72  3.34
+30-16-2 on 426 rows    lookup_bits=5   4.61  3.77  4.27  3.45  3.13
+64-32-10 on 1347 rows  plain           4.11  3.37  3.55  2.91  2.66
+64-32-10 on 1347 rows  n_accum_bits=8  5.00  4.59  4.49  3.69  3.42
+64-32-10 on 1347 rows  lookup_bits=5   4.41  4.42  3.94  3.18  2.99
+=====================  ==============  ====  ====  ====  ====  ====
 
-=====================  ==============  ======  =====
-shape                  variant         before  after
-=====================  ==============  ======  =====
-2-8-2 on 750 rows      plain           3.48    3.03
-2-8-2 on 750 rows      n_accum_bits=7  4.26    3.37
-2-8-2 on 750 rows      lookup_bits=5   3.82    3.25
-30-16-2 on 426 rows    plain           3.78    3.33
-30-16-2 on 426 rows    n_accum_bits=8  4.64    4.13
-30-16-2 on 426 rows    lookup_bits=5   4.27    3.65
-64-32-10 on 1347 rows  plain           3.55    3.02
-64-32-10 on 1347 rows  n_accum_bits=8  4.49    3.79
-64-32-10 on 1347 rows  lookup_bits=5   3.94    3.37
-=====================  ==============  ======  =====
-
-Then the whole network became one autograd node (``QuantMLP``'s ``_QuantMLPStep``: the
-forward pass without a graph, the backward written out with autograd's formulas in its order,
-training still bit for bit the same). 23c3386 against the next commit, alternated three times,
-5 repeats each, median of the three runs:
-
-=====================  ==============  ======  =====
-shape                  variant         before  after
-=====================  ==============  ======  =====
-2-8-2 on 750 rows      plain           2.89    2.68
-2-8-2 on 750 rows      n_accum_bits=7  3.23    2.98
-2-8-2 on 750 rows      lookup_bits=5   3.17    2.93
-30-16-2 on 426 rows    plain           3.11    2.84
-30-16-2 on 426 rows    n_accum_bits=8  3.72    3.34
-30-16-2 on 426 rows    lookup_bits=5   3.45    3.13
-64-32-10 on 1347 rows  plain           2.91    2.66
-64-32-10 on 1347 rows  n_accum_bits=8  3.69    3.42
-64-32-10 on 1347 rows  lookup_bits=5   3.18    2.99
-=====================  ==============  ======  =====
-
-On this machine a run's ratios move by up to 10% from one run to the next: compare columns
-measured side by side. What is left: the quantizers' own arithmetic (each autograd operation
-of brevitas's graph is still one operation here, so the gradients keep its bits), the
-best-epoch loss (one forward pass over the training rows per epoch, 6-8% of an epoch on 426
-rows) and, with ``n_accum_bits``, the pruning mask whenever a layer's integer weights change
-(most steps on a 64-input layer).
+(D was also measured against C, 20 minutes earlier: 3.03 / 3.33 / 3.02 plain.) What is left:
+the quantizers' own arithmetic (each operation of brevitas's graph is still one operation here,
+so the gradients keep its bits), the best-epoch loss (one forward pass over the training rows
+per epoch, 6-8% of an epoch on 426 rows) and, with ``n_accum_bits``, the pruning mask whenever
+a layer's integer weights change (most steps on a 64-input layer).
 """
 
 from __future__ import annotations
