@@ -62,7 +62,7 @@ def const(value: float, dtype: torch.dtype) -> torch.Tensor:
     tensor of that dtype gives the same values without the casts (about a tenth of a small
     quantizer's cost: a dozen such operands per training step).
     """
-    return torch.tensor(value, dtype=dtype)
+    return torch.tensor(value, dtype=dtype)  # (a CPU scalar: bit for bit holds on the CPU)
 
 
 @dataclass(frozen=True)
@@ -216,9 +216,9 @@ def weight_grad(saved, spec: FusedSpec, g: torch.Tensor, g_s: torch.Tensor | Non
         g_m = (g_r * (r * ln2)) / (m * ln2)
     else:
         g_m = g_r
-    # max backward: to the arg-max of each row; abs backward: times sgn(w). Added at the
-    # arg-max only (autograd adds a dense tensor of zeros elsewhere: the same values)
-    return g_w.scatter_add_(1, idx, g_m * w.gather(1, idx).sgn())
+    # max backward: to the arg-max of each row; abs backward: times sgn(w). Added as a dense
+    # tensor, as autograd adds it: -0 + 0 * sgn(w) is +0 where w >= 0, the same signed zeros
+    return g_w + torch.zeros_like(w).scatter_(1, idx, g_m) * w.sgn()
 
 
 def act_grad(saved, spec: FusedSpec, g: torch.Tensor, g_s: torch.Tensor | None, need_x: bool):

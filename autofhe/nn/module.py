@@ -14,8 +14,10 @@ weights the model ends with, not only for the ones it started with.
 Training differentiates the whole network as one autograd node (:class:`_QuantMLPStep`): the
 forward pass without a graph, the backward pass written out with autograd's own formulas in its
 order, so the gradients are autograd's bit for bit at a fraction of the bookkeeping. The layer
-by layer path (:meth:`QuantMLP._layer`, autograd through it) stays for brevitas's quantizers
-(calibration, configurations the fused quantizers do not cover) and for input gradients.
+by layer path (:meth:`QuantMLP._layer`) serves everything else: calls without gradients
+(inference, the best-epoch loss), brevitas's quantizers (calibration, configurations the fused
+quantizers do not cover), activations with parameters, and callers who want the input's
+gradient (autograd through it). Bit for bit holds on the CPU, where training runs.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from brevitas.quant.fixed_point import (
     Uint8ActPerTensorFixedPoint,
 )
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from autofhe.errors import ParameterError
 from autofhe.nn.fused import (
@@ -220,15 +223,17 @@ class QuantMLP(nn.Module):
         # shift): integer weights change in few training steps, so most steps reuse them
         self._decided: dict[tuple[str, int], tuple] = {}
 
-    def _decide(self, what: str, index: int, key: tuple[torch.Tensor, ...], compute):
-        """``compute()``, or its last result for layer ``index`` if ``key`` is unchanged."""
-        last = self._decided.get((what, index))
+    def _decide(self, what: tuple, key: tuple[torch.Tensor, ...], compute):
+        """``compute()``, or its last result for ``what`` (a layer and the settings the result
+        depends on) if the tensors of ``key`` are unchanged (values, device and dtype)."""
+        last = self._decided.get(what)
         if last is not None and all(
-            a.shape == b.shape and torch.equal(a, b) for a, b in zip(last[0], key, strict=True)
+            a.shape == b.shape and a.device == b.device and a.dtype == b.dtype and torch.equal(a, b)
+            for a, b in zip(last[0], key, strict=True)
         ):
             return last[1]
         result = compute()
-        self._decided[(what, index)] = (key, result)
+        self._decided[what] = (key, result)
         return result
 
     def _act_quant(self, quant, per_feature: int | None = None) -> nn.Module:
@@ -301,7 +306,9 @@ class QuantMLP(nn.Module):
                 if self.n_accum_bits is not None:
                     limit = budget_limit(self.n_accum_bits)
                     mask, room = self._decide(
-                        "prune", index, (v_int,), lambda: neuron_keep_mask(v_int, x_max, limit)
+                        ("prune", index, x_max, limit),
+                        (v_int,),
+                        lambda: neuron_keep_mask(v_int, x_max, limit),
                     )
                     v_int = v_int * mask
             if self.n_accum_bits is not None:
@@ -366,7 +373,7 @@ class QuantMLP(nn.Module):
             worst = v_int.double().abs().sum(dim=1) * x_max + b_int.double().abs()
             return signed_bits(int(worst.max())) - self.lookup_bits
 
-        k = self._decide("lookup", index, (v_int, b_int), shift)
+        k = self._decide(("lookup", index, x_max, self.lookup_bits), (v_int, b_int), shift)
         if k <= 0:
             return z
         step = float(2**k)
@@ -377,7 +384,8 @@ class QuantMLP(nn.Module):
         return z + shift_to_centre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and not x.requires_grad:  # (no gradient for the input)
+        # (not for the input's gradient, nor for batches of batches: the node's mm is 2-D)
+        if torch.is_grad_enabled() and not x.requires_grad and x.dim() == 2:
             route = self._fused_route()
             if route is not None:  # one autograd node for the whole network
                 return _QuantMLPStep.apply(self, route, x, *(p for p, _ in route))
@@ -408,13 +416,25 @@ class QuantMLP(nn.Module):
             route += [(layer.weight, None), (layer.bias, None)]
         return route
 
-    def _activation_grad(self, g: torch.Tensor, z: torch.Tensor, a: torch.Tensor):
-        """Gradient of the activation's input ``z`` from that of its output ``a``."""
-        if type(self.activation) is nn.ReLU:  # ReluBackward0's own formula
-            return torch.ops.aten.threshold_backward(g, a, 0)
-        with torch.enable_grad():  # any other activation: autograd on the one op
+    def _activate(self, z: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """``(activation(z), what _activation_grad needs)``, inside the network node."""
+        if type(self.activation) is nn.ReLU:
+            a = self.activation(z)
+            return a, (a,)
+        # any other activation: a graph of its own, run once (a random one such as RReLU
+        # draws once; an in-place one changes a copy), differentiated by autograd
+        with torch.enable_grad():
             z = z.detach().requires_grad_()
-            return torch.autograd.grad(self.activation(z), z, g)[0]
+            a = self.activation(z)
+        return a.detach(), (z, a)
+
+    @staticmethod
+    def _activation_grad(g: torch.Tensor, tape: tuple) -> torch.Tensor:
+        """Gradient of the activation's input from that of its output."""
+        if len(tape) == 1:  # ReLU: ReluBackward0's own formula, on the output
+            return torch.ops.aten.threshold_backward(g, tape[0], 0)
+        z, a = tape
+        return torch.autograd.grad(a, z, g)[0]
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """Quantized input of the last linear layer (real values)."""
@@ -590,17 +610,23 @@ class _QuantMLPStep(torch.autograd.Function):
         z, tape = module._layer(0, h, s, fused=True)
         tapes.append((tape, s.shape))
         for i in range(1, len(specs)):
-            a = module.activation(z)
+            a, a_tape = module._activate(z)
             h, s, a_saved_i = act_values(a, params[3 * i], specs[i])
-            acts.append((z, a, a_saved_i))
+            acts.append((a_tape, a_saved_i))
             z, tape = module._layer(i, h, s, fused=True)
             tapes.append((tape, s.shape))
+        # The parameters through save_for_backward: a backward after one of them changed in
+        # place fails as autograd's own would. The rest are intermediates, kept on ctx (never
+        # the output z: ctx -> z -> its grad_fn -> ctx would be a reference cycle).
+        ctx.save_for_backward(*params)
         ctx.module, ctx.specs = module, specs
         ctx.tapes, ctx.acts, ctx.input_saved = tapes, acts, a_saved
         return z
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
+        ctx.saved_tensors  # noqa: B018 (raises if a parameter changed since the forward)
         module, specs, tapes, acts = ctx.module, ctx.specs, ctx.tapes, ctx.acts
         grads: list[torch.Tensor | None] = [None] * (3 * len(specs))
         for i in reversed(range(len(specs))):
@@ -609,8 +635,7 @@ class _QuantMLPStep(torch.autograd.Function):
             if i == 0:
                 grads[0] = act_grad(ctx.input_saved, specs[0], g_h, g_s, need_x=False)[1]
             else:
-                z, a, a_saved = acts[i - 1]
+                a_tape, a_saved = acts[i - 1]
                 g_a, grads[3 * i] = act_grad(a_saved, specs[i], g_h, g_s, need_x=True)
-                g = module._activation_grad(g_a, z, a)
-        ctx.tapes = ctx.acts = ctx.input_saved = None
+                g = module._activation_grad(g_a, a_tape)
         return (None, None, None, *grads)

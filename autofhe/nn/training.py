@@ -167,11 +167,9 @@ class LeanSteps:
         return args, kwargs
 
     def initialize_history(self):
-        """skorch's history, as a :class:`LeanHistory`."""
-        if self.history_ is None:
-            self.history_ = LeanHistory()
-        else:
-            self.history_.clear()
+        """A new :class:`LeanHistory` (skorch clears the old one in place, which also cleared
+        the history of the best start that ``n_init`` had put aside)."""
+        self.history_ = LeanHistory()
         return self
 
     def notify(self, method_name, **cb_kwargs):

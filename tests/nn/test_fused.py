@@ -48,6 +48,7 @@ def test_weight_quantizer_matches_brevitas(bits, po2):
         w[0] = 0.0
         w.requires_grad_()
         g_y, g_s = torch.randn(w.shape), torch.randn(w.shape[0], 1)
+        g_y[:, 1], g_y[:, 2] = -0.0, 0.0  # signed zeros (a pruned weight's gradient) too
         grads, values = [], []
         for fused in (False, True):
             y, s = weight_quant(w, spec) if fused else quant(w)[:2]
@@ -147,6 +148,9 @@ def test_exp2_of_every_exponent_is_the_power_brevitas_computes(dtype, same_size_
 
 NETWORKS = [
     ({}, 64, 5, 3),
+    ({"activation_function": "RReLU"}, 64, 5, 3),  # random: one draw per forward
+    ({"activation_function": "GELU", "n_layers": 3}, 64, 5, 3),
+    ({"activation_function": "ELU"}, 64, 5, 2),
     ({"activation_function": "Tanh", "power_of_two_scaling": False}, 64, 5, 3),
     ({"n_accum_bits": 7, "lookup_bits": 4, "n_layers": 3}, 64, 5, 3),
     ({"n_layers": 1}, 64, 5, 3),
@@ -169,9 +173,11 @@ def test_the_network_node_differentiates_as_autograd_does(params, rows, features
         if not by_hand:  # the layer by layer path, differentiated by autograd
             module._fused_route = lambda: None
         module.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same draws for a random activation
         out = module(x)
         (out * g).sum().backward()
         results.append([out] + [p.grad for p in module.parameters()])
+        assert module.activation.training  # (RReLU draws only in training mode)
     for hand, auto in zip(*results, strict=True):
         assert torch.equal(_bits(hand), _bits(auto))
     assert all(grad.abs().sum() > 0 for grad in results[1][1:])  # every parameter learns
@@ -183,3 +189,36 @@ def test_a_network_asked_for_its_inputs_gradient_gets_it_from_autograd():
     x = torch.randn(8, 3, requires_grad=True)
     module(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_the_network_node_takes_column_major_input_frozen_parameters_and_a_second_backward():
+    torch.manual_seed(0)
+    module = QuantMLP(4, 3)
+    module.data_init(torch.randn(256, 4), torch.randn(256, 3))
+    module.linears[0].weight.requires_grad_(False)
+    x = torch.randn(4, 16).t()  # 16 rows, column-major: mm's other backward branch
+    assert x.stride() == (1, 16)
+    results = []
+    for by_hand in (True, False):
+        if not by_hand:
+            module._fused_route = lambda: None
+        module.zero_grad(set_to_none=True)
+        loss = module(x).square().sum()
+        loss.backward(retain_graph=True)
+        first = [None if p.grad is None else p.grad.clone() for p in module.parameters()]
+        loss.backward()  # a retained graph backs through again: the gradients add up
+        results.append((first, [p.grad for p in module.parameters()]))
+    (first_hand, twice_hand), (first_auto, twice_auto) = results
+    assert first_hand[1] is None and first_auto[1] is None  # the frozen weight
+    for hand, auto in zip(first_hand + twice_hand, first_auto + twice_auto, strict=True):
+        assert (hand is None and auto is None) or torch.equal(_bits(hand), _bits(auto))
+
+
+def test_a_parameter_changed_between_forward_and_backward_is_refused():
+    module = QuantMLP(3, 2)
+    module.data_init(torch.randn(64, 3), torch.randn(64, 2))
+    loss = module(torch.randn(8, 3)).sum()
+    with torch.no_grad():
+        module.linears[0].weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

@@ -9,7 +9,7 @@ import torch
 from sklearn.datasets import make_classification
 
 from autofhe import NeuralNetClassifier
-from autofhe.nn.training import LeanHistory, TensorBatches
+from autofhe.nn.training import LeanHistory, LeanSteps, TensorBatches
 
 
 @pytest.fixture(scope="module")
@@ -260,27 +260,42 @@ def test_validation_scorers_run_only_with_a_validation_split(toy):
     assert split.score(X, y) > 0.5
 
 
-def test_the_lean_history_keeps_the_rows_skorchs_history_keeps(toy):
-    """The estimator's history records through list indexing: the same rows as skorch's own
-    History (batches, their losses and sizes, the epoch's train loss and best flag)."""
+def test_the_lean_history_keeps_the_rows_skorchs_history_keeps(toy, monkeypatch):
+    """The estimator's history records through list indexing: the same rows as a fit that
+    records into skorch's own History (batches, their losses and sizes, the epoch's train loss
+    and best flag; not the durations)."""
     X, y = toy
-    net = NeuralNetClassifier(random_state=0, max_epochs=3, batch_size=64).fit(X, y)
-    assert isinstance(net.history_, LeanHistory)
-    reference = skorch.history.History()
-    for row in net.history:
-        reference.new_epoch()
-        for batch in row["batches"]:
-            reference.new_batch()
-            for key, value in batch.items():
-                reference.record_batch(key, value)
-        for key, value in row.items():
-            if key != "batches":
-                reference.record(key, value)
-    assert reference.to_list() == net.history.to_list()
-    assert net.history[:, "train_batch_count"] == [3, 3, 3]  # 150 rows in batches of 64
-    assert net.history[-1, "batches", -1, "train_batch_size"] == 150 - 128
-    assert net.history[:, "train_loss_best"][0] is True
+    histories = []
+    for lean in (True, False):
+        if not lean:
+            monkeypatch.setattr(
+                LeanSteps, "initialize_history", skorch.NeuralNet.initialize_history
+            )
+        net = NeuralNetClassifier(random_state=0, max_epochs=3, batch_size=64).fit(X, y)
+        assert isinstance(net.history_, LeanHistory) == lean
+        rows = [{k: v for k, v in row.items() if k != "dur"} for row in net.history]
+        histories.append(rows)
+    assert histories[0] == histories[1]
+    assert [row["train_batch_count"] for row in histories[0]] == [3, 3, 3]  # 150 rows by 64
+    assert histories[0][-1]["batches"][-1]["train_batch_size"] == 150 - 128
     with pytest.raises(ValueError, match="new_epoch"):
         LeanHistory().record("train_loss", 1.0)
-    net.fit(X, y)  # a second fit starts a fresh history of the same kind
-    assert isinstance(net.history_, LeanHistory) and len(net.history) == 3
+
+
+def test_the_best_start_keeps_its_own_history(toy):
+    """With n_init > 1 each start records into a history of its own: the one the estimator
+    ends with is the best start's, not the last start's rows written over it."""
+
+    class Runs(skorch.callbacks.Callback):
+        def on_train_end(self, net, **kwargs):
+            self.histories.append((net.history_, len(net.history_)))
+
+    runs = Runs()
+    runs.histories = []
+    X, y = toy
+    net = NeuralNetClassifier(
+        random_state=0, max_epochs=2, n_init=3, callbacks=[("runs", runs)]
+    ).fit(X, y)
+    assert len({id(h) for h, _ in runs.histories}) == 3
+    assert any(net.history_ is h for h, _ in runs.histories)  # one start's, whole
+    assert all(epochs == 2 for _, epochs in runs.histories) and len(net.history) == 2
