@@ -72,7 +72,10 @@ shape                  variant         A     B     C     D     E
 64-32-10 on 1347 rows  lookup_bits=5   4.41  4.42  3.94  3.18  2.99
 =====================  ==============  ====  ====  ====  ====  ====
 
-(D was also measured against C, 20 minutes earlier: 3.03 / 3.33 / 3.02 plain.) What is left:
+(D was also measured against C, 20 minutes earlier: 3.03 / 3.33 / 3.02 plain. After E, the
+review's mends, a dense add in the weight gradient for autograd's signed zeros and the
+parameters saved for the backward, measured once at 19d34b4: plain 2.75 / 2.82 / 2.75, budget
+3.03 / 3.34 / 3.41, lookups 3.00 / 3.15 / 2.99.) What is left:
 the quantizers' own arithmetic (each operation of brevitas's graph is still one operation here,
 so the gradients keep its bits), the best-epoch loss (one forward pass over the training rows
 per epoch, 6-8% of an epoch on 426 rows) and, with ``n_accum_bits``, the pruning mask whenever
