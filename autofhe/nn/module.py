@@ -221,7 +221,7 @@ class QuantMLP(nn.Module):
         self._input_maxes = (self.input_max_abs,) + (self.hidden_max_abs,) * (n_layers - 1)
         # per layer, the last integer weights seen and what they decided (pruning mask, lookup
         # shift): integer weights change in few training steps, so most steps reuse them
-        self._decided: dict[tuple[str, int], tuple] = {}
+        self._decided: dict[tuple, tuple] = {}
 
     def _decide(self, what: tuple, key: tuple[torch.Tensor, ...], compute):
         """``compute()``, or its last result for ``what`` (a layer and the settings the result
@@ -321,8 +321,9 @@ class QuantMLP(nn.Module):
             z = self._truncate_like_lookup(index, z, acc, v_int, b_int, x_max)
         return z, (W, b, xs, x_int, Wq, w_tape, acc, xb, b_int, mask, inside)
 
-    def _layer_grads(self, index: int, g: torch.Tensor, tape, s_shape: torch.Size):
-        """Gradients ``(h, s, weight, bias)`` of layer ``index`` from that of its output, by
+    @staticmethod
+    def _layer_grads(g: torch.Tensor, tape, s_shape: torch.Size):
+        """Gradients ``(h, s, weight, bias)`` of a layer from that of its output, by
         the formulas autograd applies to the same operations (``derivatives.yaml``), in the
         same order: the same bits as autograd through :meth:`_layer`."""
         W, b, xs, x_int, Wq, w_tape, acc, xb, b_int, mask, inside = tape
@@ -631,7 +632,7 @@ class _QuantMLPStep(torch.autograd.Function):
         grads: list[torch.Tensor | None] = [None] * (3 * len(specs))
         for i in reversed(range(len(specs))):
             tape, s_shape = tapes[i]
-            g_h, g_s, grads[3 * i + 1], grads[3 * i + 2] = module._layer_grads(i, g, tape, s_shape)
+            g_h, g_s, grads[3 * i + 1], grads[3 * i + 2] = module._layer_grads(g, tape, s_shape)
             if i == 0:
                 grads[0] = act_grad(ctx.input_saved, specs[0], g_h, g_s, need_x=False)[1]
             else:
