@@ -11,13 +11,12 @@ With ``n_accum_bits`` set, each forward pass prunes every neuron to its largest 
 that fit the budget (:func:`autofhe.nn.pruning.neuron_keep_mask`), so the budget holds for the
 weights the model ends with, not only for the ones it started with.
 
-Training differentiates the whole network as one autograd node (:class:`_QuantMLPStep`): the
-forward pass without a graph, the backward pass written out with autograd's own formulas in its
-order, so the gradients are autograd's bit for bit at a fraction of the bookkeeping. The layer
-by layer path (:meth:`QuantMLP._layer`) serves everything else: calls without gradients
-(inference, the best-epoch loss), brevitas's quantizers (calibration, configurations the fused
-quantizers do not cover), activations with parameters, and callers who want the input's
-gradient (autograd through it). Bit for bit holds on the CPU, where training runs.
+Training differentiates the whole network as one autograd node
+(:class:`autofhe.nn.node.NetworkNode`: autograd's gradients bit for bit, without its graph).
+The layer by layer path (:meth:`QuantMLP._last_input`, autograd through each operation) serves
+everything else: calls without gradients (inference, the best-epoch loss), brevitas's
+quantizers (calibration, configurations the fused quantizers do not cover), activations with
+parameters, and callers who want the input's gradient. Both run the same :meth:`QuantMLP._layer`.
 """
 
 from __future__ import annotations
@@ -42,22 +41,17 @@ from brevitas.quant.fixed_point import (
     Uint8ActPerTensorFixedPoint,
 )
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from autofhe.errors import ParameterError
 from autofhe.nn.fused import (
     FusedSpec,
-    act_grad,
     act_quant,
-    act_values,
     calibrated,
-    const,
     spec_of,
-    sum_to,
-    weight_grad,
     weight_quant,
     weight_values,
 )
+from autofhe.nn.node import NetworkNode, Route
 from autofhe.nn.pruning import (
     budget_limit,
     check_budget,
@@ -270,13 +264,13 @@ class QuantMLP(nn.Module):
 
     def _quantized_linear(self, index: int, x: torch.Tensor, x_scale: torch.Tensor):
         """Integer matmul + bias of layer ``index``, returned in real units."""
-        return self._layer(index, x, x_scale, fused=False)[0]
+        return self._layer(index, x, x_scale, None)[0]
 
-    def _layer(self, index: int, h: torch.Tensor, s: torch.Tensor, fused: bool):
+    def _layer(self, index: int, h: torch.Tensor, s: torch.Tensor, w_spec: FusedSpec | None):
         """``(z, tape)``: integer matmul + bias of layer ``index`` in real units, and what
-        :meth:`_layer_grads` needs to differentiate it (``fused``: the weight quantizer is
-        computed directly, for a caller that differentiates by hand; else through
-        :func:`_quantize`, for autograd).
+        :func:`autofhe.nn.node.layer_grads` needs to differentiate it (``w_spec``: the weight
+        quantizer computed by hand, for the network node; None: through :func:`_quantize`, for
+        autograd).
 
         The layer sees integers ``x_int = h / s``; its *effective* weight ``w * s`` is
         quantized per output neuron. For the first layer ``s`` holds one scale per feature,
@@ -286,10 +280,9 @@ class QuantMLP(nn.Module):
         layer = self.linears[index]
         W, b = layer.weight, layer.bias
         xs = s.reshape(1, -1)  # one view for both uses: the same gradient sums
-        if fused:
-            spec = spec_of(_tensor_quant(layer.weight_quant))
-            Wq, w_scale, w_saved = weight_values(W * xs, spec)
-            w_tape = (spec, w_saved)
+        if w_spec is not None:
+            Wq, w_scale, w_saved = weight_values(W * xs, w_spec)
+            w_tape = (w_spec, w_saved)
         else:
             (Wq, w_scale), w_tape = _quantize(layer.weight_quant, W * xs), None
         acc = w_scale.reshape(-1)
@@ -313,48 +306,13 @@ class QuantMLP(nn.Module):
                     v_int = v_int * mask
             if self.n_accum_bits is not None:
                 Wq = Wq * mask
-                if fused:  # where the clamp below lets the gradient through
+                if w_spec is not None:  # where the clamp below lets the gradient through
                     inside = (b_int >= -room).logical_and_(b_int <= room)
                 b_int = torch.clamp(b_int, -room, room)
         z = F.linear(x_int, Wq, b_int * acc)
         if truncate:
             z = self._truncate_like_lookup(index, z, acc, v_int, b_int, x_max)
         return z, (W, b, xs, x_int, Wq, w_tape, acc, xb, b_int, mask, inside)
-
-    @staticmethod
-    def _layer_grads(g: torch.Tensor, tape, s_shape: torch.Size):
-        """Gradients ``(h, s, weight, bias)`` of a layer from that of its output, by
-        the formulas autograd applies to the same operations (``derivatives.yaml``), in the
-        same order: the same bits as autograd through :meth:`_layer`."""
-        W, b, xs, x_int, Wq, w_tape, acc, xb, b_int, mask, inside = tape
-        # the lookup's shift to the bucket centre is a constant: g passes unchanged
-        # z = addmm(b_int * acc, x_int, Wq.t()), F.linear's own call
-        g_bias_q = sum_to(g, b.shape)
-        mat2 = Wq.t()
-        if x_int.stride(0) == 1 and x_int.stride(1) == x_int.size(0):  # mm_mat1_backward
-            g_x_int = mat2.mm(g.t()).t()
-        else:
-            g_x_int = g.mm(mat2.t())
-        if mat2.stride(0) == 1 and mat2.stride(1) == mat2.size(0):  # mm_mat2_backward, then t()
-            g_Wq = g.t().mm(x_int)
-        else:
-            g_Wq = x_int.t().mm(g).t()
-        if mask is not None:
-            g_Wq = g_Wq * mask
-        g_b_int = g_bias_q * acc
-        g_acc = g_bias_q * b_int
-        if inside is not None:
-            g_b_int = torch.where(inside, g_b_int, const(0.0, g_b_int.dtype))
-        # the straight-through round passes g_b_int to xb = b / acc
-        g_b = g_b_int / acc
-        g_acc = g_acc + -g_b_int * (xb / acc)  # xb is b / acc, bit for bit
-        w_spec, w_saved = w_tape
-        g_Wx = weight_grad(w_saved, w_spec, g_Wq, g_acc.reshape(acc.shape[0], 1))
-        g_W = g_Wx * xs
-        g_xs = sum_to(g_Wx * W, xs.shape)
-        g_h = g_x_int / xs
-        g_xs = g_xs + sum_to(-g_x_int * (x_int / xs), xs.shape)
-        return g_h, g_xs.reshape(s_shape), g_W, g_b
 
     def _truncate_like_lookup(
         self, index: int, z, acc_scale, v_int, b_int, x_max: int
@@ -387,63 +345,47 @@ class QuantMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (not for the input's gradient, nor for batches of batches: the node's mm is 2-D)
         if torch.is_grad_enabled() and not x.requires_grad and x.dim() == 2:
-            route = self._fused_route()
+            route = self._node_route()
             if route is not None:  # one autograd node for the whole network
-                return _QuantMLPStep.apply(self, route, x, *(p for p, _ in route))
-        h, scale = _quantize(self.input_quant.act_quant, (x - self.input_offset) / self.input_norm)
-        z = self._quantized_linear(0, h, scale)
-        for i, act in enumerate(self.act_quants):
-            h, scale = _quantize(act.act_quant, self.activation(z))
-            z = self._quantized_linear(i + 1, h, scale)
-        return z
+                return NetworkNode.apply(route, x, *route.params)
+        h, scale = self._last_input(x)
+        return self._quantized_linear(len(self.linears) - 1, h, scale)
 
-    def _fused_route(self) -> list[tuple[torch.Tensor, FusedSpec | None]] | None:
-        """The network's parameters in the order :class:`_QuantMLPStep` takes them, each with
-        its activation quantizer's spec (None for a layer's weight and bias), or None when the
-        network cannot be differentiated by hand: a quantizer brevitas must compute (not
-        fusable, or still collecting statistics) or an activation with parameters."""
+    def _node_route(self) -> Route | None:
+        """What :class:`~autofhe.nn.node.NetworkNode` needs, or None when the network cannot
+        be differentiated by hand: a quantizer brevitas must compute (not fusable, or still
+        collecting statistics) or an activation with parameters."""
         if next(self.activation.parameters(), None) is not None:
             return None
-        route = []
-        for i, proxy in enumerate([self.input_quant, *self.act_quants]):
+        act_specs, weight_specs, params = [], [], []
+        for proxy, layer in zip([self.input_quant, *self.act_quants], self.linears):
             spec = spec_of(_tensor_quant(proxy.act_quant))
-            if spec is None or not calibrated(spec):
-                return None
-            route.append((spec.scaling.value, spec))
-            layer = self.linears[i]
             w_spec = spec_of(_tensor_quant(layer.weight_quant))
-            if w_spec is None:
+            if spec is None or not calibrated(spec) or w_spec is None:
                 return None
-            route += [(layer.weight, None), (layer.bias, None)]
-        return route
+            act_specs.append(spec)
+            weight_specs.append(w_spec)
+            params += [spec.scaling.value, layer.weight, layer.bias]
+        return Route(
+            tuple(act_specs),
+            tuple(weight_specs),
+            tuple(params),
+            self._normalize,
+            self._layer,
+            self.activation,
+        )
 
-    def _activate(self, z: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-        """``(activation(z), what _activation_grad needs)``, inside the network node."""
-        if type(self.activation) is nn.ReLU:
-            a = self.activation(z)
-            return a, (a,)
-        # any other activation: a graph of its own, run once (a random one such as RReLU
-        # draws once; an in-place one changes a copy), differentiated by autograd
-        with torch.enable_grad():
-            z = z.detach().requires_grad_()
-            a = self.activation(z)
-        return a.detach(), (z, a)
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.input_offset) / self.input_norm
 
-    @staticmethod
-    def _activation_grad(g: torch.Tensor, tape: tuple) -> torch.Tensor:
-        """Gradient of the activation's input from that of its output."""
-        if len(tape) == 1:  # ReLU: ReluBackward0's own formula, on the output
-            return torch.ops.aten.threshold_backward(g, tape[0], 0)
-        z, a = tape
-        return torch.autograd.grad(a, z, g)[0]
-
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """Quantized input of the last linear layer (real values)."""
-        h, scale = _quantize(self.input_quant.act_quant, (x - self.input_offset) / self.input_norm)
-        for i in range(len(self.linears) - 1):
+    def _last_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last linear layer's quantized input (real values) and its scale, layer by
+        layer (autograd through brevitas's quantizers or the fused ones)."""
+        h, scale = _quantize(self.input_quant.act_quant, self._normalize(x))
+        for i, act in enumerate(self.act_quants):
             z = self._quantized_linear(i, h, scale)
-            h, scale = _quantize(self.act_quants[i].act_quant, self.activation(z))
-        return h
+            h, scale = _quantize(act.act_quant, self.activation(z))
+        return h, scale
 
     @torch.no_grad()
     def data_init(
@@ -483,7 +425,7 @@ class QuantMLP(nn.Module):
             if isinstance(m, ParameterFromRuntimeStatsScaling):
                 m.init_scale()
         self.eval()
-        H = self._features(X).double()
+        H = self._last_input(X)[0].double()
         last = self.linears[-1]
         solved = weight_decay is not None and len(self.linears) == 1
         if solved and classification:
@@ -590,53 +532,3 @@ def validate_module_params(
     check_param("n_a_bits", n_a_bits)
     check_param("n_accum_bits", n_accum_bits)
     check_param("module__lookup_bits", lookup_bits)
-
-
-class _QuantMLPStep(torch.autograd.Function):
-    """A :class:`QuantMLP` forward pass as one autograd node, its backward written out.
-
-    Autograd through the network's ~70 small operations spends more on recording and
-    replaying its graph than on the arithmetic; this computes the same values without a graph
-    and the gradients by the same formulas in the same order (``tests/nn/test_fused.py``:
-    bit for bit those of autograd through the same operations, and of training through
-    brevitas's own quantizers).
-    """
-
-    @staticmethod
-    def forward(ctx, module: QuantMLP, route, x, *params):
-        specs = [spec for _, spec in route if spec is not None]
-        x_n = (x - module.input_offset) / module.input_norm
-        h, s, a_saved = act_values(x_n, params[0], specs[0])
-        tapes, acts = [], []
-        z, tape = module._layer(0, h, s, fused=True)
-        tapes.append((tape, s.shape))
-        for i in range(1, len(specs)):
-            a, a_tape = module._activate(z)
-            h, s, a_saved_i = act_values(a, params[3 * i], specs[i])
-            acts.append((a_tape, a_saved_i))
-            z, tape = module._layer(i, h, s, fused=True)
-            tapes.append((tape, s.shape))
-        # The parameters through save_for_backward: a backward after one of them changed in
-        # place fails as autograd's own would. The rest are intermediates, kept on ctx (never
-        # the output z: ctx -> z -> its grad_fn -> ctx would be a reference cycle).
-        ctx.save_for_backward(*params)
-        ctx.module, ctx.specs = module, specs
-        ctx.tapes, ctx.acts, ctx.input_saved = tapes, acts, a_saved
-        return z
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        ctx.saved_tensors  # noqa: B018 (raises if a parameter changed since the forward)
-        module, specs, tapes, acts = ctx.module, ctx.specs, ctx.tapes, ctx.acts
-        grads: list[torch.Tensor | None] = [None] * (3 * len(specs))
-        for i in reversed(range(len(specs))):
-            tape, s_shape = tapes[i]
-            g_h, g_s, grads[3 * i + 1], grads[3 * i + 2] = module._layer_grads(g, tape, s_shape)
-            if i == 0:
-                grads[0] = act_grad(ctx.input_saved, specs[0], g_h, g_s, need_x=False)[1]
-            else:
-                a_tape, a_saved = acts[i - 1]
-                g_a, grads[3 * i] = act_grad(a_saved, specs[i], g_h, g_s, need_x=True)
-                g = module._activation_grad(g_a, a_tape)
-        return (None, None, None, *grads)

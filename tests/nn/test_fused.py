@@ -166,12 +166,12 @@ def test_the_network_node_differentiates_as_autograd_does(params, rows, features
     torch.manual_seed(0)
     module = QuantMLP(features, outputs, **params)
     module.data_init(torch.randn(256, features), torch.randn(256, outputs))
-    assert module._fused_route() is not None
+    assert module._node_route() is not None
     x, g = torch.randn(rows, features) * 2, torch.randn(rows, outputs)
     results = []
     for by_hand in (True, False):
         if not by_hand:  # the layer by layer path, differentiated by autograd
-            module._fused_route = lambda: None
+            module._node_route = lambda: None
         module.zero_grad(set_to_none=True)
         torch.manual_seed(1)  # the same draws for a random activation
         out = module(x)
@@ -201,7 +201,7 @@ def test_the_network_node_takes_column_major_input_frozen_parameters_and_a_secon
     results = []
     for by_hand in (True, False):
         if not by_hand:
-            module._fused_route = lambda: None
+            module._node_route = lambda: None
         module.zero_grad(set_to_none=True)
         loss = module(x).square().sum()
         loss.backward(retain_graph=True)

@@ -168,7 +168,7 @@ def test_a_network_without_hidden_layers_starts_from_the_solved_logistic_model()
     targets = torch.from_numpy(np.eye(2, dtype=np.float32)[y])
     module.data_init(torch.from_numpy(X), targets, weight_decay=wd, classification=True)
     with torch.no_grad():
-        H = module._features(torch.from_numpy(X)).double().numpy()
+        H = module._last_input(torch.from_numpy(X))[0].double().numpy()
         ours = module(torch.from_numpy(X)).argmax(dim=1).numpy()
     solved = LogisticRegression(C=1 / (wd * len(X)), max_iter=1000).fit(H, y)
     assert np.mean(ours == solved.predict(H)) >= 0.99  # 8-bit weights: the same decisions
