@@ -164,18 +164,19 @@ def _server_lock(url: str, exclusive: bool):
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session, exitstatus):
-    """Keep a failed run's exit status: once concrete has run an encrypted circuit, its exit
-    hook (which ends its dataflow runtime, unused here) turns any exit status into 0, and CI
-    would take failures for success. The hook is taken off, and every other exit handler still
-    runs: an ``os._exit`` here skipped them, and each failed run left scikit-learn's memmap
-    test directories (``sklearn_testing_*``) and concrete's compiled libraries in /tmp."""
-    if exitstatus:
-        import atexit
-        import sys
+    """Take concrete's exit hook off (it ends concrete's dataflow runtime, unused here).
 
-        compiler = sys.modules.get("concrete.compiler")
-        if compiler is not None:
-            atexit.unregister(compiler._terminate_df_parallelization)
+    Once concrete has run an encrypted circuit, the hook ends the process itself: with
+    status 0, so CI would take a failed run for success, and before the exit handlers
+    registered ahead of concrete's import, so a test process that ran scikit-learn's estimator
+    checks before its first circuit left their ``sklearn_testing_*`` directories in /tmp (4 to
+    8 per run, passing runs included)."""
+    import atexit
+    import sys
+
+    compiler = sys.modules.get("concrete.compiler")
+    if compiler is not None:
+        atexit.unregister(compiler._terminate_df_parallelization)
 
 
 def pytest_collection_modifyitems(session, config, items):
