@@ -667,32 +667,3 @@ def test_a_process_killed_between_queueing_the_retry_and_ending_the_trial_loses_
     assert len(retries) == 1 and retries[0].params == trials[0].params
     assert not end_trial(storage, study, trial._trial_id, "again")  # ended: nothing more
     assert len(study.get_trials()) == 2
-
-
-def test_a_killed_worker_leaves_nothing_in_the_temporary_directory(wine, tmp_path):
-    """A worker killed while it measures a front model (its circuit compiled, the library on
-    disk) leaves no file behind: the supervisor removes the worker's own temporary directory.
-    Before, a killed worker's concrete library directories stayed in /tmp for good."""
-    url = f"sqlite:///{tmp_path}/w.db"
-    name = _study(url, wine, tmp_path)
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    (supervisor,) = _workers(url, name, 1, 4, tmp_path, TMPDIR=str(tmp))
-    storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
-    study = optuna.load_study(study_name=name, storage=storage)
-    deadline, victim = time.time() + 180, None
-    while victim is None and time.time() < deadline:
-        for t in study.get_trials(deepcopy=False, states=(State.RUNNING,)):
-            if t.system_attrs.get("autofhe_phase", "").startswith("measuring"):
-                victim = int(t.system_attrs["autofhe_worker"].rsplit(":", 1)[-1])
-        time.sleep(0.05)
-    assert victim in _children(supervisor.pid), "no trial reached 'measuring'"
-    assert list(tmp.rglob("sharedlib.so"))  # the compiled circuit a kill would leave
-    os.kill(victim, signal.SIGKILL)
-    assert supervisor.wait(timeout=60) != 0
-    assert "killed by SIGKILL" in _log(tmp_path, 0)
-    # the measurement lock of the machine's searches (quiet.py) is all that stays
-    assert {p.name for p in tmp.iterdir()} <= {
-        "autofhe-measure.lock.gate",
-        "autofhe-measure.lock.work",
-    }

@@ -8,20 +8,14 @@
   Its ``progress`` callback sees the study every few seconds. A Ctrl-C is passed on as
   SIGUSR1, not SIGINT: concrete-python puts its own SIGINT handler in place for the length of
   each compilation, key generation and run, and that handler kills the process.
-
-Each worker keeps its temporary files (concrete's compiled libraries among them) in a
-directory of its own, which the supervisor removes when the worker has ended, however it
-ended: a killed worker runs no exit handler, and left its libraries in /tmp.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -47,25 +41,12 @@ RELAYED = {signal.SIGINT: signal.SIGUSR1, signal.SIGTERM: signal.SIGTERM}
 
 
 def _worker_main(
-    url: str,
-    name: str,
-    n_trials: int | None,
-    timeout: float | None,
-    seed: int,
-    cost: dict,
-    ready,
-    scratch: str,
-    lock: str,
+    url: str, name: str, n_trials: int | None, timeout: float | None, seed: int, cost: dict, ready
 ) -> None:
     """A child of ``run_workers``, in a process group of its own. It is born ignoring the stop
     signals; ``ready`` tells the supervisor when it stops on them. Its exit code is explicit
-    (concrete's exit hook, once an encrypted run happened, would turn any exit into 0).
-    ``scratch``: its temporary directory; ``lock``: the machine's measurement lock (quiet.py),
-    which stays where every search on the machine finds it."""
+    (concrete's exit hook, once an encrypted run happened, would turn any exit into 0)."""
     os.setpgid(0, 0)  # the terminal's Ctrl-C reaches the supervisor, which passes one on
-    os.environ["AUTOFHE_MEASURE_LOCK"] = lock
-    os.environ["TMPDIR"] = scratch
-    tempfile.tempdir = None  # read again from TMPDIR
     on_stop_signals(relayed=True)
     _stop_with_parent()
     ready.set()
@@ -197,29 +178,13 @@ def run_workers(
     shares = [None] * workers
     if n_trials is not None:
         shares = [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
-    from autofhe.search.trial.quiet import LOCK_PATH
-
     ctx = multiprocessing.get_context("spawn")
     cost = cost_model.to_json()
-    shares = [s for s in shares if s != 0]
-    ready = [ctx.Event() for _ in shares]
-    scratch = [tempfile.mkdtemp(prefix="autofhe-worker-") for _ in shares]
+    ready = [ctx.Event() for share in shares if share != 0]
     procs = [
-        ctx.Process(
-            target=_worker_main,
-            args=(url, name, share, timeout, seed + i, cost, ready[i], scratch[i], str(LOCK_PATH)),
-        )
-        for i, share in enumerate(shares)
+        ctx.Process(target=_worker_main, args=(url, name, share, timeout, seed + i, cost, flag))
+        for i, (share, flag) in enumerate(zip([s for s in shares if s != 0], ready))
     ]
-    try:
-        return _supervise(procs, ready, url, name, progress)
-    finally:
-        for path in scratch:  # the workers have ended
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _supervise(procs: list, ready: list, url: str, name: str, progress) -> Outcome:
-    """Start the workers, pass stop signals on, report progress until every worker ended."""
     outcome = Outcome()
     # Children inherit ignored signals: until their handlers exist they ignore a Ctrl-C (the
     # supervisor passes it on once they are ready), where a default handler would print a
