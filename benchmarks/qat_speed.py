@@ -53,7 +53,7 @@ to the next on this machine, so compare neighbouring columns, not distant ones):
   lookup shift are reused while a layer's integer weights stay; ``index_select`` batches; the
   history records without parsing a query (b381e65 against 23c3386, alternated three times, 5
   repeats each, median of the three).
-* D -> E: the whole network is one autograd node (``QuantMLP``'s ``_QuantMLPStep``: the
+* D -> E: the whole network is one autograd node (``autofhe.nn.node.NetworkNode``: the
   forward pass without a graph, the backward written out with autograd's formulas in its order;
   23c3386 against the next commit, as C -> D). Every change since C trains bit for bit the
   same model.
